@@ -1,0 +1,246 @@
+"""Trace -> Analysis: per-op, per-layer and per-type DataFrames and totals, at one Precision.
+
+Every table is a group-by of one flat per-op DataFrame, so rows always add up to the totals. Bytes are
+element counts times the Precision's element size for each tensor role; `with_precision` re-costs
+without re-tracing.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import pandas as pd
+
+from roofline.formatting import format_bytes, format_si, format_table
+from roofline.models import LoadedModel
+from roofline.precision import Precision, get_precision
+from roofline.trace import Trace, trace
+
+__all__ = ["Analysis", "analyze", "render"]
+
+JSON_FORMAT_VERSION = 1
+
+# The layer columns of the JSON contract (DESIGN.md), in order.
+LAYER_COLUMNS = [
+    "name", "type", "macs", "flops", "params", "weight_bytes", "bytes_read", "bytes_written",
+    "fused_bytes", "arithmetic_intensity",
+]
+
+
+def _intensity(flops: pd.Series | float, moved: pd.Series | float) -> Any:
+    """FLOPs per byte moved; 0 where nothing moves (a view-only layer)."""
+    if isinstance(moved, pd.Series):
+        return (flops / moved.where(moved > 0)).fillna(0.0)
+    return float(flops) / moved if moved else 0.0
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """Counts for one model and inputs at one precision. Tables are pandas DataFrames."""
+
+    trace: Trace
+    precision: Precision
+
+    def with_precision(self, precision: str | Precision) -> Analysis:
+        """The same counts re-costed at another precision (bytes and model size change, FLOPs do not)."""
+        return Analysis(self.trace, get_precision(precision))
+
+    @property
+    def model_name(self) -> str:
+        return self.trace.model_name
+
+    # -- tables -----------------------------------------------------------------------------------
+    @cached_property
+    def records(self) -> pd.DataFrame:
+        """One row per aten op call, with bytes at this precision."""
+        p = self.precision
+        df = pd.DataFrame([r.__dict__ for r in self.trace.records])
+        if df.empty:
+            df = pd.DataFrame(columns=[f for f in _RECORD_FIELDS])
+        df["weight_bytes"] = df["weight_read"] * p.weight_bytes
+        df["bytes_read"] = (
+            df["weight_bytes"] + df["act_read"] * p.activation_bytes + df["kv_read"] * p.kv_bytes
+            + df["fixed_read_bytes"]
+        )
+        df["bytes_written"] = (
+            df["act_written"] * p.activation_bytes + df["kv_written"] * p.kv_bytes + df["fixed_written_bytes"]
+        )
+        df["kv_bytes"] = (df["kv_read"] + df["kv_written"]) * p.kv_bytes
+        df["bytes"] = df["bytes_read"] + df["bytes_written"]
+        df["arithmetic_intensity"] = _intensity(df["flops"], df["bytes"])
+        return df
+
+    @cached_property
+    def layers(self) -> pd.DataFrame:
+        """One row per module call (DESIGN.md's layer), in execution order."""
+        p = self.precision
+        sums = ["macs", "flops", "weight_bytes", "bytes_read", "bytes_written", "kv_bytes", "bytes"]
+        grouped = self.records.groupby("layer", sort=False)[sums].sum() if len(self.records) else None
+        counts = self.records.groupby("layer", sort=False).size() if len(self.records) else None
+        rows = []
+        for call in self.trace.layers:
+            has_ops = grouped is not None and call.name in grouped.index
+            row: dict[str, Any] = {"name": call.name, "type": call.module_type}
+            for column in sums:
+                row[column] = float(grouped.at[call.name, column]) if has_ops else 0.0
+            row["macs"] = int(row["macs"])
+            row["flops"] = int(row["flops"])
+            row["params"] = int(self.trace.layer_params.get(call.name, 0))
+            fused = self.trace.fused.get(call.name)
+            row["fused_bytes"] = (
+                fused.weight * p.weight_bytes + fused.act * p.activation_bytes + fused.kv * p.kv_bytes
+                + fused.fixed_bytes
+                if fused else 0.0
+            )
+            row["ops"] = int(counts[call.name]) if has_ops else 0
+            row["path"] = call.path
+            row["call_index"] = call.call_index
+            row["is_leaf"] = call.is_leaf
+            rows.append(row)
+        df = pd.DataFrame(rows)
+        df["arithmetic_intensity"] = _intensity(df["flops"], df["bytes"])
+        df["fused_arithmetic_intensity"] = _intensity(df["flops"], df["fused_bytes"])
+        ordered = LAYER_COLUMNS + [c for c in df.columns if c not in LAYER_COLUMNS]
+        return df[ordered]
+
+    @cached_property
+    def ops(self) -> pd.DataFrame:
+        """One row per aten op type, most FLOPs first."""
+        df = self.records.groupby("op", sort=False).agg(
+            count=("seq", "size"), op_class=("op_class", "first"), macs=("macs", "sum"), flops=("flops", "sum"),
+            bytes_read=("bytes_read", "sum"), bytes_written=("bytes_written", "sum"), bytes=("bytes", "sum"),
+        ).reset_index()
+        df["arithmetic_intensity"] = _intensity(df["flops"], df["bytes"])
+        return df.sort_values(["flops", "bytes"], ascending=False, ignore_index=True)
+
+    @cached_property
+    def by_type(self) -> pd.DataFrame:
+        """One row per module type, most FLOPs first."""
+        df = self.layers.groupby("type", sort=False).agg(
+            calls=("name", "size"), macs=("macs", "sum"), flops=("flops", "sum"), params=("params", "sum"),
+            weight_bytes=("weight_bytes", "sum"), bytes_read=("bytes_read", "sum"),
+            bytes_written=("bytes_written", "sum"), fused_bytes=("fused_bytes", "sum"), bytes=("bytes", "sum"),
+        ).reset_index()
+        df["arithmetic_intensity"] = _intensity(df["flops"], df["bytes"])
+        return df.sort_values(["flops", "bytes"], ascending=False, ignore_index=True)
+
+    @cached_property
+    def totals(self) -> dict[str, float]:
+        """Whole-model figures; per-layer rows add up to these exactly."""
+        p = self.precision
+        layers = self.layers
+        bytes_read = float(layers["bytes_read"].sum())
+        bytes_written = float(layers["bytes_written"].sum())
+        flops = int(layers["flops"].sum())
+        return {
+            "macs": int(layers["macs"].sum()),
+            "flops": flops,
+            "params": int(self.trace.total_params),
+            "model_size_bytes": self.trace.total_params * p.weight_bytes,
+            "bytes_read": bytes_read,
+            "bytes_written": bytes_written,
+            "peak_activation_bytes": self.trace.peak_activation_elements * p.activation_bytes
+            + self.trace.peak_fixed_bytes,
+            "arithmetic_intensity": _intensity(flops, bytes_read + bytes_written),
+        }
+
+    @property
+    def unsupported_ops(self) -> list[dict[str, Any]]:
+        return [{"op": op, "count": count} for op, count in sorted(self.trace.unsupported.items())]
+
+    def model_size_bytes(self) -> dict[str, float]:
+        """Model size at every known precision."""
+        from roofline.precision import PRECISIONS
+
+        return {name: self.trace.total_params * p.weight_bytes for name, p in PRECISIONS.items()}
+
+    # -- export -----------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The `analyze --format json` object of DESIGN.md."""
+        layers = self.layers[LAYER_COLUMNS].to_dict(orient="records")
+        return {
+            "model": self.model_name,
+            "precision": self.precision.name,
+            "inputs": self.trace.inputs,
+            "totals": self.totals,
+            "layers": [{k: _plain(v) for k, v in row.items()} for row in layers],
+            "unsupported_ops": self.unsupported_ops,
+        }
+
+    def summary(self) -> str:
+        t = self.totals
+        lines = [
+            f"{self.model_name} @ {self.precision.name}, inputs {self.trace.inputs}",
+            f"  MACs {format_si(t['macs'])}  FLOPs {format_si(t['flops'])}  params {format_si(t['params'])}"
+            f"  model size {format_bytes(t['model_size_bytes'])}",
+            f"  bytes read {format_bytes(t['bytes_read'])}  written {format_bytes(t['bytes_written'])}"
+            f"  peak activations {format_bytes(t['peak_activation_bytes'])}"
+            f"  intensity {t['arithmetic_intensity']:.3g} FLOP/B",
+        ]
+        if self.unsupported_ops:
+            listed = ", ".join(f"{u['op']} x{u['count']}" for u in self.unsupported_ops)
+            lines.append(f"  unsupported ops (FLOPs not counted, bytes counted): {listed}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return self.summary()
+
+    def _repr_html_(self) -> str:
+        table = self.layers[LAYER_COLUMNS].to_html(index=False, float_format=lambda v: f"{v:.4g}")
+        return f"<pre>{self.summary()}</pre>{table}"
+
+
+_RECORD_FIELDS = [
+    "seq", "layer", "op", "op_class", "macs", "flops", "weight_read", "act_read", "kv_read", "fixed_read_bytes",
+    "act_written", "kv_written", "fixed_written_bytes", "supported", "input_shapes", "output_shapes",
+]
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars -> Python numbers for JSON."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def analyze(model: Any, inputs: Any = None, precision: str | Precision = "fp32", *, attention: str = "fused",
+            warn_unsupported: bool = True, **load_options: Any) -> Analysis:
+    """Count a model: a MODEL spec string, a LoadedModel, or an nn.Module with `inputs`."""
+    from roofline import models
+
+    loaded = model if isinstance(model, LoadedModel) else models.load(model, inputs=inputs, **load_options)
+    counted = trace(loaded.module, loaded.inputs, model_name=loaded.name, attention=attention)
+    result = Analysis(counted, get_precision(precision))
+    if warn_unsupported and counted.unsupported:
+        listed = ", ".join(f"{op} x{count}" for op, count in sorted(counted.unsupported.items()))
+        warnings.warn(f"ops with no cost rule (FLOPs not counted, bytes counted): {listed}", stacklevel=2)
+    return result
+
+
+_LAYER_FORMATTERS = {
+    "macs": format_si, "flops": format_si, "params": format_si, "weight_bytes": format_bytes,
+    "bytes_read": format_bytes, "bytes_written": format_bytes, "fused_bytes": format_bytes, "bytes": format_bytes,
+}
+
+
+def render(result: Analysis, by: str = "layer", fmt: str = "table") -> str:
+    """The analyze command's output in one of the formats: table, csv, json, markdown."""
+    if fmt == "json":
+        return json.dumps(result.to_dict(), indent=2)
+    table = {"layer": result.layers[LAYER_COLUMNS], "op": result.ops, "type": result.by_type}[by]
+    if fmt == "csv":
+        return table.to_csv(index=False).rstrip("\n")
+    if fmt == "markdown":
+        return _markdown(table) + "\n\n" + "\n".join(f"    {line}" for line in result.summary().splitlines())
+    return format_table(table, _LAYER_FORMATTERS) + "\n\n" + result.summary()
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    header = "| " + " | ".join(str(c) for c in df.columns) + " |"
+    rule = "|" + "|".join("---" for _ in df.columns) + "|"
+    body = [
+        "| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row) + " |"
+        for row in df.itertuples(index=False)
+    ]
+    return "\n".join([header, rule, *body])

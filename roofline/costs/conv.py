@@ -1,0 +1,29 @@
+"""Convolution 1-D/2-D/3-D: grouped, depthwise, dilated, strided and transposed.
+
+The shapes carry every case: the weight holds C_in/groups (or C_out/groups when transposed), so
+grouped and depthwise convolution need no branch, and stride/dilation/padding show up only through
+the output's spatial size.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from roofline.costs import Cost, OpClass, aten, numel, register
+
+
+@register(aten.convolution, aten._convolution)
+def conv_flop(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> Cost:
+    """MACs = N x C_out x prod(out spatial) x (C_in/groups) x prod(kernel); bias adds are FLOPs."""
+    x, weight, bias = args[0], args[1], args[2]
+    transposed = bool(args[6]) if len(args) > 6 else bool(kwargs.get("transposed", False))
+    groups = int(args[8]) if len(args) > 8 else int(kwargs.get("groups", 1))
+    batch = x.shape[0]
+    if transposed:
+        # weight [C_in, C_out/groups, *k]: every input pixel scatters C_out/groups x k MACs.
+        macs = batch * numel(x.shape[2:]) * weight.numel()
+    else:
+        # weight [C_out, C_in/groups, *k]: every output pixel gathers C_in/groups x k MACs.
+        macs = batch * numel(out.shape[2:]) * weight.numel()
+    bias_flops = out.numel() if bias is not None else 0
+    op_class = OpClass.GROUPED_CONV if groups > 1 else OpClass.CONV
+    return Cost(macs=macs, flops=2 * macs + bias_flops, op_class=op_class)

@@ -1,0 +1,84 @@
+"""Precisions: the element size of weights, activations and KV cache, and the compute type in force.
+
+Counting happens once in elements; a Precision turns elements into bytes and picks the hardware peak,
+so re-costing for another precision never re-traces the model.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from roofline.errors import RooflineError, close_matches
+
+__all__ = ["COMPUTE_TYPES", "PRECISIONS", "Precision", "get_precision"]
+
+# Compute types a hardware profile can give a peak for (FLOP/s, or op/s for integer types).
+COMPUTE_TYPES = ("fp64", "fp32", "tf32", "fp16", "bf16", "fp8", "int8")
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Element sizes per tensor role and the compute type whose peak bounds the math."""
+
+    name: str
+    weight_bits: float
+    activation_bits: float
+    compute_type: str
+    kv_bits: float | None = None  # KV cache; None means "same as activations"
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.compute_type not in COMPUTE_TYPES:
+            raise ValueError(f"compute_type {self.compute_type!r} not in {COMPUTE_TYPES}")
+        for field in ("weight_bits", "activation_bits"):
+            if getattr(self, field) <= 0:
+                raise ValueError(f"{field} must be positive")
+
+    @property
+    def weight_bytes(self) -> float:
+        return self.weight_bits / 8
+
+    @property
+    def activation_bytes(self) -> float:
+        return self.activation_bits / 8
+
+    @property
+    def kv_bytes(self) -> float:
+        return (self.kv_bits if self.kv_bits is not None else self.activation_bits) / 8
+
+    def with_kv(self, kv: str | None) -> Precision:
+        """This precision with the KV cache stored as `kv` (a precision name such as fp8 or int8)."""
+        if kv is None:
+            return self
+        kv_precision = get_precision(kv)
+        return dataclasses.replace(
+            self, name=f"{self.name}+kv-{kv_precision.name}", kv_bits=kv_precision.activation_bits
+        )
+
+
+PRECISIONS: dict[str, Precision] = {
+    p.name: p
+    for p in (
+        Precision("fp32", 32, 32, "fp32", description="IEEE float32 weights and activations"),
+        Precision("tf32", 32, 32, "tf32", description="float32 storage, TF32 tensor-core math"),
+        Precision("fp16", 16, 16, "fp16", description="float16 weights and activations"),
+        Precision("bf16", 16, 16, "bf16", description="bfloat16 weights and activations"),
+        Precision("int8", 8, 8, "int8", description="w8a8: int8 weights and activations, int8 math"),
+        Precision("fp8", 8, 8, "fp8", description="w8a8 float8 (e4m3) weights and activations"),
+        Precision("w8a16", 8, 16, "fp16", description="int8 weights dequantised to fp16 math"),
+        Precision("w4a16", 4, 16, "fp16", description="4-bit packed weights, fp16 math"),
+    )
+}
+
+
+def get_precision(name: str | Precision) -> Precision:
+    """Look up a precision by name; the error lists the accepted names."""
+    if isinstance(name, Precision):
+        return name
+    key = name.strip().lower()
+    if key not in PRECISIONS:
+        raise RooflineError(
+            f"unknown precision {name!r}{close_matches(key, PRECISIONS)}; "
+            f"choose one of: {', '.join(PRECISIONS)}"
+        )
+    return PRECISIONS[key]

@@ -1,0 +1,531 @@
+"""One forward pass under a dispatch mode: model -> OpRecords, attributed to module calls. Never times.
+
+Every aten op lands in exactly one row: the innermost module call running when it executes (a leaf
+module, or a non-leaf module's own ops such as a residual add). Two calls of one module are two rows
+(`path`, `path#1`, ...). Tensors are tracked from creation to release, which gives each op's reads and
+writes by role (weights, activations, KV cache, integer "fixed" tensors), each layer's fused traffic
+(only tensors crossing the layer boundary) and the peak of live activation memory.
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import weakref
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+from torch.utils.weak import WeakIdKeyDictionary
+
+from roofline import costs
+from roofline.costs import Cost, OpClass
+from roofline.costs.matmul import attention_cost
+from roofline.errors import RooflineError
+
+__all__ = ["LayerCall", "ModuleCallTracker", "OpRecord", "Role", "Trace", "trace"]
+
+ROOT_NAME = "(model)"
+UNUSED_NAME = "(unused parameters)"
+
+
+class Role(str, Enum):
+    """What a tensor is, which decides its element size under a Precision."""
+
+    WEIGHT = "weight"  # parameters and buffers, and views of them
+    ACT = "act"  # floating-point activations
+    KV = "kv"  # a language model's KV cache
+    FIXED = "fixed"  # integer and boolean tensors (indices, masks): bytes at their own dtype
+
+
+@dataclass(frozen=True)
+class LayerCall:
+    """One call of one module: a row of the layer table."""
+
+    name: str
+    path: str
+    call_index: int
+    module_type: str
+    is_leaf: bool
+
+
+@dataclass(frozen=True)
+class OpRecord:
+    """One aten op call: its cost in elements (bytes for FIXED tensors) and where it ran."""
+
+    seq: int
+    layer: str
+    op: str
+    op_class: str
+    macs: int
+    flops: int
+    weight_read: int
+    act_read: int
+    kv_read: int
+    fixed_read_bytes: int
+    act_written: int
+    kv_written: int
+    fixed_written_bytes: int
+    supported: bool
+    input_shapes: str
+    output_shapes: str
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """Elements moved by role (bytes for FIXED), for a layer's fused estimate."""
+
+    weight: int = 0
+    act: int = 0
+    kv: int = 0
+    fixed_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class Trace:
+    """Everything counted in one forward pass; analysis turns it into tables."""
+
+    model_name: str
+    inputs: list[list[int]]
+    records: list[OpRecord]
+    layers: list[LayerCall]
+    fused: dict[str, Traffic]
+    layer_params: dict[str, int]
+    total_params: int
+    peak_activation_elements: int
+    peak_fixed_bytes: int
+    unsupported: dict[str, int]
+    attention: str
+    outputs: Any = field(default=None, repr=False, compare=False)
+
+
+@dataclass
+class _TensorInfo:
+    uid: int
+    role: Role
+    producer: str | None  # layer name, or None for tensors from outside the traced forward
+
+
+class ModuleCallTracker:
+    """A stack of running module calls, kept by global forward hooks on one model's modules.
+
+    Also used by measurement to name layers exactly as the trace does.
+    """
+
+    def __init__(self, model: nn.Module, on_enter: Callable[[LayerCall, nn.Module, tuple[Any, ...]], None] | None = None,
+                 on_exit: Callable[[LayerCall, nn.Module, Any], None] | None = None) -> None:
+        self.paths: dict[int, str] = {}
+        for path, module in model.named_modules(remove_duplicate=True):
+            self.paths.setdefault(id(module), path)
+        self.stack: list[LayerCall] = []
+        self.calls: list[LayerCall] = []
+        self._call_counts: Counter[int] = Counter()
+        self._on_enter = on_enter
+        self._on_exit = on_exit
+
+    def current(self) -> LayerCall | None:
+        return self.stack[-1] if self.stack else None
+
+    def _pre_hook(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        key = id(module)
+        if key not in self.paths:
+            return
+        index = self._call_counts[key]
+        self._call_counts[key] += 1
+        path = self.paths[key]
+        base = path or ROOT_NAME
+        call = LayerCall(
+            name=base if index == 0 else f"{base}#{index}",
+            path=path,
+            call_index=index,
+            module_type=type(module).__name__,
+            is_leaf=next(module.children(), None) is None,
+        )
+        self.stack.append(call)
+        self.calls.append(call)
+        if self._on_enter is not None:
+            self._on_enter(call, module, args)
+
+    def _post_hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if id(module) not in self.paths or not self.stack:
+            return
+        call = self.stack.pop()
+        if self._on_exit is not None:
+            self._on_exit(call, module, output)
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[ModuleCallTracker]:
+        pre = nn.modules.module.register_module_forward_pre_hook(self._pre_hook)
+        post = nn.modules.module.register_module_forward_hook(self._post_hook)
+        try:
+            yield self
+        finally:
+            pre.remove()
+            post.remove()
+
+
+class _Tracer:
+    """The bookkeeping behind the dispatch mode: tensor roles, lifetimes, records."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.tracker = ModuleCallTracker(model, on_enter=self._on_enter)
+        self.call_start: dict[str, int] = {}  # the seq of the next op when each call began
+        self.records: list[OpRecord] = []
+        self.unsupported: Counter[str] = Counter()
+        self.suspended = 0
+        self._info: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self._uids = itertools.count()
+        self._next_seq = 0
+        # uid -> (elements or bytes, role) for fused traffic; (producer, uid) pairs that cross layers.
+        self._uid_size: dict[int, tuple[int, Role]] = {}
+        self._escapes: set[tuple[str, int]] = set()
+        self._external_reads: dict[str, dict[int, int]] = {}
+        # Live activation storages: key -> [tensor refs, float elements, fixed bytes].
+        self._live: dict[int, list[int]] = {}
+        self._live_elements = 0
+        self._live_fixed = 0
+        self.peak_elements = 0
+        self.peak_fixed = 0
+        for tensor in itertools.chain(model.parameters(), model.buffers()):
+            self._register(tensor, Role.WEIGHT if tensor.is_floating_point() else Role.FIXED, None, live=False)
+
+    def _on_enter(self, call: LayerCall, module: nn.Module, args: tuple[Any, ...]) -> None:
+        self.call_start[call.name] = self._next_seq
+
+    # -- tensors ------------------------------------------------------------------------------
+    def layer_name(self) -> str:
+        call = self.tracker.current()
+        return call.name if call is not None else ROOT_NAME
+
+    def _register(self, tensor: torch.Tensor, role: Role, producer: str | None, live: bool) -> _TensorInfo:
+        info = _TensorInfo(next(self._uids), role, producer)
+        self._info[tensor] = info
+        size = tensor.numel() * (tensor.element_size() if role is Role.FIXED else 1)
+        self._uid_size[info.uid] = (size, role)
+        if live:
+            self._track_live(tensor, role)
+        return info
+
+    def register_input(self, tensor: torch.Tensor, role: Role = Role.ACT) -> None:
+        if tensor in self._info:
+            return
+        if not tensor.is_floating_point():
+            role = Role.FIXED
+        self._register(tensor, role, None, live=role is not Role.WEIGHT)
+
+    def info(self, tensor: torch.Tensor) -> _TensorInfo:
+        found = self._info.get(tensor)
+        if found is None:  # made outside the forward (a constant, a cache tensor): external input
+            role = Role.ACT if tensor.is_floating_point() else Role.FIXED
+            found = self._register(tensor, role, None, live=True)
+        return found
+
+    def _track_live(self, tensor: torch.Tensor, role: Role) -> None:
+        if role is Role.WEIGHT:
+            return
+        storage = tensor.untyped_storage()
+        key = storage._cdata
+        entry = self._live.get(key)
+        if entry is None:
+            nbytes = storage.nbytes()
+            elements = nbytes // tensor.element_size() if role is not Role.FIXED else 0
+            fixed = nbytes if role is Role.FIXED else 0
+            entry = [0, elements, fixed]
+            self._live[key] = entry
+            self._live_elements += elements
+            self._live_fixed += fixed
+            if self._live_elements > self.peak_elements:
+                self.peak_elements = self._live_elements
+                self.peak_fixed = self._live_fixed
+        entry[0] += 1
+        weakref.finalize(tensor, self._release, key)
+
+    def _release(self, key: int) -> None:
+        entry = self._live.get(key)
+        if entry is None:
+            return
+        entry[0] -= 1
+        if entry[0] == 0:
+            del self._live[key]
+            self._live_elements -= entry[1]
+            self._live_fixed -= entry[2]
+
+    # -- ops ----------------------------------------------------------------------------------
+    def alias(self, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+        """A view: outputs share the first input's identity, role and producer."""
+        inputs = costs.tensor_inputs(args, kwargs)
+        if not inputs:
+            return
+        source = self.info(inputs[0])
+        for output in _tensors(out):
+            if output not in self._info:
+                self._info[output] = source
+                self._track_live(output, source.role)
+
+    def record(self, op: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any, cost: Cost,
+               supported: bool = True) -> None:
+        layer = self.layer_name()
+        inputs = costs.tensor_inputs(args, kwargs)
+        reads = cost.reads if cost.reads is not None else tuple(t.numel() for t in inputs)
+        read = {Role.WEIGHT: 0, Role.ACT: 0, Role.KV: 0, Role.FIXED: 0}
+        any_kv = False
+        external = self._external_reads.setdefault(layer, {})
+        for tensor, count in zip(inputs, reads):
+            info = self.info(tensor)
+            amount = count * tensor.element_size() if info.role is Role.FIXED else count
+            read[info.role] += amount
+            any_kv = any_kv or info.role is Role.KV
+            if info.producer != layer and amount:
+                external[info.uid] = max(external.get(info.uid, 0), amount)
+                if info.producer is not None:
+                    self._escapes.add((info.producer, info.uid))
+        written = {Role.WEIGHT: 0, Role.ACT: 0, Role.KV: 0, Role.FIXED: 0}
+        for output in _tensors(out):
+            info = self._info.get(output)
+            if info is None:
+                if not output.is_floating_point():
+                    role = Role.FIXED
+                elif any_kv and cost.op_class is OpClass.MEMORY:
+                    role = Role.KV  # the cache grows by concatenation or copy
+                else:
+                    role = Role.ACT
+                info = self._register(output, role, layer, live=True)
+            else:  # written in place: this layer now produces it
+                info.producer = layer
+            size = output.numel() * (output.element_size() if info.role is Role.FIXED else 1)
+            written[info.role] += size
+        self.records.append(
+            OpRecord(
+                seq=self._next_seq,
+                layer=layer,
+                op=op,
+                op_class=cost.op_class.value if supported else OpClass.UNSUPPORTED.value,
+                macs=cost.macs,
+                flops=cost.flops,
+                weight_read=read[Role.WEIGHT],
+                act_read=read[Role.ACT],
+                kv_read=read[Role.KV],
+                fixed_read_bytes=read[Role.FIXED],
+                act_written=written[Role.ACT] + written[Role.WEIGHT],
+                kv_written=written[Role.KV],
+                fixed_written_bytes=written[Role.FIXED],
+                supported=supported,
+                input_shapes=_shapes(inputs),
+                output_shapes=_shapes(_tensors(out)),
+            )
+        )
+        self._next_seq += 1
+        if not supported:
+            self.unsupported[op] += 1
+
+    def mark_outputs(self, out: Any) -> None:
+        for output in _tensors(out):
+            info = self._info.get(output)
+            if info is not None and info.producer is not None:
+                self._escapes.add((info.producer, info.uid))
+
+    def fused_traffic(self) -> dict[str, Traffic]:
+        totals: dict[str, dict[Role, int]] = {}
+
+        def add(layer: str, uid: int, amount: int | None = None) -> None:
+            size, role = self._uid_size[uid]
+            bucket = totals.setdefault(layer, {r: 0 for r in Role})
+            bucket[role] += size if amount is None else amount
+
+        for layer, reads in self._external_reads.items():
+            for uid, amount in reads.items():
+                add(layer, uid, amount)
+        for layer, uid in self._escapes:
+            add(layer, uid)
+        return {
+            layer: Traffic(weight=t[Role.WEIGHT], act=t[Role.ACT], kv=t[Role.KV], fixed_bytes=t[Role.FIXED])
+            for layer, t in totals.items()
+        }
+
+
+def _tensors(out: Any) -> list[torch.Tensor]:
+    return [leaf for leaf in tree_leaves(out) if isinstance(leaf, torch.Tensor)]
+
+
+def _shapes(tensors: Sequence[torch.Tensor]) -> str:
+    return " ".join("x".join(str(d) for d in t.shape) or "scalar" for t in tensors)
+
+
+def _op_name(func: Any) -> str:
+    return f"aten.{func._overloadpacket.__name__}"
+
+
+class _CountingMode(TorchDispatchMode):
+    """Observes every aten op below autograd and hands it to the tracer with its cost."""
+
+    def __init__(self, tracer: _Tracer) -> None:
+        super().__init__()
+        self.tracer = tracer
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if self.tracer.suspended:
+            return func(*args, **kwargs)
+        if costs.is_alias(func):
+            out = func(*args, **kwargs)
+            self.tracer.alias(args, kwargs, out)
+            return out
+        if costs.is_free(func):
+            out = func(*args, **kwargs)
+            for output in _tensors(out):
+                self.tracer.register_input(output)
+            return out
+        rule = costs.lookup(func)
+        if rule is None:
+            # No rule: count what the op decomposes into, as torch.utils.flop_counter does.
+            with self:
+                decomposed = func.decompose(*args, **kwargs)
+            if decomposed is not NotImplemented:
+                return decomposed
+        out = func(*args, **kwargs)
+        if rule is None:
+            self.tracer.record(_op_name(func), args, kwargs, out, Cost(op_class=OpClass.UNSUPPORTED), supported=False)
+        else:
+            self.tracer.record(_op_name(func), args, kwargs, out, rule(args, kwargs, out))
+        return out
+
+
+@contextlib.contextmanager
+def _fused_attention(tracer: _Tracer) -> Iterator[None]:
+    """Count F.scaled_dot_product_attention as one fused kernel on every device.
+
+    On meta PyTorch would run the math path (materialising the score matrix); on CPU and GPU it runs
+    a fused kernel. Wrapping the function (callers, nn.MultiheadAttention included, look it up in
+    torch.nn.functional at call time) gives the same counts on both: q, k, v read, output written.
+    """
+    original = F.scaled_dot_product_attention
+
+    def counted(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        if tracer.suspended:
+            return original(query, key, value, *args, **kwargs)
+        tracer.suspended += 1
+        try:
+            out = original(query, key, value, *args, **kwargs)
+        finally:
+            tracer.suspended -= 1
+        mask = args[0] if args else kwargs.get("attn_mask")
+        cost = attention_cost(query.shape, key.shape, value.shape, has_mask=isinstance(mask, torch.Tensor))
+        tracer.record("aten.scaled_dot_product_attention", (query, key, value, mask), {}, out, cost)
+        return out
+
+    F.scaled_dot_product_attention = counted
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = original
+
+
+ATTENTION_MODES = ("fused", "eager")
+
+
+def trace(model: nn.Module, inputs: Sequence[Any] | dict[str, Any], *, model_name: str = "model",
+          attention: str = "fused", kv_tensors: Iterable[torch.Tensor] = ()) -> Trace:
+    """Run one inference forward pass of `model` on `inputs` and count every aten op.
+
+    inputs: positional arguments, or a dict of keyword arguments. attention: "fused" counts SDPA as
+    one kernel (the default, what PyTorch runs on CPU and GPU); "eager" counts the math path, whose
+    score matrix reaches memory. kv_tensors: tensors to cost at the KV-cache precision.
+    """
+    if attention not in ATTENTION_MODES:
+        raise RooflineError(f"unknown attention mode {attention!r}; choose one of: {', '.join(ATTENTION_MODES)}")
+    tracer = _Tracer(model)
+    args, kwargs = (tuple(), dict(inputs)) if isinstance(inputs, dict) else (tuple(inputs), {})
+    for tensor in _tensors((args, kwargs)):
+        tracer.register_input(tensor)
+    for tensor in kv_tensors:
+        tracer.register_input(tensor, Role.KV)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    # nn.MultiheadAttention's CPU fast path is one opaque op; the general path is counted op by op.
+    torch.backends.mha.set_fastpath_enabled(False)
+    attention_ctx: contextlib.AbstractContextManager[Any] = (
+        _fused_attention(tracer) if attention == "fused" else _math_attention()
+    )
+    try:
+        with torch.no_grad(), tracer.tracker.active(), attention_ctx, _CountingMode(tracer):
+            try:
+                out = model(*args, **kwargs)
+            except RooflineError:
+                raise
+            except Exception as error:
+                where = tracer.tracker.current()
+                place = f"module '{where.name}' ({where.module_type})" if where else "the model's forward"
+                message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                raise RooflineError(f"forward pass failed in {place}: {type(error).__name__}: {message}") from error
+        tracer.mark_outputs(out)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    return _finish(model, model_name, args, kwargs, tracer, attention, out)
+
+
+@contextlib.contextmanager
+def _math_attention() -> Iterator[None]:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.MATH):
+        yield
+
+
+def _finish(model: nn.Module, model_name: str, args: tuple[Any, ...], kwargs: dict[str, Any], tracer: _Tracer,
+            attention: str, out: Any) -> Trace:
+    layers_with_ops = {record.layer for record in tracer.records}
+    rows = [call for call in tracer.tracker.calls if call.is_leaf or call.name in layers_with_ops]
+    if ROOT_NAME in layers_with_ops and all(call.name != ROOT_NAME for call in rows):
+        rows.insert(0, LayerCall(ROOT_NAME, "", 0, type(model).__name__, False))
+    # Order rows by their first op so tables read in execution order; an op-less leaf (Identity,
+    # Dropout) sits where it was called.
+    first_op: dict[str, int] = {}
+    for record in tracer.records:
+        first_op.setdefault(record.layer, record.seq)
+    call_order = {call.name: i for i, call in enumerate(tracer.tracker.calls)}
+    rows.sort(key=lambda row: (first_op.get(row.name, tracer.call_start.get(row.name, -1)),
+                               row.name in first_op, call_order.get(row.name, -1)))
+
+    # Parameters: each counted once, on the first row of the module that owns it.
+    counted: set[int] = set()
+    layer_params: dict[str, int] = {}
+    modules = dict(model.named_modules(remove_duplicate=True))
+    row_names = {row.name for row in rows}
+    for row in rows:
+        if row.call_index != 0:
+            continue
+        module = modules.get(row.path)
+        if module is None:
+            continue
+        owned = 0
+        for parameter in module.parameters(recurse=False):
+            if id(parameter) not in counted:
+                counted.add(id(parameter))
+                owned += parameter.numel()
+        layer_params[row.name] = owned
+    unique = {id(p): p.numel() for p in model.parameters()}
+    total_params = sum(unique.values())
+    unused = total_params - sum(layer_params.values())
+    if unused:
+        rows.append(LayerCall(UNUSED_NAME, "", 0, "not executed", False))
+        layer_params[UNUSED_NAME] = unused
+    assert row_names | {UNUSED_NAME} >= set(layer_params), "parameters attributed to a missing row"
+    return Trace(
+        model_name=model_name,
+        inputs=[list(t.shape) for t in _tensors((args, kwargs))],
+        records=tracer.records,
+        layers=rows,
+        fused=tracer.fused_traffic(),
+        layer_params=layer_params,
+        total_params=total_params,
+        peak_activation_elements=tracer.peak_elements,
+        peak_fixed_bytes=tracer.peak_fixed,
+        unsupported=dict(tracer.unsupported),
+        attention=attention,
+        outputs=out,
+    )
