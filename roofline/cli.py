@@ -45,7 +45,9 @@ def _setup_analyze(parser: argparse.ArgumentParser) -> None:
 
 def _run_analyze(args: argparse.Namespace) -> int:
     from roofline import analysis, models
+    from roofline.precision import get_precision
 
+    get_precision(args.precision)  # validate before the (possibly slow) model build
     loaded = models.load(args.model, input_shape=args.input_shape, batch=args.batch, seq_len=args.seq_len)
     result = analysis.analyze(loaded, precision=args.precision)
     print(analysis.render(result, by=args.by, fmt=args.format))

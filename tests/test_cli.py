@@ -1,0 +1,91 @@
+"""The analyze command: output formats, the JSON contract, and one-line errors with exit code 2."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from roofline.cli import main
+
+FIXTURE = Path(__file__).parent / "fixtures" / "user_model.py"
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_json_contract(capsys):
+    code, out, _ = run(capsys, "analyze", "zoo:mlp", "--format", "json", "--precision", "fp16")
+    assert code == 0
+    data = json.loads(out)
+    assert set(data) == {"model", "precision", "inputs", "totals", "layers", "unsupported_ops"}
+    assert data["model"] == "zoo:mlp" and data["precision"] == "fp16" and data["inputs"] == [[1, 1024]]
+    assert set(data["totals"]) == {
+        "macs", "flops", "params", "model_size_bytes", "bytes_read", "bytes_written",
+        "peak_activation_bytes", "arithmetic_intensity",
+    }
+    assert set(data["layers"][0]) == {
+        "name", "type", "macs", "flops", "params", "weight_bytes", "bytes_read", "bytes_written",
+        "fused_bytes", "arithmetic_intensity",
+    }
+    # 1024x4096 + 4096x4096 + 4096x1000 MACs at batch 1.
+    assert data["totals"]["macs"] == 1024 * 4096 + 4096 * 4096 + 4096 * 1000
+    assert data["unsupported_ops"] == []
+
+
+@pytest.mark.parametrize("fmt, marker", [("table", "zoo:convnet @ fp32"), ("csv", "name,type,macs"),
+                                          ("markdown", "| name | type |")])
+def test_formats(capsys, fmt, marker):
+    code, out, _ = run(capsys, "analyze", "zoo:convnet", "--format", fmt)
+    assert code == 0 and marker in out
+
+
+@pytest.mark.parametrize("by, column", [("op", "aten.convolution"), ("type", "Conv2d")])
+def test_group_by(capsys, by, column):
+    code, out, _ = run(capsys, "analyze", "zoo:convnet", "--by", by, "--format", "csv")
+    assert code == 0 and column in out
+
+
+def test_file_spec_and_batch(capsys):
+    code, out, _ = run(capsys, "analyze", f"{FIXTURE}:make", "--input-shape", "4x16", "--format", "json")
+    assert code == 0
+    assert json.loads(out)["totals"]["macs"] == 4 * (16 * 32 + 32 * 4)
+    code, out, _ = run(capsys, "analyze", f"{FIXTURE}:make_with_inputs", "--format", "json")
+    assert json.loads(out)["inputs"] == [[2, 16]]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["analyze", "nosuch:thing"], "unknown model spec 'nosuch:thing'"),
+        (["analyze", "torchvision:resnet51"], "unknown torchvision model 'resnet51' (did you mean: resnet50"),
+        (["analyze", "hf:lama"], "unknown Hugging Face model type 'lama' (did you mean: llama"),
+        (["analyze", "hf:gpt2?n_layerz=2"], "hf:gpt2 config has no field 'n_layerz'"),
+        (["analyze", "zoo:convnett"], "unknown zoo model 'convnett' (did you mean: convnet"),
+        (["analyze", f"{FIXTURE}:mkae"], "does not define 'mkae' (did you mean: make"),
+        (["analyze", "missing_file.py:make"], "model file 'missing_file.py' not found"),
+        (["analyze", f"{FIXTURE}:broken"], "failed: ValueError: cannot build"),
+        (["analyze", f"{FIXTURE}:make"], "give the input shape"),
+        (["analyze", "zoo:mlp", "--input-shape", "1x3xfoo"], "malformed input shape '1x3xfoo'"),
+        (["analyze", "zoo:mlp", "--precision", "fp13"], "unknown precision 'fp13'"),
+        (["analyze", "zoo:mlp", "--input-shape", "1x999"], "forward pass failed in module '0' (Linear)"),
+        (["analyze", f"{FIXTURE}:failing"], "forward pass failed in module 'second' (Linear)"),
+        (["analyze", "zoo:mlp", "--batch", "0"], "batch must be a positive integer"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(capsys, argv, message):
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    assert err.startswith("roofline: error: ")
+    assert message in err
+    assert err.count("\n") == 1  # one line, no traceback
+
+
+def test_module_entry_point_subprocess():
+    done = subprocess.run([sys.executable, "-m", "roofline", "analyze", "zoo:nope"], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith("roofline: error: unknown zoo model 'nope'")
+    assert "Traceback" not in done.stderr
