@@ -6,6 +6,7 @@ without re-tracing.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from roofline.formatting import format_bytes, format_si, format_table
+from roofline.formatting import format_bytes, format_markdown, format_si, format_table
 from roofline.models import LoadedModel
 from roofline.precision import Precision, get_precision
 from roofline.trace import Trace, trace
@@ -47,6 +48,37 @@ class Analysis:
     def with_precision(self, precision: str | Precision) -> Analysis:
         """The same counts re-costed at another precision (bytes and model size change, FLOPs do not)."""
         return Analysis(self.trace, get_precision(precision))
+
+    def scaled_batch(self, factor: float) -> Analysis:
+        """The same model at `factor` x the traced batch, without re-tracing.
+
+        FLOPs and activation, KV and integer bytes grow in proportion to the batch; weight bytes do
+        not. Exact for models whose ops treat samples independently (CNNs in eval mode, transformer
+        layers, an LLM decode step); peak activations scale the same way.
+        """
+        t = self.trace
+
+        def scale(value: int) -> int:
+            return int(round(value * factor))
+
+        records = [
+            dataclasses.replace(
+                r, macs=scale(r.macs), flops=scale(r.flops), act_read=scale(r.act_read), kv_read=scale(r.kv_read),
+                fixed_read_bytes=scale(r.fixed_read_bytes), act_written=scale(r.act_written),
+                kv_written=scale(r.kv_written), fixed_written_bytes=scale(r.fixed_written_bytes),
+            )
+            for r in t.records
+        ]
+        fused = {
+            name: dataclasses.replace(f, act=scale(f.act), kv=scale(f.kv), fixed_bytes=scale(f.fixed_bytes))
+            for name, f in t.fused.items()
+        }
+        inputs = [[scale(dims[0]), *dims[1:]] if dims else dims for dims in t.inputs]
+        scaled = dataclasses.replace(
+            t, records=records, fused=fused, inputs=inputs, outputs=None,
+            peak_activation_elements=scale(t.peak_activation_elements), peak_fixed_bytes=scale(t.peak_fixed_bytes),
+        )
+        return Analysis(scaled, self.precision)
 
     @property
     def model_name(self) -> str:
@@ -232,15 +264,5 @@ def render(result: Analysis, by: str = "layer", fmt: str = "table") -> str:
     if fmt == "csv":
         return table.to_csv(index=False).rstrip("\n")
     if fmt == "markdown":
-        return _markdown(table) + "\n\n" + "\n".join(f"    {line}" for line in result.summary().splitlines())
+        return format_markdown(table) + "\n\n" + "\n".join(f"    {line}" for line in result.summary().splitlines())
     return format_table(table, _LAYER_FORMATTERS) + "\n\n" + result.summary()
-
-
-def _markdown(df: pd.DataFrame) -> str:
-    header = "| " + " | ".join(str(c) for c in df.columns) + " |"
-    rule = "|" + "|".join("---" for _ in df.columns) + "|"
-    body = [
-        "| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row) + " |"
-        for row in df.itertuples(index=False)
-    ]
-    return "\n".join([header, rule, *body])

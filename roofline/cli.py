@@ -54,10 +54,243 @@ def _run_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- predict, explain, sweep, compare, llm ------------------------------------------------------
+
+def _add_hw(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--hw", required=required, help="profile name from hwprofiles/, a profile file, or auto")
+    parser.add_argument("--calibrated", action="store_true",
+                        help="scale each op class by the efficiency measured on the device (measured profiles)")
+
+
+def _load_for(args: argparse.Namespace) -> object:
+    from roofline import models
+    from roofline.precision import get_precision
+
+    get_precision(args.precision)
+    return models.load(args.model, input_shape=args.input_shape, batch=args.batch, seq_len=args.seq_len)
+
+
+def _setup_predict(parser: argparse.ArgumentParser) -> None:
+    _add_model_options(parser)
+    _add_precision(parser)
+    _add_hw(parser)
+    _add_format(parser)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from roofline import analysis, predict
+    from roofline.hardware import load_profile
+
+    profile = load_profile(args.hw)
+    result = analysis.analyze(_load_for(args), precision=args.precision)
+    print(predict.render(predict.predict(result, profile, calibrated=args.calibrated), fmt=args.format))
+    return 0
+
+
+def _setup_explain(parser: argparse.ArgumentParser) -> None:
+    _add_model_options(parser)
+    _add_precision(parser)
+    _add_hw(parser)
+    parser.add_argument("--layer", help="layer name (as in `roofline analyze`); omit for the model's top layers")
+    parser.add_argument("--top", type=int, default=10, help="layers listed when --layer is omitted (default 10)")
+    parser.add_argument("--format", choices=("table", "json"), default="table")
+
+
+def _run_explain(args: argparse.Namespace) -> int:
+    import json
+
+    from roofline import analysis, explain
+    from roofline.formatting import format_table, format_time
+    from roofline.hardware import load_profile
+
+    profile = load_profile(args.hw)
+    result = analysis.analyze(_load_for(args), precision=args.precision)
+    if args.layer:
+        diagnosis = explain.explain(result, args.layer, profile, calibrated=args.calibrated)
+        print(json.dumps(diagnosis.to_dict(), indent=2, default=str) if args.format == "json" else diagnosis.text())
+        return 0
+    table = explain.explain_model(result, profile, top=args.top, calibrated=args.calibrated)
+    if args.format == "json":
+        print(table.to_json(orient="records", indent=2))
+    else:
+        print(format_table(table, {"predicted_s": format_time, "share": lambda v: f"{v:.1%}"}))
+    return 0
+
+
+def _setup_sweep(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("kind", choices=("conv",), help="what to sweep: conv (group count of a convolution)")
+    parser.add_argument("--channels", type=int, default=256, help="input = output channels (default 256)")
+    parser.add_argument("--size", default="56x56", help="spatial size HxW (default 56x56)")
+    parser.add_argument("--groups", help="comma-separated group counts (default: 1, 2, 4, ... channels)")
+    parser.add_argument("--kernel", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=1)
+    _add_precision(parser)
+    _add_hw(parser)
+    parser.add_argument("--measure", action="store_true", help="also time each convolution on --device")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--out", help="directory for the sweep's CSV and chart")
+    parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    from roofline import explain
+    from roofline.errors import RooflineError
+    from roofline.formatting import format_bytes, format_si, format_table, format_time
+    from roofline.hardware import load_profile
+    from roofline.models import parse_input_shape
+
+    shape = parse_input_shape(args.size)[0]
+    if len(shape) != 2:
+        raise RooflineError(f"--size must be HxW, got {args.size!r}")
+    if args.groups:
+        try:
+            groups = [int(g) for g in args.groups.split(",")]
+        except ValueError as error:
+            raise RooflineError(f"--groups must be comma-separated integers, got {args.groups!r}") from error
+    else:
+        groups = [2**i for i in range(args.channels.bit_length()) if args.channels % 2**i == 0]
+    if args.measure and args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RooflineError("no CUDA device: torch.cuda.is_available() is False")
+    profile = load_profile(args.hw)
+    table = explain.sweep_conv(args.channels, (shape[0], shape[1]), groups, profile, batch=args.batch,
+                               kernel=args.kernel, precision=args.precision, measure=args.measure,
+                               calibrated=args.calibrated, device=args.device)
+    if args.out:
+        from roofline import plots
+
+        paths = plots.sweep_chart(table, profile, args.out) if hasattr(plots, "sweep_chart") else []
+        table.to_csv(f"{args.out}/sweep.csv", index=False)
+        print(f"wrote {args.out}/sweep.csv " + " ".join(str(p) for p in paths))
+    if args.format == "csv":
+        print(table.to_csv(index=False).rstrip("\n"))
+    elif args.format == "json":
+        print(table.to_json(orient="records", indent=2))
+    else:
+        formatters = {"macs": format_si, "params": format_si, "bytes": format_bytes, "predicted_s": format_time,
+                      "measured_s": format_time}
+        print(format_table(table, formatters))
+        print()
+        print(explain.explain_sweep(table))
+    return 0
+
+
+def _setup_compare(parser: argparse.ArgumentParser) -> None:
+    _add_model_options(parser)
+    parser.add_argument("--hw", required=True, help="comma-separated profiles, e.g. a100-80gb-sxm,h100-sxm,t4,auto")
+    parser.add_argument("--precision", default="fp32", help="comma-separated precisions, e.g. fp32,fp16,int8")
+    parser.add_argument("--batches", default=None, help="comma-separated batch sizes to compare (default: --batch)")
+    parser.add_argument("--calibrated", action="store_true")
+    parser.add_argument("--format", choices=("table", "csv", "json", "markdown"), default="table")
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from roofline import analysis, explain
+    from roofline.errors import RooflineError
+    from roofline.formatting import format_markdown, format_table, format_time
+    from roofline.hardware import load_profile
+    from roofline.precision import get_precision
+
+    precisions = [get_precision(p).name for p in args.precision.split(",")]
+    profiles = [load_profile(name.strip()) for name in args.hw.split(",")]
+    try:
+        batches = [int(b) for b in args.batches.split(",")] if args.batches else [args.batch or 1]
+    except ValueError as error:
+        raise RooflineError(f"--batches must be comma-separated integers, got {args.batches!r}") from error
+    from roofline import models
+
+    loaded = models.load(args.model, input_shape=args.input_shape, batch=batches[0], seq_len=args.seq_len)
+    table = explain.compare(analysis.analyze(loaded), profiles, precisions, batches, calibrated=args.calibrated)
+    if args.format == "csv":
+        print(table.to_csv(index=False).rstrip("\n"))
+    elif args.format == "json":
+        print(table.to_json(orient="records", indent=2))
+    elif args.format == "markdown":
+        print(format_markdown(table))
+    else:
+        print(format_table(table, {"predicted_latency_s": format_time, "memory_bound_fraction": lambda v: f"{v:.0%}",
+                                   "speedup": lambda v: f"{v:.2f}x"}))
+    return 0
+
+
+def _setup_llm(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="a causal LM: hf:llama, hf:gpt2, hf:mistral?num_hidden_layers=4, ...")
+    parser.add_argument("--hw", required=True, help="profile name, file, or auto")
+    parser.add_argument("--precision", default="fp16", help="weights/activations: fp16, bf16, fp8, int8, w8a16, w4a16")
+    parser.add_argument("--kv-precision", help="KV-cache precision (default: the activation precision)")
+    parser.add_argument("--prompt-len", type=int, default=1024)
+    parser.add_argument("--gen-len", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--attention", choices=("fused", "eager"), default="fused")
+    parser.add_argument("--calibrated", action="store_true")
+    parser.add_argument("--measure", choices=("cpu", "cuda"), help="also time prefill and decode on this device")
+    parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
+
+
+def _run_llm(args: argparse.Namespace) -> int:
+    from roofline import llm
+
+    report = llm.llm(args.model, args.hw, precision=args.precision, kv_precision=args.kv_precision,
+                     prompt_len=args.prompt_len, gen_len=args.gen_len, batch=args.batch, attention=args.attention,
+                     calibrated=args.calibrated, measure_device=args.measure)
+    print(llm.render(report, fmt=args.format))
+    return 0
+
+
+# ---- hw ------------------------------------------------------------------------------------------
+
+def _setup_hw(parser: argparse.ArgumentParser) -> None:
+    hw = parser.add_subparsers(dest="hw_command", required=True, metavar="SUBCOMMAND")
+    listing = hw.add_parser("list", help="the shipped hardware profiles: peaks, DRAM bandwidth, ridge points")
+    listing.add_argument("--format", choices=("table", "json"), default="table", help="output format (default: table)")
+    show = hw.add_parser("show", help="one profile with the source of every figure")
+    show.add_argument("name", help="profile name (roofline hw list), path to a .yaml file, or auto")
+    show.add_argument("--format", choices=("table", "json"), default="table", help="output format (default: table)")
+    detect = hw.add_parser("detect", help="build a profile of this machine from py-cpuinfo and NVML")
+    detect.add_argument("--device", choices=("cpu", "cuda"), help="default: the GPU if there is one, else the CPU")
+    detect.add_argument("--save", metavar="FILE", help="also write the profile to FILE (YAML)")
+    detect.add_argument("--format", choices=("table", "json"), default="table", help="output format (default: table)")
+    measure = hw.add_parser("measure", help="measure bandwidths, matmul peaks, overhead and efficiency here")
+    measure.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default: cpu")
+    measure.add_argument("--quick", action="store_true", help="a shorter run (under 30 s on a small CPU)")
+    measure.add_argument("--save", metavar="FILE", help="write the profile here (default: the user profile dir, used by --hw auto)")
+    measure.add_argument("--no-progress", action="store_true", help="no progress bar")
+    measure.add_argument("--format", choices=("table", "json"), default="table", help="output format (default: table)")
+
+
+def _run_hw(args: argparse.Namespace) -> int:
+    from roofline import hardware
+    from roofline.hardware import render
+
+    if args.hw_command == "list":
+        print(render.render_list(hardware.list_profiles(), args.format))
+        return 0
+    if args.hw_command == "show":
+        print(render.render_profile(hardware.load_profile(args.name), args.format))
+        return 0
+    if args.hw_command == "detect":
+        profile = hardware.detect(args.device)
+    else:
+        profile = hardware.measure_profile(device=args.device, quick=args.quick, progress=not args.no_progress)
+    print(render.render_profile(profile, args.format))
+    target = args.save or (hardware.default_measured_path(profile) if args.hw_command == "measure" else None)
+    if target:
+        print(f"saved {hardware.save_profile(profile, target)}", file=sys.stderr)
+    return 0
+
+
 # ---- the command table ---------------------------------------------------------------------------
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handler]] = {
     "analyze": ("count MACs, FLOPs, bytes and memory per layer", _setup_analyze, _run_analyze),
+    "hw": ("hardware profiles: list, show, detect this machine, measure it", _setup_hw, _run_hw),
+    "predict": ("predict per-layer latency on a hardware profile", _setup_predict, _run_predict),
+    "explain": ("why a layer is slow, and what would change it", _setup_explain, _run_explain),
+    "sweep": ("sweeps that teach: convolution groups", _setup_sweep, _run_sweep),
+    "compare": ("compare devices, precisions and batch sizes", _setup_compare, _run_compare),
+    "llm": ("LLM prefill and decode: time to first token, tokens/s, KV cache", _setup_llm, _run_llm),
 }
 
 

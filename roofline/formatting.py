@@ -5,7 +5,7 @@ import math
 
 import pandas as pd
 
-__all__ = ["format_bytes", "format_si", "format_table", "format_time"]
+__all__ = ["format_bytes", "format_markdown", "format_si", "format_table", "format_time"]
 
 _PREFIXES = [(1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")]
 _BINARY = [(2**50, "Pi"), (2**40, "Ti"), (2**30, "Gi"), (2**20, "Mi"), (2**10, "Ki")]
@@ -65,6 +65,14 @@ def format_table(df: pd.DataFrame, formatters: dict[str, object] | None = None, 
     if len(shown) < len(df):
         lines.append(f"... {len(df) - len(shown)} more rows")
     return "\n".join(lines)
+
+
+def format_markdown(df: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table (pandas' to_markdown needs the tabulate package)."""
+    header = "| " + " | ".join(str(c) for c in df.columns) + " |"
+    rule = "|" + "|".join("---:" if pd.api.types.is_numeric_dtype(df[c]) else "---" for c in df.columns) + "|"
+    body = ["| " + " | ".join(_default_cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
 
 
 def _default_cell(value: object) -> str:

@@ -9,6 +9,7 @@ writes by role (weights, activations, KV cache, integer "fixed" tensors), each l
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import weakref
 from collections import Counter
@@ -185,6 +186,7 @@ class _Tracer:
         # uid -> (elements or bytes, role) for fused traffic; (producer, uid) pairs that cross layers.
         self._uid_size: dict[int, tuple[int, Role]] = {}
         self._escapes: set[tuple[str, int]] = set()
+        self._writer: dict[int, int] = {}  # uid -> index of the record that wrote it
         self._external_reads: dict[str, dict[int, int]] = {}
         # Live activation storages: key -> [tensor refs, float elements, fixed bytes].
         self._live: dict[int, list[int]] = {}
@@ -227,7 +229,7 @@ class _Tracer:
         return found
 
     def _track_live(self, tensor: torch.Tensor, role: Role) -> None:
-        if role is Role.WEIGHT:
+        if role in (Role.WEIGHT, Role.KV):  # the KV cache is reported on its own, not as activations
             return
         storage = tensor.untyped_storage()
         key = storage._cdata
@@ -298,6 +300,7 @@ class _Tracer:
                 info = self._register(output, role, layer, live=True)
             else:  # written in place: this layer now produces it
                 info.producer = layer
+            self._writer[info.uid] = len(self.records)
             size = output.numel() * (output.element_size() if info.role is Role.FIXED else 1)
             written[info.role] += size
         self.records.append(
@@ -323,6 +326,20 @@ class _Tracer:
         self._next_seq += 1
         if not supported:
             self.unsupported[op] += 1
+
+    def reclassify_as_kv(self, tensors: Iterable[torch.Tensor]) -> None:
+        """Count the writes of tensors that ended up in a KV cache as KV-cache writes (a prefill)."""
+        for tensor in tensors:
+            info = self._info.get(tensor)
+            if info is None or info.role is not Role.ACT or info.uid not in self._writer:
+                continue
+            index = self._writer[info.uid]
+            record = self.records[index]
+            moved = min(tensor.numel(), record.act_written)
+            self.records[index] = dataclasses.replace(
+                record, act_written=record.act_written - moved, kv_written=record.kv_written + moved
+            )
+            info.role = Role.KV
 
     def mark_outputs(self, out: Any) -> None:
         for output in _tensors(out):
@@ -430,12 +447,15 @@ ATTENTION_MODES = ("fused", "eager")
 
 
 def trace(model: nn.Module, inputs: Sequence[Any] | dict[str, Any], *, model_name: str = "model",
-          attention: str = "fused", kv_tensors: Iterable[torch.Tensor] = ()) -> Trace:
+          attention: str = "fused", kv_tensors: Iterable[torch.Tensor] = (),
+          kv_outputs: Callable[[Any], Iterable[torch.Tensor]] | None = None) -> Trace:
     """Run one inference forward pass of `model` on `inputs` and count every aten op.
 
     inputs: positional arguments, or a dict of keyword arguments. attention: "fused" counts SDPA as
     one kernel (the default, what PyTorch runs on CPU and GPU); "eager" counts the math path, whose
     score matrix reaches memory. kv_tensors: tensors to cost at the KV-cache precision.
+    kv_outputs: given the model's output, the tensors it left in a KV cache; their writes are
+    counted as KV-cache writes (the cache a prefill fills).
     """
     if attention not in ATTENTION_MODES:
         raise RooflineError(f"unknown attention mode {attention!r}; choose one of: {', '.join(ATTENTION_MODES)}")
@@ -463,6 +483,8 @@ def trace(model: nn.Module, inputs: Sequence[Any] | dict[str, Any], *, model_nam
                 message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
                 raise RooflineError(f"forward pass failed in {place}: {type(error).__name__}: {message}") from error
         tracer.mark_outputs(out)
+        if kv_outputs is not None:
+            tracer.reclassify_as_kv(kv_outputs(out))
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
     return _finish(model, model_name, args, kwargs, tracer, attention, out)

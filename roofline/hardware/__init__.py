@@ -1,0 +1,82 @@
+"""Hardware profiles: datasheet files in hwprofiles/, detection of this machine, and measurement.
+
+`load_profile` is the one way in: a name from hwprofiles/ (file stem, case-insensitive), a path to a
+YAML file, or "auto" (this machine, preferring a measured profile of it saved in the user directory).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from roofline.errors import RooflineError, close_matches
+from roofline.hardware.detect import detect
+from roofline.hardware.microbench import measure_profile
+from roofline.hardware.profile import (
+    EFFICIENCY_CLASSES,
+    HardwareProfile,
+    MemoryLevel,
+    hwprofiles_dir,
+    list_profiles,
+    load_profile_file,
+    profile_paths,
+    save_profile,
+    user_profile_dir,
+)
+
+__all__ = [
+    "EFFICIENCY_CLASSES",
+    "HardwareProfile",
+    "MemoryLevel",
+    "detect",
+    "default_measured_path",
+    "hwprofiles_dir",
+    "list_profiles",
+    "load_profile",
+    "measure_profile",
+    "save_profile",
+    "user_profile_dir",
+]
+
+
+def _slug(text: str) -> str:
+    return "-".join("".join(ch.lower() if ch.isalnum() else " " for ch in text).split()) or "device"
+
+
+def default_measured_path(profile: HardwareProfile) -> Path:
+    """Where `hw measure` keeps a measured profile of this machine: the user dir, named after the machine."""
+    return user_profile_dir() / f"measured-{_slug(profile.metadata.get('machine', profile.name))}.yaml"
+
+
+def _saved_measurement(detected: HardwareProfile) -> HardwareProfile | None:
+    """The newest measured profile in the user dir whose recorded machine is this one."""
+    directory = user_profile_dir()
+    machine = detected.metadata.get("machine")
+    if not machine or not directory.is_dir():
+        return None
+    candidates = []
+    for path in directory.glob("*.yaml"):
+        try:
+            profile = load_profile_file(path)
+        except RooflineError:
+            continue  # a broken file in the cache must not stop `auto`; `hw show` reports it
+        if profile.source == "measured" and profile.metadata.get("machine") == machine:
+            candidates.append(profile)
+    return max(candidates, key=lambda p: p.metadata.get("date", ""), default=None)
+
+
+def load_profile(name_or_path: str) -> HardwareProfile:
+    """A profile by name (hwprofiles/ file stem), by path (.yaml), or 'auto' for this machine."""
+    key = name_or_path.strip()
+    if key.lower() == "auto":
+        detected = detect()
+        return _saved_measurement(detected) or detected
+    path = Path(key).expanduser()
+    if path.suffix.lower() in (".yaml", ".yml") or "/" in key or path.is_file():
+        return load_profile_file(path)
+    paths = profile_paths()
+    if key.lower() in paths:
+        return load_profile_file(paths[key.lower()])
+    names = sorted(paths)
+    raise RooflineError(
+        f"unknown hardware profile {name_or_path!r}{close_matches(key.lower(), names)}; "
+        f"choose one of: {', '.join(names) or '(none found in ' + str(hwprofiles_dir()) + ')'}, a .yaml path, or auto"
+    )

@@ -1,0 +1,415 @@
+"""Microbenchmarks that turn this machine into a measured profile: bandwidth per memory level, matmul
+rate per compute type, per-op overhead, and efficiency factors per op class.
+
+Every figure is the median of repeated timings (roofline.timing) with its IQR kept in metadata.
+Bytes follow the STREAM convention: each array read or written once, write-allocate traffic not
+counted (copy and scale move 2 arrays, add and triad 3).
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import math
+import os
+import platform
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from roofline.errors import RooflineError
+from roofline.hardware.detect import detect
+from roofline.hardware.profile import HardwareProfile, MemoryLevel
+from roofline.timing import Measurement, time_callable
+
+__all__ = ["FULL", "QUICK", "BenchConfig", "BandwidthPoint", "measure_profile"]
+
+_KIB = 1024
+_MIB = 1024 * 1024
+# A point whose time is under this many per-op overheads measures dispatch, not memory: not used.
+_OVERHEAD_BOUND_FACTOR = 10.0
+# A compute type slower than this fraction of fp32 has no fast path on this device (said in notes).
+_SLOW_PATH_FRACTION = 0.05
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """How much to measure. QUICK finishes in under 30 s on a 2-core CPU, FULL in under 3 minutes."""
+
+    min_bytes: int = 16 * _KIB
+    max_bytes: int = 512 * _MIB
+    past_llc: bool = True  # also sweep to 4 x the last-level cache when that is larger (up to 1/4 of RAM)
+    size_step: float = 2.0  # working sets grow by this factor
+    min_run_time_s: float = 0.05  # per timed point
+    matmul_sizes: tuple[int, ...] = (512, 1024, 2048)
+    efficiency_scale: float = 1.0  # scales the representative ops' sizes
+    efficiency: bool = True
+
+
+FULL = BenchConfig()
+QUICK = BenchConfig(max_bytes=128 * _MIB, size_step=4.0, min_run_time_s=0.01, matmul_sizes=(256, 512, 1024), efficiency_scale=0.5)
+
+
+@dataclass(frozen=True)
+class BandwidthPoint:
+    """One kernel at one working set: bytes moved per call and the timing."""
+
+    kernel: str
+    working_set_bytes: int
+    bytes_moved: int
+    measurement: Measurement
+
+    @property
+    def bandwidth_bytes_per_s(self) -> float:
+        return self.bytes_moved / self.measurement.median_s
+
+
+def _sizes(config: BenchConfig, llc_bytes: float | None) -> list[int]:
+    """Working sets from min_bytes to well past the last-level cache, limited to 1/4 of free RAM."""
+    top = max(config.max_bytes, int(4 * (llc_bytes or 0))) if config.past_llc else config.max_bytes
+    ram = _available_ram_bytes()
+    if ram:
+        top = min(top, int(ram / 4 / config.size_step))
+    sizes, size = [], float(config.min_bytes)
+    while True:  # the last size is the first one at or past `top`, so DRAM is always reached
+        sizes.append(int(size) // 64 * 64)
+        if size >= top * 0.9999:
+            return sizes
+        size *= config.size_step
+
+
+def _available_ram_bytes() -> float | None:
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _stream_kernels(working_set: int, device: str, llc_bytes: float | None) -> Iterator[tuple[str, int, Callable[[], object]]]:
+    """(kernel, bytes moved per call, callable) for one working set, fp32, torch ops with out=."""
+    element = 4
+    two = max(1, working_set // (2 * element))
+    three = max(1, working_set // (3 * element))
+    a, c = torch.rand(two, device=device), torch.empty(two, device=device)
+    yield "copy", 2 * two * element, lambda: c.copy_(a)
+    yield "scale", 2 * two * element, lambda: torch.mul(a, 3.0, out=c)
+    x, y, z = torch.rand(three, device=device), torch.rand(three, device=device), torch.empty(three, device=device)
+    yield "add", 3 * three * element, lambda: torch.add(x, y, out=z)
+    yield "triad", 3 * three * element, lambda: torch.add(y, z, alpha=3.0, out=x)
+    if llc_bytes is None or working_set <= llc_bytes:
+        # In-cache read: a sum over a stride-0 repeated view re-reads the same small buffer `repeat`
+        # times in one op, so cache levels are not hidden behind per-op dispatch cost.
+        n = max(1, working_set // element)
+        repeat = max(2, math.ceil(16 * _MIB / working_set))
+        r, out = torch.rand(n, device=device), torch.empty(n, device=device)
+        view = r.expand(repeat, n)
+        yield "read", (repeat + 1) * n * element, lambda: torch.sum(view, dim=0, out=out)
+
+
+def _spread(m: Measurement, work: float) -> str:
+    """'rate (IQR x%)' for metadata: the rate from the median and the IQR as a share of the median."""
+    return f"{work / m.median_s:.4g} (IQR {100 * m.iqr_s / m.median_s:.1f}%, {m.repeats}x{m.number})"
+
+
+class _Progress:
+    """A tqdm bar when asked for, otherwise nothing."""
+
+    def __init__(self, total: int, enabled: bool, desc: str) -> None:
+        self._bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, desc=desc, unit="bench", leave=False)
+
+    def step(self, label: str) -> None:
+        if self._bar is not None:
+            self._bar.set_postfix_str(label, refresh=False)
+            self._bar.update(1)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def measure_overhead(device: str, config: BenchConfig) -> Measurement:
+    """Latency of a tiny op (1-element add): the dispatch (CPU) or launch (CUDA) cost per op."""
+    x = torch.zeros(1, device=device)
+    return time_callable(lambda: torch.add(x, x, out=x), device=device, min_run_time_s=config.min_run_time_s, label="tiny add")
+
+
+def _plateaus(
+    levels: tuple[MemoryLevel, ...], points: list[BandwidthPoint], overhead_s: float
+) -> tuple[list[MemoryLevel], dict[str, str]]:
+    """Each level's bandwidth: the best kernel median among working sets that fit in it (and not in
+    the level before), skipping points dominated by per-op overhead. DRAM uses working sets of at
+    least 4x the last cache, STREAM kernels only."""
+    metadata: dict[str, str] = {}
+    usable = [p for p in points if p.measurement.median_s >= _OVERHEAD_BOUND_FACTOR * overhead_s]
+    caches = [level for level in levels[:-1] if level.capacity_bytes]
+    measured: list[MemoryLevel] = []
+    lower = 0.0
+    for level in caches:
+        capacity = float(level.capacity_bytes or 0)
+        window = [p for p in usable if lower < p.working_set_bytes <= capacity / 2]
+        best: BandwidthPoint | None = max(window, key=lambda p: p.bandwidth_bytes_per_s, default=None)
+        if best is None:
+            note = f"not measured: no working set in ({lower:.0f}, {capacity / 2:.0f}] bytes ran longer than {_OVERHEAD_BOUND_FACTOR:g}x the per-op overhead"
+            measured.append(dataclasses.replace(level, bandwidth_bytes_per_s=None, note=note))
+        else:
+            note = (
+                f"measured: best of {len(window)} kernel x size points that fit this level: {best.kernel} at "
+                f"{best.working_set_bytes} B, IQR {100 * best.measurement.iqr_s / best.measurement.median_s:.1f}%"
+            )
+            measured.append(dataclasses.replace(level, bandwidth_bytes_per_s=best.bandwidth_bytes_per_s, note=note))
+            for kernel in sorted({p.kernel for p in window}):
+                top = max((p for p in window if p.kernel == kernel), key=lambda p: p.bandwidth_bytes_per_s)
+                metadata[f"bandwidth.{level.name}.{kernel}"] = _spread(top.measurement, top.bytes_moved)
+        lower = capacity
+    dram = levels[-1]
+    stream = [p for p in points if p.kernel != "read"]
+    largest = max((p.working_set_bytes for p in stream), default=0)
+    threshold = 4 * lower if lower else largest
+    far = [p for p in stream if p.working_set_bytes >= min(threshold, largest)]
+    per_kernel: dict[str, BandwidthPoint] = {}
+    for p in far:  # each kernel's DRAM figure: its point at the largest working set
+        if p.kernel not in per_kernel or p.working_set_bytes > per_kernel[p.kernel].working_set_bytes:
+            per_kernel[p.kernel] = p
+    for kernel, p in per_kernel.items():
+        metadata[f"bandwidth.{dram.name}.{kernel}"] = _spread(p.measurement, p.bytes_moved)
+    best_dram = max(per_kernel.values(), key=lambda p: p.bandwidth_bytes_per_s, default=None)
+    if best_dram is None:
+        measured.append(dataclasses.replace(dram, note="not measured: no STREAM point"))
+    else:
+        upper = "" if largest >= threshold else f"; largest working set {largest} B is under 4x the last cache, so this is an upper bound"
+        note = (
+            f"measured: best STREAM kernel ({best_dram.kernel}) at {best_dram.working_set_bytes} B working set, "
+            f"IQR {100 * best_dram.measurement.iqr_s / best_dram.measurement.median_s:.1f}%; per-kernel figures in metadata{upper}"
+        )
+        measured.append(dataclasses.replace(dram, bandwidth_bytes_per_s=best_dram.bandwidth_bytes_per_s, note=note))
+    return measured, metadata
+
+
+_MATMUL_TYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _matmul(compute_type: str, n: int, device: str) -> Callable[[], object] | None:
+    """A square n x n product for one compute type, or None when torch has no kernel for it here."""
+    if compute_type == "int8":
+        if not hasattr(torch, "_int_mm"):
+            return None
+        a = torch.randint(-128, 127, (n, n), dtype=torch.int8, device=device)
+        b = torch.randint(-128, 127, (n, n), dtype=torch.int8, device=device)
+        try:
+            torch._int_mm(a, b)
+        except RuntimeError:
+            return None
+        return lambda: torch._int_mm(a, b)
+    if compute_type == "tf32":
+        x = torch.randn(n, n, device=device)
+
+        def tf32_mm() -> object:
+            previous = torch.backends.cuda.matmul.allow_tf32
+            torch.backends.cuda.matmul.allow_tf32 = True
+            try:
+                return torch.mm(x, x)
+            finally:
+                torch.backends.cuda.matmul.allow_tf32 = previous
+
+        return tf32_mm
+    dtype = _MATMUL_TYPES[compute_type]
+    x, y = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    out = torch.empty(n, n, device=device, dtype=dtype)
+    return lambda: torch.mm(x, y, out=out)
+
+
+def _compute_peaks(
+    device: str, config: BenchConfig, progress: _Progress
+) -> tuple[dict[str, float], dict[str, str], dict[str, str]]:
+    """Best sustained matmul rate per compute type (2 n^3 FLOP per product), with slow paths named."""
+    types = ["fp32", "bf16", "fp16", "int8"] + (["tf32"] if device.startswith("cuda") else [])
+    peaks: dict[str, float] = {}
+    notes: dict[str, str] = {}
+    metadata: dict[str, str] = {}
+    for compute_type in types:
+        best: tuple[float, Measurement, int] | None = None
+        for n in config.matmul_sizes:
+            fn = _matmul(compute_type, n, device)
+            if fn is None:
+                notes[f"peak_flops_per_s.{compute_type}"] = "not measured: torch has no kernel for it on this device"
+                break
+            m = time_callable(fn, device=device, min_run_time_s=config.min_run_time_s, warmup=1, label=f"{compute_type} mm {n}")
+            progress.step(f"{compute_type} mm {n}")
+            rate = 2 * n**3 / m.median_s
+            if best is None or rate > best[0]:
+                best = (rate, m, n)
+            if "fp32" in peaks and compute_type != "fp32" and rate < _SLOW_PATH_FRACTION * peaks["fp32"]:
+                break  # no fast path: larger sizes would only take longer
+        if best is None:
+            continue
+        rate, m, n = best
+        peaks[compute_type] = rate
+        metadata[f"matmul.{compute_type}"] = f"{_spread(m, 2 * n**3)} FLOP/s at n={n}"
+        note = f"measured: best median rate of torch matmul over n in {list(config.matmul_sizes)} (at n={n}), IQR {100 * m.iqr_s / m.median_s:.1f}%"
+        if compute_type != "fp32" and "fp32" in peaks and rate < _SLOW_PATH_FRACTION * peaks["fp32"]:
+            note += f"; NO FAST PATH: {100 * rate / peaks['fp32']:.2g}% of the fp32 rate on this device (kept as measured, not hidden)"
+        notes[f"peak_flops_per_s.{compute_type}"] = note
+    return peaks, notes, metadata
+
+
+# ---- efficiency factors --------------------------------------------------------------------------
+
+def _representative_ops(device: str, scale: float) -> list[tuple[str, str, float, float, Callable[[], object]]]:
+    """(op class, description, FLOPs, bytes, callable) for one fp32 op per class; counts written out."""
+    def dim(base: int) -> int:
+        return max(8, int(base * scale))
+
+    e = 4  # fp32 bytes
+    ops: list[tuple[str, str, float, float, Callable[[], object]]] = []
+    m, k, n = dim(512), 1024, 1024
+    xa, wa = torch.randn(m, k, device=device), torch.randn(n, k, device=device)
+    ops.append(("gemm", f"linear {m}x{k} @ {k}x{n}", 2.0 * m * k * n, e * (m * k + k * n + m * n), lambda: F.linear(xa, wa)))
+    c, hw = 64, dim(56)
+    xc, wc = torch.randn(1, c, hw, hw, device=device), torch.randn(c, c, 3, 3, device=device)
+    ops.append(("conv", f"conv3x3 {c}->{c} at {hw}x{hw}", 2.0 * c * hw * hw * c * 9, e * (2 * c * hw * hw + c * c * 9), lambda: F.conv2d(xc, wc, padding=1)))
+    cd, hd = 256, dim(112)
+    xd, wd = torch.randn(1, cd, hd, hd, device=device), torch.randn(cd, 1, 3, 3, device=device)
+    ops.append(("grouped_conv", f"depthwise 3x3 {cd}ch at {hd}x{hd}", 2.0 * cd * hd * hd * 9, e * (2 * cd * hd * hd + cd * 9), lambda: F.conv2d(xd, wd, padding=1, groups=cd)))
+    numel = dim(4096) * 1024
+    a, b, out = torch.rand(numel, device=device), torch.rand(numel, device=device), torch.empty(numel, device=device)
+    ops.append(("elementwise", f"add of {numel} elements", float(numel), 3.0 * e * numel, lambda: torch.add(a, b, out=out)))
+    rows = numel // 1024
+    xn = a.view(rows, 1024)
+    ops.append(("norm", f"layer_norm {rows}x1024", 5.0 * numel, 2.0 * e * numel, lambda: F.layer_norm(xn, (1024,))))
+    ops.append(("softmax", f"softmax {rows}x1024", 5.0 * numel, 2.0 * e * numel, lambda: torch.softmax(xn, dim=-1)))
+    ops.append(("reduction", f"sum over last dim {rows}x1024", float(numel), e * (numel + rows), lambda: xn.sum(dim=-1)))
+    ops.append(("memory", f"cat of two {numel // 2}-element halves", 0.0, 2.0 * e * numel, lambda: torch.cat([a[: numel // 2], b[: numel // 2]])))
+    heads, length, d = 8, dim(512), 64
+    q = torch.randn(1, heads, length, d, device=device)
+    # Two products (QK^T and PV), each 2 * L * L * d per head; bytes: q, k, v read and out written.
+    ops.append(("attention", f"SDPA {heads} heads, L={length}, d={d}", 4.0 * heads * length * length * d, 4.0 * e * heads * length * d, lambda: F.scaled_dot_product_attention(q, q, q)))
+    cp, hp = 64, dim(224)
+    xp = torch.randn(1, cp, hp, hp, device=device)
+    out_elems = cp * ((hp + 1) // 2) ** 2
+    ops.append(("pool", f"max_pool 3x3/2 {cp}ch at {hp}x{hp}", 9.0 * out_elems, e * (cp * hp * hp + out_elems), lambda: F.max_pool2d(xp, 3, 2, 1)))
+    return ops
+
+
+def measure_efficiency(
+    profile: HardwareProfile, device: str, config: BenchConfig, progress: _Progress
+) -> tuple[dict[str, float], dict[str, str]]:
+    """efficiency[class] = time_roofline / time_measured for one representative fp32 op per class.
+
+    time_roofline = max(flops / peak('fp32'), bytes / bandwidth(memory_level_for(bytes))), from the
+    measured profile itself, so a factor says how close the op gets to this device's own roofs.
+    """
+    factors: dict[str, float] = {}
+    metadata: dict[str, str] = {}
+    for op_class, description, flops, nbytes, fn in _representative_ops(device, config.efficiency_scale):
+        level = profile.memory_level_for(nbytes)
+        if level.bandwidth_bytes_per_s is None:
+            level = profile.dram
+        if level.bandwidth_bytes_per_s is None:
+            continue
+        m = time_callable(fn, device=device, min_run_time_s=config.min_run_time_s, label=op_class)
+        progress.step(op_class)
+        roofline_s = max(flops / profile.peak("fp32"), nbytes / level.bandwidth_bytes_per_s)
+        factors[op_class] = min(1.5, max(1e-6, roofline_s / m.median_s))
+        bound = "compute" if flops / profile.peak("fp32") >= nbytes / level.bandwidth_bytes_per_s else f"memory ({level.name})"
+        metadata[f"efficiency.{op_class}"] = (
+            f"{description}: {flops:.4g} FLOP, {nbytes:.4g} B, {bound}-bound roofline {roofline_s:.3g} s, "
+            f"measured median {m.median_s:.3g} s (IQR {100 * m.iqr_s / m.median_s:.1f}%)"
+        )
+    return factors, metadata
+
+
+# ---- the measured profile ------------------------------------------------------------------------
+
+def measure_profile(
+    device: str = "cpu", quick: bool = False, progress: bool = True, config: BenchConfig | None = None
+) -> HardwareProfile:
+    """Run the microbenchmarks on `device` (cpu or cuda) and return a profile with source 'measured'."""
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise RooflineError(f"unknown device {device!r}; choose cpu or cuda")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RooflineError(f"device {device!r} requested but CUDA is not available to torch; use --device cpu")
+    config = config or (QUICK if quick else FULL)
+    base = detect("cuda" if device.startswith("cuda") else "cpu")
+    levels = base.memory_levels
+    llc = next((level.capacity_bytes for level in reversed(levels[:-1]) if level.capacity_bytes), None)
+    sizes = _sizes(config, llc)
+    kernels_per_size = 5
+    total = 1 + len(sizes) * kernels_per_size + len(config.matmul_sizes) * 5 + (10 if config.efficiency else 0)
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    load_before = " ".join(f"{x:.2f}" for x in load) if load else "unknown"
+    cpus = os.cpu_count() or 1
+    if load and load[0] > 0.5 * cpus:
+        warnings.warn(
+            f"the machine is busy (1-minute load average {load[0]:.1f} on {cpus} CPUs): measured figures will be "
+            "low and noisy; re-run `roofline hw measure` when it is idle",
+            stacklevel=2,
+        )
+    bar = _Progress(total, progress, f"measuring {device}")
+    try:
+        with torch.inference_mode():
+            overhead = measure_overhead(device, config)
+            bar.step("overhead")
+            points: list[BandwidthPoint] = []
+            for size in sizes:
+                for kernel, nbytes, fn in _stream_kernels(size, device, llc):
+                    m = time_callable(fn, device=device, min_run_time_s=config.min_run_time_s, label=f"{kernel} {size} B")
+                    points.append(BandwidthPoint(kernel, size, nbytes, m))
+                    bar.step(f"{kernel} {size // _KIB} KiB")
+            measured_levels, bw_metadata = _plateaus(levels, points, overhead.median_s)
+            peaks, peak_notes, peak_metadata = _compute_peaks(device, config, bar)
+            if "fp32" not in peaks:
+                raise RooflineError(f"no fp32 matmul could be timed on {device}")
+            notes = {
+                **peak_notes,
+                "overhead_s": f"measured: median latency of a 1-element torch.add (dispatch/launch cost), IQR {100 * overhead.iqr_s / overhead.median_s:.1f}%",
+                "memory_levels": "capacities detected; bandwidths measured: STREAM copy/scale/add/triad (+ an in-cache read) swept "
+                f"over {len(sizes)} working sets from {sizes[0]} to {sizes[-1]} B; each level = best kernel among sizes that fit it",
+            }
+            metadata = {
+                **{k: v for k, v in base.metadata.items() if k in ("machine", "brand", "physical_cores", "clock_hz", "flags_used", "nvml_name", "compute_capability", "gpu")},
+                "date": datetime.datetime.now().isoformat(timespec="seconds"),
+                "torch_version": torch.__version__,
+                "device": device if device != "cuda" else f"cuda:{torch.cuda.current_device()}",
+                "threads": str(torch.get_num_threads()),
+                "python": platform.python_version(),
+                "mode": "quick" if config is QUICK else "full" if config is FULL else "custom",
+                "overhead": f"{overhead.median_s:.4g} s (IQR {100 * overhead.iqr_s / overhead.median_s:.1f}%)",
+                "load_average_before": load_before,  # other work on the machine skews every figure
+                "noisy_points": f"{sum(p.measurement.noisy for p in points)} of {len(points)} bandwidth points had IQR > 10% of the median",
+                **bw_metadata,
+                **peak_metadata,
+            }
+            if device.startswith("cuda"):
+                metadata["gpu_name"] = torch.cuda.get_device_name()
+            profile = HardwareProfile(
+                name=f"{base.metadata.get('machine', base.name)} (measured)",
+                kind=base.kind,
+                vendor=base.vendor,
+                source="measured",
+                reference=f"measured with roofline microbenchmarks (torch {torch.__version__}) on {metadata['date']}",
+                peak_flops_per_s=peaks,
+                memory_levels=tuple(measured_levels),
+                overhead_s=overhead.median_s,
+                notes=notes,
+                metadata=metadata,
+            )
+            if config.efficiency and any(level.bandwidth_bytes_per_s for level in profile.memory_levels):
+                factors, eff_metadata = measure_efficiency(profile, device, config, bar)
+                notes["efficiency"] = (
+                    "time_roofline / time_measured for one representative fp32 op per class (sizes in metadata); "
+                    "time_calibrated = time_roofline / efficiency"
+                )
+                profile = dataclasses.replace(profile, efficiency=factors, notes=notes, metadata={**profile.metadata, **eff_metadata})
+    finally:
+        bar.close()
+    return profile

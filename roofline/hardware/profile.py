@@ -1,0 +1,414 @@
+"""HardwareProfile and MemoryLevel: what one device can do, where each figure came from.
+
+A profile is a YAML file people edit by hand, so loading checks every key and value and names the
+file and the field in the error (the way pyperf's `_metadata.py` checks each key). Units are in the
+field names: FLOP/s (op/s for integer types), bytes, bytes/s, seconds.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import roofline
+from roofline.costs import OpClass
+from roofline.errors import RooflineError, close_matches
+from roofline.precision import COMPUTE_TYPES
+
+__all__ = [
+    "EFFICIENCY_CLASSES",
+    "FORMAT_VERSION",
+    "HardwareProfile",
+    "MemoryLevel",
+    "hwprofiles_dir",
+    "list_profiles",
+    "load_profile_file",
+    "profile_from_dict",
+    "profile_paths",
+    "save_profile",
+    "user_profile_dir",
+]
+
+# Version of the profile file format; bump on an incompatible change (pyperf's _JSON_VERSION habit).
+FORMAT_VERSION = 1
+KINDS = ("gpu", "cpu")
+SOURCES = ("datasheet", "detected", "measured")
+
+# Op classes a profile may carry an efficiency factor for. The meaning of a factor is defined once,
+# in HardwareProfile.efficiency's docstring below.
+EFFICIENCY_CLASSES = tuple(c.value for c in OpClass if c not in (OpClass.VIEW, OpClass.UNSUPPORTED))
+
+# Plausibility limits. A peak under 1e6 is almost always a figure typed in TFLOPS, not FLOP/s.
+_MIN_PEAK, _MAX_PEAK = 1e6, 1e17
+_MIN_BW, _MAX_BW = 1e6, 1e14
+_MAX_CAPACITY = 1e15  # 1 PB: more than any single device's memory
+_MAX_OVERHEAD_S = 1.0
+_MAX_EFFICIENCY = 1.5
+
+_REQUIRED = ("name", "kind", "vendor", "source", "reference", "peak_flops_per_s", "memory_levels", "overhead_s")
+_OPTIONAL = ("format_version", "efficiency", "notes", "aliases", "metadata")
+_LEVEL_REQUIRED = ("name", "capacity_bytes", "bandwidth_bytes_per_s")
+_LEVEL_OPTIONAL = ("note",)
+
+
+@dataclass(frozen=True)
+class MemoryLevel:
+    """One level of the memory hierarchy; None means not known (capacity) or not measured yet (bandwidth)."""
+
+    name: str
+    capacity_bytes: float | None
+    bandwidth_bytes_per_s: float | None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class HardwareProfile:
+    """Peaks, memory levels and per-op overhead of one device, with the source of every figure.
+
+    `efficiency` maps an op class (EFFICIENCY_CLASSES) to the fraction of the roofline an op of that
+    class reached when measured on this device:
+
+        time_roofline   = max(flops / peak(compute_type), bytes / bandwidth(memory_level_for(bytes)))
+        efficiency      = time_roofline / time_measured
+        time_calibrated = time_roofline / efficiency
+
+    One factor per class divides the roofline-attainable rate, whichever roof binds, so a calibrated
+    prediction is still a roofline (the bound and ridge point do not move), just a lower one.
+    """
+
+    name: str
+    kind: str
+    vendor: str
+    source: str
+    reference: str
+    peak_flops_per_s: Mapping[str, float]
+    memory_levels: tuple[MemoryLevel, ...]
+    overhead_s: float
+    efficiency: Mapping[str, float] = field(default_factory=dict)
+    notes: Mapping[str, str] = field(default_factory=dict)  # field path -> where the figure came from
+    aliases: tuple[str, ...] = ()  # names the device reports (NVML name, CPU brand) for detection
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    path: str | None = None
+
+    def __post_init__(self) -> None:
+        # Freeze the mappings too, so a loaded profile cannot drift from its validated state.
+        for name in ("peak_flops_per_s", "efficiency"):
+            object.__setattr__(self, name, types.MappingProxyType(dict(getattr(self, name))))
+        for name in ("notes", "metadata"):  # plain str, so YAML/JSON writers never meet a str subclass
+            text = {str(k): str(v) for k, v in getattr(self, name).items()}
+            object.__setattr__(self, name, types.MappingProxyType(text))
+        object.__setattr__(self, "memory_levels", tuple(self.memory_levels))
+        object.__setattr__(self, "aliases", tuple(self.aliases))
+        _check_values(self)
+
+    @property
+    def where(self) -> str:
+        """How errors name this profile: its file if it has one, else its name."""
+        return _display_path(self.path) if self.path else f"profile {self.name!r}"
+
+    def peak(self, compute_type: str) -> float:
+        """Dense peak in FLOP/s (op/s for int8) for a compute type; the error lists what the profile has."""
+        if compute_type not in self.peak_flops_per_s:
+            have = ", ".join(self.peak_flops_per_s) or "none"
+            raise RooflineError(
+                f"{self.where}: field 'peak_flops_per_s.{compute_type}': no peak for compute type "
+                f"{compute_type!r} on {self.name}; this profile has: {have}"
+            )
+        return float(self.peak_flops_per_s[compute_type])
+
+    @property
+    def dram(self) -> MemoryLevel:
+        """The last (slowest, largest) memory level: DRAM or HBM."""
+        return self.memory_levels[-1]
+
+    def level(self, name: str) -> MemoryLevel:
+        """A memory level by name (case-insensitive)."""
+        for level in self.memory_levels:
+            if level.name.lower() == name.lower():
+                return level
+        names = [level.name for level in self.memory_levels]
+        raise RooflineError(f"{self.where}: no memory level {name!r}{close_matches(name, names)}; levels: {', '.join(names)}")
+
+    def bandwidth(self, level: str | MemoryLevel | None = None) -> float:
+        """Bandwidth of a level (default DRAM) in bytes/s; an unmeasured level is an error saying how to fix it."""
+        chosen = self.dram if level is None else level if isinstance(level, MemoryLevel) else self.level(level)
+        if chosen.bandwidth_bytes_per_s is None:
+            raise RooflineError(
+                f"{self.where}: memory level {chosen.name!r} has no bandwidth (unknown until measured); "
+                "run `roofline hw measure` or use a datasheet profile"
+            )
+        return float(chosen.bandwidth_bytes_per_s)
+
+    def ridge_point(self, compute_type: str, level: str | MemoryLevel | None = None) -> float:
+        """Arithmetic intensity (FLOP/byte) where compute and memory time are equal: peak / bandwidth."""
+        return self.peak(compute_type) / self.bandwidth(level)
+
+    def memory_level_for(self, working_set_bytes: float) -> MemoryLevel:
+        """The fastest level whose known capacity holds the working set; the last level if none does."""
+        for level in self.memory_levels:
+            if level.capacity_bytes is not None and working_set_bytes <= level.capacity_bytes:
+                return level
+        return self.dram
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data in file order, ready for YAML or JSON (path left out: it is where, not what)."""
+        data: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "name": self.name,
+            "kind": self.kind,
+            "vendor": self.vendor,
+            "source": self.source,
+            "reference": self.reference,
+            "aliases": list(self.aliases),
+            "peak_flops_per_s": {k: float(v) for k, v in self.peak_flops_per_s.items()},
+            "memory_levels": [
+                {
+                    "name": level.name,
+                    "capacity_bytes": level.capacity_bytes,
+                    "bandwidth_bytes_per_s": level.bandwidth_bytes_per_s,
+                    **({"note": level.note} if level.note else {}),
+                }
+                for level in self.memory_levels
+            ],
+            "overhead_s": self.overhead_s,
+            "efficiency": dict(self.efficiency),
+            "notes": dict(self.notes),
+            "metadata": dict(self.metadata),
+        }
+        return {k: v for k, v in data.items() if v != [] and v != {}}
+
+    def summary(self) -> str:
+        """A few lines for people: peaks, levels, overhead, source."""
+        from roofline.formatting import format_bytes, format_si, format_time
+
+        lines = [f"{self.name} ({self.kind}, {self.vendor}; source: {self.source})"]
+        lines.append("  peaks: " + ", ".join(f"{k} {format_si(v, 'FLOP/s')}" for k, v in self.peak_flops_per_s.items()))
+        for level in self.memory_levels:
+            capacity = format_bytes(level.capacity_bytes) if level.capacity_bytes is not None else "?"
+            bandwidth = (
+                format_si(level.bandwidth_bytes_per_s, "B/s") if level.bandwidth_bytes_per_s is not None else "not measured"
+            )
+            lines.append(f"  {level.name}: {capacity} at {bandwidth}")
+        lines.append(f"  per-op overhead: {format_time(self.overhead_s)}")
+        if self.efficiency:
+            lines.append("  efficiency: " + ", ".join(f"{k} {v:.2f}" for k, v in self.efficiency.items()))
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"HardwareProfile({self.name!r}, kind={self.kind!r}, source={self.source!r})\n{self.summary()}"
+
+    def _repr_html_(self) -> str:
+        import html
+
+        return f"<pre>{html.escape(self.summary())}</pre>"
+
+
+# ---- validation ----------------------------------------------------------------------------------
+
+def _fail(where: str, field_path: str, message: str) -> RooflineError:
+    return RooflineError(f"{where}: field '{field_path}': {message}")
+
+
+def _number(where: str, field_path: str, value: object, unit: str, low: float, high: float, *, allow_none: bool = False) -> float | None:
+    """A finite real in (low, high]; the message says the unit expected and what was given."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _fail(where, field_path, f"must be a positive number in {unit}, got {value!r}")
+    number = float(value)
+    if number <= 0:
+        raise _fail(where, field_path, f"must be a positive number in {unit}, got {value!r}")
+    if number < low:
+        raise _fail(where, field_path, f"{value!r} is implausibly small (wrong units? values are in {unit})")
+    if number > high:
+        raise _fail(where, field_path, f"{value!r} is implausibly large (more than {high:g} {unit}; wrong units?)")
+    return number
+
+
+def _check_values(profile: HardwareProfile) -> None:
+    """Checks on a constructed profile, whether it came from a file or from code."""
+    where = profile.where
+    if profile.kind not in KINDS:
+        raise _fail(where, "kind", f"must be one of {', '.join(KINDS)}, got {profile.kind!r}")
+    if profile.source not in SOURCES:
+        raise _fail(where, "source", f"must be one of {', '.join(SOURCES)}, got {profile.source!r}")
+    if not profile.peak_flops_per_s:
+        raise _fail(where, "peak_flops_per_s", "needs at least one compute type")
+    for key, value in profile.peak_flops_per_s.items():
+        if key not in COMPUTE_TYPES:
+            raise _fail(where, f"peak_flops_per_s.{key}", f"unknown compute type{close_matches(key, COMPUTE_TYPES)}; accepted: {', '.join(COMPUTE_TYPES)}")
+        _number(where, f"peak_flops_per_s.{key}", value, "FLOP/s", _MIN_PEAK, _MAX_PEAK)
+    if not profile.memory_levels:
+        raise _fail(where, "memory_levels", "needs at least one level (DRAM/HBM)")
+    previous: float | None = None
+    for i, level in enumerate(profile.memory_levels):
+        _number(where, f"memory_levels[{i}].capacity_bytes", level.capacity_bytes, "bytes", 1.0, _MAX_CAPACITY, allow_none=True)
+        _number(where, f"memory_levels[{i}].bandwidth_bytes_per_s", level.bandwidth_bytes_per_s, "bytes/s", _MIN_BW, _MAX_BW, allow_none=True)
+        if level.capacity_bytes is not None:
+            if previous is not None and level.capacity_bytes <= previous:
+                raise _fail(where, f"memory_levels[{i}].capacity_bytes", "levels go from fastest (smallest) to slowest (largest); this one is not larger than the one before")
+            previous = level.capacity_bytes
+    _number(where, "overhead_s", profile.overhead_s, "seconds", 1e-9, _MAX_OVERHEAD_S)
+    for key, value in profile.efficiency.items():
+        if key not in EFFICIENCY_CLASSES:
+            raise _fail(where, f"efficiency.{key}", f"unknown op class{close_matches(key, EFFICIENCY_CLASSES)}; accepted: {', '.join(EFFICIENCY_CLASSES)}")
+        _number(where, f"efficiency.{key}", value, "fraction of the roofline", 1e-6, _MAX_EFFICIENCY)
+
+
+def profile_from_dict(data: object, where: str, path: str | None = None) -> HardwareProfile:
+    """Check the structure of a parsed file (keys, types), then build the profile (which checks values)."""
+    if not isinstance(data, dict):
+        raise RooflineError(f"{where}: a profile must be a YAML mapping of fields, got {type(data).__name__}")
+    unknown = [k for k in data if k not in _REQUIRED + _OPTIONAL]
+    if unknown:
+        key = str(unknown[0])
+        raise _fail(where, key, f"unknown key{close_matches(key, _REQUIRED + _OPTIONAL)}; accepted: {', '.join(_REQUIRED + _OPTIONAL)}")
+    missing = [k for k in _REQUIRED if k not in data]
+    if missing:
+        raise _fail(where, missing[0], "missing (required fields: " + ", ".join(_REQUIRED) + ")")
+    version = data.get("format_version", FORMAT_VERSION)
+    if version != FORMAT_VERSION:
+        raise _fail(where, "format_version", f"this roofline reads format {FORMAT_VERSION}, got {version!r}")
+    for key in ("name", "kind", "vendor", "source", "reference"):
+        if not isinstance(data[key], str) or not data[key].strip():
+            raise _fail(where, key, f"must be a non-empty string, got {data[key]!r}")
+    for key in ("peak_flops_per_s", "efficiency", "notes", "metadata"):
+        if not isinstance(data.get(key, {}), dict):
+            raise _fail(where, key, f"must be a mapping, got {type(data[key]).__name__}")
+    aliases = data.get("aliases", [])
+    if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
+        raise _fail(where, "aliases", "must be a list of strings")
+    notes = data.get("notes", {})
+    for key, value in notes.items():
+        if not isinstance(value, str):
+            raise _fail(where, f"notes.{key}", "must be a string")
+    levels_raw = data["memory_levels"]
+    if not isinstance(levels_raw, list):
+        raise _fail(where, "memory_levels", f"must be a list of levels, got {type(levels_raw).__name__}")
+    levels = []
+    for i, raw in enumerate(levels_raw):
+        if not isinstance(raw, dict):
+            raise _fail(where, f"memory_levels[{i}]", "must be a mapping with name, capacity_bytes, bandwidth_bytes_per_s")
+        for key in raw:
+            if key not in _LEVEL_REQUIRED + _LEVEL_OPTIONAL:
+                raise _fail(where, f"memory_levels[{i}].{key}", f"unknown key; accepted: {', '.join(_LEVEL_REQUIRED + _LEVEL_OPTIONAL)}")
+        for key in _LEVEL_REQUIRED:
+            if key not in raw:
+                raise _fail(where, f"memory_levels[{i}].{key}", "missing (use null for 'unknown')")
+        if not isinstance(raw["name"], str):
+            raise _fail(where, f"memory_levels[{i}].name", "must be a string")
+        levels.append(MemoryLevel(raw["name"], raw["capacity_bytes"], raw["bandwidth_bytes_per_s"], str(raw.get("note", ""))))
+    return HardwareProfile(
+        name=data["name"],
+        kind=data["kind"],
+        vendor=data["vendor"],
+        source=data["source"],
+        reference=data["reference"],
+        peak_flops_per_s=data["peak_flops_per_s"],
+        memory_levels=tuple(levels),
+        overhead_s=data["overhead_s"],
+        efficiency=data.get("efficiency", {}),
+        notes=notes,
+        aliases=tuple(aliases),
+        metadata={str(k): str(v) for k, v in data.get("metadata", {}).items()},
+        path=path,
+    )
+
+
+# ---- files ---------------------------------------------------------------------------------------
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads 80e9 and 3.35e12 as numbers (YAML 1.1 wants 3.35e+12)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+class _Dumper(yaml.SafeDumper):
+    """Writes floats as 3.35e+12 rather than 3350000000000.0, so files stay readable."""
+
+
+def _represent_float(dumper: yaml.SafeDumper, value: float) -> yaml.Node:
+    return dumper.represent_scalar("tag:yaml.org,2002:float", f"{value:.12g}" if math.isfinite(value) else str(value))
+
+
+_Dumper.add_representer(float, _represent_float)
+
+
+def _display_path(path: str) -> str:
+    """Paths inside the repository are shown relative to it (hwprofiles/h100-sxm.yaml)."""
+    resolved = Path(path).resolve()
+    root = Path(roofline.__file__).resolve().parents[1]
+    try:
+        return str(resolved.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def load_profile_file(path: str | os.PathLike[str]) -> HardwareProfile:
+    """Read and validate one profile file; every error names the file (and the field)."""
+    where = _display_path(str(path))
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise RooflineError(f"{where}: cannot read hardware profile ({error.strerror or error})") from error
+    try:
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader subclass
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise RooflineError(f"{where}: not valid YAML{at}: {getattr(error, 'problem', None) or error}") from error
+    return profile_from_dict(data, where, path=str(path))
+
+
+def save_profile(profile: HardwareProfile, path: str | os.PathLike[str]) -> Path:
+    """Write a profile as YAML (atomically: a temp file renamed over the target)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    text = yaml.dump(profile.to_dict(), Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=110)
+    temporary = target.with_name(f".{target.name}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, target)
+    return target
+
+
+def hwprofiles_dir() -> Path:
+    """The shipped profiles: repository-root hwprofiles/, or $ROOFLINE_HWPROFILES."""
+    override = os.environ.get("ROOFLINE_HWPROFILES")
+    return Path(override) if override else Path(roofline.__file__).resolve().parents[1] / "hwprofiles"
+
+
+def user_profile_dir() -> Path:
+    """Where measured profiles of this machine are kept: $ROOFLINE_PROFILE_DIR or ~/.cache/roofline/hwprofiles."""
+    override = os.environ.get("ROOFLINE_PROFILE_DIR")
+    return Path(override) if override else Path.home() / ".cache" / "roofline" / "hwprofiles"
+
+
+def profile_paths() -> dict[str, Path]:
+    """Profile name (file stem, lower case) -> file; the shipped directory wins over the user one."""
+    found: dict[str, Path] = {}
+    for directory in (user_profile_dir(), hwprofiles_dir()):
+        if directory.is_dir():
+            for path in sorted(directory.glob("*.y*ml")):
+                if path.suffix in (".yaml", ".yml"):
+                    found[path.stem.lower()] = path
+    return found
+
+
+def list_profiles() -> list[HardwareProfile]:
+    """Every shipped profile, loaded and validated, GPUs first, then by name."""
+    directory = hwprofiles_dir()
+    paths = sorted(p for p in directory.glob("*.yaml")) if directory.is_dir() else []
+    profiles = [load_profile_file(p) for p in paths]
+    return sorted(profiles, key=lambda p: (p.kind != "gpu", p.name.lower()))

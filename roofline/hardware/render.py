@@ -1,0 +1,100 @@
+"""Text and JSON views of hardware profiles for `roofline hw`; computes nothing new."""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+
+import pandas as pd
+
+from roofline.formatting import format_bytes, format_si, format_table, format_time
+from roofline.hardware.profile import HardwareProfile
+
+__all__ = ["profiles_table", "render_list", "render_profile"]
+
+_TABLE_TYPES = ("fp32", "fp16", "int8")
+
+
+def profiles_table(profiles: Sequence[HardwareProfile]) -> pd.DataFrame:
+    """One row per profile: peaks and DRAM bandwidth in base units, ridge points in FLOP/byte (NaN = none)."""
+    rows = []
+    for profile in profiles:
+        bandwidth = profile.dram.bandwidth_bytes_per_s
+        row: dict[str, object] = {
+            "name": profile.path and _stem(profile.path) or profile.name,
+            "device": profile.name,
+            "kind": profile.kind,
+        }
+        for compute_type in _TABLE_TYPES:
+            row[f"{compute_type}_flops_per_s"] = profile.peak_flops_per_s.get(compute_type, math.nan)
+        row["dram_bytes_per_s"] = bandwidth if bandwidth is not None else math.nan
+        for compute_type in _TABLE_TYPES:
+            peak = profile.peak_flops_per_s.get(compute_type)
+            row[f"ridge_{compute_type}"] = peak / bandwidth if peak and bandwidth else math.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _stem(path: str) -> str:
+    from pathlib import Path
+
+    return Path(path).stem
+
+
+def render_list(profiles: Sequence[HardwareProfile], fmt: str) -> str:
+    """The `hw list` table, or JSON records with base units."""
+    table = profiles_table(profiles)
+    if fmt == "json":
+        records = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()} for row in table.to_dict("records")]
+        return json.dumps(records, indent=2)
+    shown = table.rename(
+        columns={
+            "fp32_flops_per_s": "fp32", "fp16_flops_per_s": "fp16", "int8_flops_per_s": "int8",
+            "dram_bytes_per_s": "DRAM B/s", "ridge_fp32": "ridge fp32", "ridge_fp16": "ridge fp16", "ridge_int8": "ridge int8",
+        }
+    )
+    peak = lambda v: format_si(v, "FLOP/s") if not math.isnan(v) else "-"  # noqa: E731
+    ridge = lambda v: f"{v:.1f}" if not math.isnan(v) else "-"  # noqa: E731
+    formatters: dict[str, object] = {
+        "fp32": peak, "fp16": peak, "int8": peak,
+        "DRAM B/s": lambda v: format_si(v, "B/s") if not math.isnan(v) else "not measured",
+        "ridge fp32": ridge, "ridge fp16": ridge, "ridge int8": ridge,
+    }
+    return format_table(shown, formatters) + "\nridge = FLOP per DRAM byte where compute and memory time are equal"
+
+
+def render_profile(profile: HardwareProfile, fmt: str) -> str:
+    """The `hw show` view: every figure with its source note, or the profile as JSON."""
+    if fmt == "json":
+        return json.dumps({**profile.to_dict(), "path": profile.path}, indent=2)
+    lines = [
+        f"{profile.name}",
+        f"  kind: {profile.kind}   vendor: {profile.vendor}   source: {profile.source}",
+        f"  file: {profile.where}",
+        f"  reference: {profile.reference}",
+        "  peaks (dense):",
+    ]
+    for compute_type, value in profile.peak_flops_per_s.items():
+        ridge = ""
+        if profile.dram.bandwidth_bytes_per_s:
+            ridge = f"   ridge {value / profile.dram.bandwidth_bytes_per_s:.1f} FLOP/B"
+        note = profile.notes.get(f"peak_flops_per_s.{compute_type}", "")
+        lines.append(f"    {compute_type:5s} {format_si(value, 'FLOP/s'):>14s}{ridge}" + (f"   [{note}]" if note else ""))
+    lines.append("  memory levels (fastest first):")
+    for level in profile.memory_levels:
+        capacity = format_bytes(level.capacity_bytes) if level.capacity_bytes is not None else "?"
+        bandwidth = format_si(level.bandwidth_bytes_per_s, "B/s") if level.bandwidth_bytes_per_s is not None else "not measured"
+        lines.append(f"    {level.name:6s} {capacity:>10s} {bandwidth:>14s}" + (f"   [{level.note}]" if level.note else ""))
+    note = profile.notes.get("overhead_s", "")
+    lines.append(f"  per-op overhead: {format_time(profile.overhead_s)}" + (f"   [{note}]" if note else ""))
+    if profile.efficiency:
+        lines.append("  efficiency (achieved / roofline, time_calibrated = time_roofline / factor):")
+        for op_class, factor in profile.efficiency.items():
+            lines.append(f"    {op_class:15s} {factor:.3f}")
+    other = {k: v for k, v in profile.notes.items() if not k.startswith("peak_flops_per_s.") and k != "overhead_s"}
+    for key, text in other.items():
+        lines.append(f"  note {key}: {text}")
+    if profile.metadata:
+        lines.append("  metadata:")
+        lines.extend(f"    {key}: {value}" for key, value in profile.metadata.items())
+    return "\n".join(lines)

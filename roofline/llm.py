@@ -1,0 +1,357 @@
+"""LLM inference on the roofline: prefill and decode traced from the model's own code, on meta.
+
+- Prefill: one forward pass over B x N prompt tokens that fills the model's KV cache.
+- Decode: one forward pass over B x 1 tokens with a cache of c tokens, passed through the model's own
+  cache object; cache tensors are costed at the KV-cache precision. A decode step's cost grows with
+  c (attention reads the whole cache), so the generation is integrated over c = N .. N+M-1 from steps
+  traced at a few context lengths (each op's compute and memory time is affine in c; the trapezoid
+  rule over the traced points is exact for the affine parts).
+- Hugging Face's DynamicCache concatenates each step (a copy of the whole cache); its bytes are
+  counted as the model's code does them. A paged-attention server avoids that copy.
+- Tokens/s against batch size re-costs the traced decode step with `Analysis.scaled_batch`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from roofline.analysis import Analysis
+from roofline.errors import RooflineError
+from roofline.formatting import format_bytes, format_si, format_table, format_time
+from roofline.hardware.profile import HardwareProfile
+from roofline.models import LoadedModel, _quiet_transformers, load
+from roofline.precision import Precision, get_precision
+from roofline.predict import Prediction, predict
+from roofline.trace import Trace, trace
+
+__all__ = ["LLMReport", "RooflineError", "llm", "render"]
+
+DEFAULT_BATCH_SWEEP = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+def _forward_kwargs(module: nn.Module, ids: torch.Tensor, cache: Any) -> dict[str, Any]:
+    """Keyword arguments for a cached forward; transformers renamed past_key_values to cache."""
+    parameters = inspect.signature(module.forward).parameters
+    kwargs: dict[str, Any] = {"input_ids": ids, "use_cache": True}
+    if cache is not None:
+        kwargs["cache" if "cache" in parameters else "past_key_values"] = cache
+    if "logits_to_keep" in parameters:
+        kwargs["logits_to_keep"] = 1  # serving computes logits for the last position only
+    return kwargs
+
+
+def cache_tensors(cache: Any) -> Iterator[torch.Tensor]:
+    """The key and value tensors held by a transformers cache object."""
+    layers = getattr(cache, "layers", None)
+    if layers is not None:
+        for layer in layers:
+            for name in ("keys", "values"):
+                tensor = getattr(layer, name, None)
+                if isinstance(tensor, torch.Tensor):
+                    yield tensor
+        return
+    for tensor in list(getattr(cache, "key_cache", [])) + list(getattr(cache, "value_cache", [])):
+        if isinstance(tensor, torch.Tensor):
+            yield tensor
+
+
+def _output_cache(out: Any) -> Any:
+    cache = getattr(out, "past_key_values", None)
+    if cache is None and isinstance(out, tuple) and len(out) > 1:
+        cache = out[1]
+    if cache is None:
+        raise RooflineError("the model returned no KV cache: roofline llm needs a causal LM with use_cache")
+    return cache
+
+
+def _vocab(loaded: LoadedModel) -> int:
+    config = loaded.meta.get("config")
+    return int(getattr(config, "vocab_size", 32000) or 32000)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One traced forward pass: the prefill, or a decode step at a context length."""
+
+    name: str
+    context: int  # tokens already in the cache when the pass starts
+    tokens: int  # new tokens per sequence
+    prediction: Prediction
+
+
+@dataclass(frozen=True)
+class LLMReport:
+    """Prefill and decode on one device: per-phase tables, time to first token, tokens/s, memory."""
+
+    model: str
+    profile: HardwareProfile
+    precision: Precision
+    batch: int
+    prompt_len: int
+    gen_len: int
+    attention: str
+    prefill: Phase
+    decode: tuple[Phase, ...]
+    kv_elements_per_token: int  # per sequence, all layers, keys and values
+    measured: dict[str, float] | None = None
+
+    @cached_property
+    def phases(self) -> pd.DataFrame:
+        """One row per traced pass: MACs, FLOPs, bytes by role, intensity, bound, predicted time."""
+        rows = []
+        for phase in (self.prefill, *self.decode):
+            records, totals = phase.prediction.analysis.records, phase.prediction.totals
+            rows.append({
+                "phase": phase.name, "context": phase.context, "tokens": phase.tokens,
+                "macs": int(records["macs"].sum()), "flops": int(records["flops"].sum()),
+                "weight_bytes": float(records["weight_bytes"].sum()), "kv_bytes": float(records["kv_bytes"].sum()),
+                "activation_bytes": float(records["bytes"].sum() - records["weight_bytes"].sum() - records["kv_bytes"].sum()),
+                "bytes": float(records["bytes"].sum()),
+                "arithmetic_intensity": phase.prediction.analysis.totals["arithmetic_intensity"],
+                "memory_bound_fraction": totals["memory_bound_time_fraction"],
+                "predicted_s": totals["predicted_latency_s"],
+            })
+        return pd.DataFrame(rows)
+
+    def decode_step_s(self, context: float) -> float:
+        """Predicted decode-step time at a context length, interpolated between traced steps."""
+        contexts = [p.context for p in self.decode]
+        times = [p.prediction.totals["predicted_latency_s"] for p in self.decode]
+        return float(np.interp(context, contexts, times)) if len(contexts) > 1 else times[0]
+
+    @cached_property
+    def metrics(self) -> dict[str, float]:
+        """Time to first token, time per output token, tokens/s, memory footprint, largest batch."""
+        ttft = self.prefill.prediction.totals["predicted_latency_s"]
+        contexts = np.arange(self.prompt_len, self.prompt_len + self.gen_len)
+        step_times = np.array([self.decode_step_s(c) for c in contexts])
+        decode_total = float(step_times.sum())
+        tpot = decode_total / self.gen_len
+        weights = self.prefill.prediction.analysis.totals["model_size_bytes"]
+        kv_per_sequence = self.kv_elements_per_token * (self.prompt_len + self.gen_len) * self.precision.kv_bytes
+        # The prefill's peak includes the cache it fills (held as activations until it returns); the
+        # cache is counted on its own above, so take it out at the activation precision.
+        prefill_cache = self.batch * self.kv_elements_per_token * self.prompt_len * self.precision.activation_bytes
+        activations = max(
+            self.prefill.prediction.analysis.totals["peak_activation_bytes"] - prefill_cache,
+            *(p.prediction.analysis.totals["peak_activation_bytes"] for p in self.decode),
+        )
+        footprint = weights + self.batch * kv_per_sequence + activations
+        capacity = self.profile.memory_levels[-1].capacity_bytes or math.inf
+        per_sequence = kv_per_sequence + activations / self.batch
+        max_batch = math.floor((capacity - weights) / per_sequence) if capacity > weights else 0
+        return {
+            "time_to_first_token_s": ttft,
+            "time_per_output_token_s": tpot,
+            "decode_tokens_per_s": self.batch / tpot,
+            "end_to_end_s": ttft + decode_total,
+            "end_to_end_tokens_per_s": self.batch * self.gen_len / (ttft + decode_total),
+            "weights_bytes": weights,
+            "kv_cache_bytes": self.batch * kv_per_sequence,
+            "peak_activation_bytes": activations,
+            "memory_footprint_bytes": footprint,
+            "device_memory_bytes": capacity,
+            "fits": footprint <= capacity,
+            "max_batch_that_fits": max_batch,
+        }
+
+    @cached_property
+    def batch_sweep(self) -> pd.DataFrame:
+        """Decode tokens/s against batch size at the middle of the generation."""
+        middle = min(self.decode, key=lambda p: abs(p.context - (self.prompt_len + self.gen_len // 2)))
+        rows = []
+        for batch in DEFAULT_BATCH_SWEEP:
+            scaled = middle.prediction.analysis.scaled_batch(batch / self.batch)
+            prediction = Prediction(scaled, self.profile, middle.prediction.calibrated)
+            totals = prediction.totals
+            rows.append({
+                "batch": batch, "decode_step_s": totals["predicted_latency_s"],
+                "tokens_per_s": batch / totals["predicted_latency_s"],
+                "memory_bound_fraction": totals["memory_bound_time_fraction"],
+                "compute_bound_fraction": totals["compute_bound_time_fraction"],
+                "arithmetic_intensity": scaled.totals["arithmetic_intensity"],
+                "fits": batch <= self.metrics["max_batch_that_fits"],
+            })
+        return pd.DataFrame(rows)
+
+    def compute_bound_batch(self) -> int | None:
+        """The smallest swept batch at which more decode time is compute-bound than memory-bound."""
+        sweep = self.batch_sweep
+        turned = sweep[sweep["compute_bound_fraction"] > sweep["memory_bound_fraction"]]
+        return int(turned["batch"].iloc[0]) if len(turned) else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model, "hardware": self.profile.name, "precision": self.precision.name,
+            "batch": self.batch, "prompt_len": self.prompt_len, "gen_len": self.gen_len,
+            "attention": self.attention, "kv_elements_per_token": self.kv_elements_per_token,
+            "metrics": {k: _plain(v) for k, v in self.metrics.items()},
+            "phases": [{k: _plain(v) for k, v in row.items()} for row in self.phases.to_dict(orient="records")],
+            "batch_sweep": [{k: _plain(v) for k, v in row.items()} for row in self.batch_sweep.to_dict(orient="records")],
+            "measured": self.measured,
+        }
+
+    def summary(self) -> str:
+        m = self.metrics
+        turn = self.compute_bound_batch()
+        lines = [
+            f"{self.model} on {self.profile.name} @ {self.precision.name}, attention {self.attention}: "
+            f"batch {self.batch}, prompt {self.prompt_len}, generate {self.gen_len}",
+            f"  time to first token {format_time(m['time_to_first_token_s'])}; per output token "
+            f"{format_time(m['time_per_output_token_s'])}; decode {m['decode_tokens_per_s']:.4g} tokens/s; "
+            f"end to end {format_time(m['end_to_end_s'])}",
+            f"  memory: weights {format_bytes(m['weights_bytes'])} + KV cache {format_bytes(m['kv_cache_bytes'])} + "
+            f"activations {format_bytes(m['peak_activation_bytes'])} = {format_bytes(m['memory_footprint_bytes'])} "
+            f"of {format_bytes(m['device_memory_bytes'])}"
+            + ("" if m["fits"] else "  (DOES NOT FIT)")
+            + f"; largest batch that fits: {m['max_batch_that_fits']}",
+            "  decode turns compute-bound at batch " + (str(turn) if turn else f"> {DEFAULT_BATCH_SWEEP[-1]}"),
+        ]
+        if self.measured:
+            lines.append(
+                "  measured on this machine: prefill " + format_time(self.measured["prefill_s"])
+                + f" (predicted {format_time(self.measured['predicted_prefill_s'])}), decode step "
+                + format_time(self.measured["decode_step_s"])
+                + f" (predicted {format_time(self.measured['predicted_decode_step_s'])})"
+            )
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return self.summary()
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+def _decode_contexts(prompt_len: int, gen_len: int, points: int) -> list[int]:
+    last = prompt_len + gen_len - 1
+    if gen_len <= 1 or points <= 1:
+        return [prompt_len]
+    return sorted({round(prompt_len + (last - prompt_len) * i / (points - 1)) for i in range(points)})
+
+
+def llm(model: str, profile: HardwareProfile | str, *, precision: str | Precision = "fp16",
+        kv_precision: str | None = None, prompt_len: int = 1024, gen_len: int = 256, batch: int = 1,
+        attention: str = "fused", calibrated: bool = False, points: int = 3, measure_device: str | None = None,
+        progress: bool = True) -> LLMReport:
+    """Trace prefill and decode of a causal LM on meta and predict them on `profile`.
+
+    attention: "fused" (FlashAttention-style, the score matrix never reaches memory) or "eager"
+    (the model's eager attention, which materialises it). measure_device: also time a real
+    prefill and decode step on this device (use a small config; random weights).
+    """
+    for name, value in (("prompt-len", prompt_len), ("gen-len", gen_len), ("batch", batch)):
+        if value < 1:
+            raise RooflineError(f"{name} must be a positive integer, got {value}")
+    if attention not in ("fused", "eager"):
+        raise RooflineError(f"unknown attention {attention!r}; choose fused or eager")
+    if isinstance(profile, str):
+        from roofline.hardware import load_profile
+
+        profile = load_profile(profile)
+    chosen = get_precision(precision).with_kv(kv_precision)
+    hf_attention = "sdpa" if attention == "fused" else "eager"
+    loaded = load(model, batch=batch, seq_len=prompt_len, attention=hf_attention)
+    module, vocab = loaded.module, _vocab(loaded)
+    trace_attention = "fused" if attention == "fused" else "eager"
+    contexts = _decode_contexts(prompt_len, gen_len, points)
+    with _quiet_transformers(), tqdm(total=1 + len(contexts), desc="tracing prefill and decode", disable=not progress,
+                                     leave=False) as bar:
+
+        def run_trace(ids: torch.Tensor, cache: Any, name: str) -> Trace:
+            kv = list(cache_tensors(cache)) if cache is not None else []
+            try:
+                return trace(module, _forward_kwargs(module, ids, cache), model_name=f"{model} {name}",
+                             attention=trace_attention, kv_tensors=kv,
+                             kv_outputs=lambda out: cache_tensors(_output_cache(out)))
+            except TypeError as error:  # pragma: no cover - models without a cache API
+                raise RooflineError(f"{model} does not take a KV cache: {error}") from error
+
+        prompt = torch.randint(0, vocab, (batch, prompt_len), device="meta")
+        prefill_trace = run_trace(prompt, None, "prefill")
+        bar.update()
+        cache_elements = sum(t.numel() for t in cache_tensors(_output_cache(prefill_trace.outputs)))
+        kv_per_token = cache_elements // (batch * prompt_len)
+        prefill = Phase("prefill", 0, prompt_len, predict(Analysis(prefill_trace, chosen), profile, calibrated=calibrated))
+        decode = []
+        for context in contexts:
+            with torch.no_grad():
+                context_ids = torch.randint(0, vocab, (batch, context), device="meta")
+                cache = _output_cache(module(**_forward_kwargs(module, context_ids, None)))
+            step = run_trace(torch.randint(0, vocab, (batch, 1), device="meta"), cache, f"decode@{context}")
+            decode.append(Phase(f"decode@{context}", context, 1, predict(Analysis(step, chosen), profile, calibrated=calibrated)))
+            bar.update()
+    report = LLMReport(model, profile, chosen, batch, prompt_len, gen_len, attention, prefill, tuple(decode), kv_per_token)
+    if measure_device is not None:
+        report = dataclasses.replace(report, measured=_measure(model, report, measure_device, hf_attention))
+    return report
+
+
+def _measure(model: str, report: LLMReport, device: str, hf_attention: str) -> dict[str, float]:
+    """Time a real prefill and one decode step (at the prompt length) with random weights."""
+    from roofline.timing import time_callable
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RooflineError("no CUDA device: torch.cuda.is_available() is False")
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(report.precision.name)
+    if dtype is None:
+        raise RooflineError(f"precision {report.precision.name} is not measurable here; measure fp32, bf16 or fp16")
+    loaded = load(model, batch=report.batch, seq_len=report.prompt_len, device=device, attention=hf_attention)
+    module = loaded.module.to(dtype)
+    vocab = _vocab(loaded)
+    prompt = torch.randint(0, vocab, (report.batch, report.prompt_len), device=device)
+    token = torch.randint(0, vocab, (report.batch, 1), device=device)
+
+    def prefill() -> None:
+        with torch.inference_mode():
+            module(**_forward_kwargs(module, prompt, None))
+
+    with torch.inference_mode():
+        cache = _output_cache(module(**_forward_kwargs(module, prompt, None)))
+
+    def decode_step() -> None:
+        with torch.inference_mode():
+            module(**_forward_kwargs(module, token, cache))
+        cache.crop(-(cache.get_seq_length() - report.prompt_len))  # keep the context fixed across repeats
+
+    prefill_time = time_callable(prefill, device=device)
+    decode_time = time_callable(decode_step, device=device)
+    return {
+        "device": device,
+        "prefill_s": prefill_time.median_s,
+        "prefill_iqr_s": prefill_time.iqr_s,
+        "decode_step_s": decode_time.median_s,
+        "decode_step_iqr_s": decode_time.iqr_s,
+        "predicted_prefill_s": report.prefill.prediction.totals["predicted_latency_s"],
+        "predicted_decode_step_s": report.decode_step_s(report.prompt_len),
+    }
+
+
+def render(report: LLMReport, fmt: str = "table") -> str:
+    if fmt == "json":
+        return json.dumps(report.to_dict(), indent=2, default=str)
+    phases = report.phases
+    if fmt == "csv":
+        return phases.to_csv(index=False).rstrip("\n")
+    formatters: dict[str, Callable[[Any], str]] = {
+        "macs": format_si, "flops": format_si, "weight_bytes": format_bytes, "kv_bytes": format_bytes,
+        "activation_bytes": format_bytes, "bytes": format_bytes, "predicted_s": format_time,
+    }
+    sweep = report.batch_sweep.copy()
+    sweep_text = format_table(sweep, {"decode_step_s": format_time})
+    return (
+        format_table(phases, formatters) + "\n\n" + sweep_text + "\n\n" + report.summary()
+    )

@@ -1,0 +1,164 @@
+"""The one timer for the whole project, shaped like torch.utils.benchmark.Timer.
+
+It warms up, sizes blocks of calls so the clock's own cost is negligible, synchronises CUDA inside the
+timed region (CUDA events on the GPU, time.perf_counter on the CPU), fixes and records the thread
+count, and keeps every block's per-call time so statistics are derived, never stored.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from roofline.errors import RooflineError
+
+__all__ = ["Measurement", "time_callable"]
+
+# A measurement whose IQR exceeds this fraction of its median is flagged (torch's Measurement does too).
+NOISY_IQR_FRACTION = 0.10
+# Each timed block lasts at least this long, so perf_counter's ~100 ns cost stays below 0.1%.
+_MIN_BLOCK_S = 1e-3
+_MIN_REPEATS = 5
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Per-call times of `repeats` timed blocks of `number` calls each; statistics are properties."""
+
+    raw_times_s: tuple[float, ...]  # one entry per block: block time / number
+    number: int  # calls per block
+    device: str
+    num_threads: int
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.raw_times_s:
+            raise ValueError("a Measurement needs at least one time")
+
+    @property
+    def median_s(self) -> float:
+        return float(statistics.median(self.raw_times_s))
+
+    @property
+    def iqr_s(self) -> float:
+        """Interquartile range (Q3 - Q1); zero with fewer than two blocks."""
+        if len(self.raw_times_s) < 2:
+            return 0.0
+        q1, _, q3 = statistics.quantiles(self.raw_times_s, n=4, method="inclusive")
+        return float(q3 - q1)
+
+    @property
+    def min_s(self) -> float:
+        return min(self.raw_times_s)
+
+    @property
+    def mean_s(self) -> float:
+        return float(statistics.fmean(self.raw_times_s))
+
+    @property
+    def repeats(self) -> int:
+        return len(self.raw_times_s)
+
+    @property
+    def noisy(self) -> bool:
+        """True when IQR > 10% of the median: the figure should not be trusted as is."""
+        return self.iqr_s > NOISY_IQR_FRACTION * self.median_s
+
+    @property
+    def warning(self) -> str | None:
+        """What to do about a noisy measurement, or None."""
+        if not self.noisy:
+            return None
+        share = 100 * self.iqr_s / self.median_s
+        return (
+            f"{self.label or 'measurement'}: IQR is {share:.0f}% of the median ({self.repeats} blocks); "
+            "close other programs, pin threads or raise min_run_time_s"
+        )
+
+    def __repr__(self) -> str:
+        from roofline.formatting import format_time
+
+        flag = f"  (! {100 * self.iqr_s / self.median_s:.0f}% IQR)" if self.noisy else ""
+        return (
+            f"Measurement({self.label!r}: median {format_time(self.median_s)}, IQR {format_time(self.iqr_s)}, "
+            f"{self.repeats} x {self.number} calls on {self.device}, {self.num_threads} threads){flag}"
+        )
+
+
+def _synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def _time_block(fn: Callable[[], object], number: int, device: str) -> float:
+    """Seconds for `number` calls: CUDA events around the block on the GPU, perf_counter on the CPU."""
+    if device.startswith("cuda"):
+        # torch.cuda.Event is untyped in torch's stubs
+        start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+        end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+        start.record()
+        for _ in range(number):
+            fn()
+        end.record()
+        end.synchronize()
+        return float(start.elapsed_time(end)) / 1e3
+    begin = time.perf_counter()
+    for _ in range(number):
+        fn()
+    return time.perf_counter() - begin
+
+
+def time_callable(
+    fn: Callable[[], object],
+    device: str = "cpu",
+    min_run_time_s: float = 0.05,
+    repeats: int | None = None,
+    warmup: int = 2,
+    num_threads: int | None = None,
+    label: str = "",
+    callback: Callable[[int, float], None] | None = None,
+    max_repeats: int = 1000,
+) -> Measurement:
+    """Time `fn()` and return per-call times of several blocks.
+
+    Warm-up calls run first (allocator, kernel selection, caches). The block size is then grown until
+    one block lasts at least 1 ms, so the clock's cost is negligible. With `repeats` given, exactly that
+    many blocks are timed; otherwise blocks are timed until `min_run_time_s` has passed and at least
+    five exist. `num_threads` fixes torch's intra-op thread count for the run (restored afterwards);
+    the count in force is recorded. `callback(number, block_seconds)` is called after each block.
+    """
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RooflineError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    if repeats is not None and repeats < 1:
+        raise RooflineError(f"repeats must be at least 1, got {repeats}")
+    previous_threads = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    try:
+        for _ in range(max(warmup, 0)):
+            fn()
+        _synchronize(device)
+        number = 1
+        while True:  # grow the block until it is long enough to time accurately
+            elapsed = _time_block(fn, number, device)
+            if elapsed >= _MIN_BLOCK_S or number >= 1 << 20:
+                break
+            number *= max(2, min(100, math.ceil(_MIN_BLOCK_S / max(elapsed, 1e-9))))
+        times: list[float] = []
+        started = time.perf_counter()
+        wanted = repeats if repeats is not None else max_repeats
+        while len(times) < wanted:
+            elapsed = _time_block(fn, number, device)
+            times.append(elapsed / number)
+            if callback is not None:
+                callback(number, elapsed)
+            if repeats is None and len(times) >= _MIN_REPEATS and time.perf_counter() - started >= min_run_time_s:
+                break
+        return Measurement(tuple(times), number, device, torch.get_num_threads(), label)
+    finally:
+        if num_threads is not None:
+            torch.set_num_threads(previous_threads)

@@ -1,0 +1,75 @@
+"""The shared timer and the CPU measurement path, on tiny sizes: structure only, never absolute times."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from roofline import cli
+from roofline.hardware import EFFICIENCY_CLASSES, load_profile, measure_profile
+from roofline.hardware import microbench
+from roofline.hardware.microbench import BenchConfig
+from roofline.timing import Measurement, time_callable
+
+pytestmark = pytest.mark.filterwarnings("ignore:the machine is busy")
+
+TINY = BenchConfig(min_bytes=16 * 1024, max_bytes=1024 * 1024, past_llc=False, size_step=4.0, min_run_time_s=0.002,
+                   matmul_sizes=(64, 128), efficiency_scale=0.1)
+
+
+def test_measurement_statistics() -> None:
+    m = Measurement((1.0, 2.0, 3.0, 4.0, 100.0), number=10, device="cpu", num_threads=1)
+    assert m.median_s == 3.0 and m.iqr_s == 2.0 and m.noisy and "IQR" in (m.warning or "")
+    steady = Measurement((1.0, 1.01, 1.0, 0.99, 1.0), number=1, device="cpu", num_threads=1)
+    assert not steady.noisy and steady.warning is None
+
+
+def test_time_callable_blocks_threads_and_callback() -> None:
+    calls: list[tuple[int, float]] = []
+    x = torch.zeros(16)
+    before = torch.get_num_threads()
+    m = time_callable(lambda: x.add_(1), min_run_time_s=0.01, num_threads=1, callback=lambda n, s: calls.append((n, s)))
+    assert m.num_threads == 1 and torch.get_num_threads() == before  # fixed for the run, then restored
+    assert m.number > 1 and m.repeats >= 5 and len(calls) == m.repeats
+    assert all(n * t >= 1e-3 * 0.5 for n, t in zip([m.number] * m.repeats, m.raw_times_s))  # blocks >= ~1 ms
+    assert len(time_callable(lambda: None, repeats=3).raw_times_s) == 3
+
+
+def test_cuda_timing_without_gpu_is_a_clear_error() -> None:
+    from roofline.errors import RooflineError
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(RooflineError, match="CUDA is not available"):
+        time_callable(lambda: None, device="cuda")
+    with pytest.raises(RooflineError, match="CUDA is not available"):
+        measure_profile(device="cuda", config=TINY, progress=False)
+
+
+def test_measure_cpu_profile_structure() -> None:
+    p = measure_profile("cpu", progress=False, config=TINY)
+    assert p.source == "measured" and p.kind == "cpu"
+    assert p.metadata["torch_version"] == torch.__version__ and p.metadata["date"] and p.metadata["threads"]
+    assert p.peak("fp32") > 0 and {"bf16", "fp16"} <= set(p.peak_flops_per_s)
+    measured = [level.bandwidth_bytes_per_s for level in p.memory_levels if level.bandwidth_bytes_per_s is not None]
+    assert measured and all(b > 0 for b in measured) and p.dram.bandwidth_bytes_per_s
+    capacities = [level.capacity_bytes for level in p.memory_levels if level.capacity_bytes]
+    assert capacities == sorted(capacities)
+    assert 0 < p.overhead_s < 1e-2
+    assert set(p.efficiency) <= set(EFFICIENCY_CLASSES)
+    assert p.efficiency and all(0 < v <= 1.5 for v in p.efficiency.values())
+    assert "time_calibrated" in p.notes["efficiency"]
+    assert any(k.startswith("bandwidth.") for k in p.metadata) and "matmul.fp32" in p.metadata
+
+
+def test_cli_measure_saves_and_auto_uses_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(microbench, "QUICK", TINY)
+    monkeypatch.setenv("ROOFLINE_PROFILE_DIR", str(tmp_path))
+    assert cli.main(["hw", "measure", "--quick", "--no-progress"]) == 0
+    saved = list(tmp_path.glob("measured-*.yaml"))
+    assert len(saved) == 1 and "saved" in capsys.readouterr().err
+    again = load_profile(str(saved[0]))
+    assert again.source == "measured"
+    if not torch.cuda.is_available():
+        assert load_profile("auto").source == "measured"  # auto prefers this machine's saved measurement

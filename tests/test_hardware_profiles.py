@@ -1,0 +1,172 @@
+"""Shipped profiles against the schema and the reference figures; malformed files give clear errors."""
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+
+from roofline import cli
+from roofline.errors import RooflineError
+from roofline.hardware import HardwareProfile, MemoryLevel, list_profiles, load_profile, save_profile
+from roofline.hardware.profile import hwprofiles_dir, load_profile_file
+from roofline.precision import COMPUTE_TYPES
+
+FIXTURES = Path(__file__).parent / "fixtures"
+# Reference figures (copied from the project's datasheet tables, with the column each came from).
+REFERENCE = list(csv.DictReader(open(FIXTURES / "reference_figures.csv", encoding="utf-8")))
+
+REQUIRED_DEVICES = [
+    "v100-sxm2-32gb", "t4", "a10", "a100-40gb-sxm", "a100-80gb-sxm", "a100-80gb-pcie", "l4", "l40s", "h100-sxm",
+    "h100-pcie", "h200-sxm", "b200", "rtx3090", "rtx4090", "jetson-agx-orin-64gb", "xeon-8480plus", "epyc-9654",
+    "apple-m2", "raspberry-pi-5",
+]
+
+
+def test_every_shipped_profile_loads_and_is_consistent() -> None:
+    profiles = list_profiles()
+    stems = {Path(p.path or "").stem for p in profiles}
+    assert set(REQUIRED_DEVICES) <= stems
+    for profile in profiles:
+        assert profile.source == "datasheet" and profile.reference
+        assert set(profile.peak_flops_per_s) <= set(COMPUTE_TYPES)
+        assert profile.dram.bandwidth_bytes_per_s is not None
+        assert profile.kind == "cpu" or profile.memory_levels[0].name == "L2"
+        # Estimates are never passed off as datasheet figures.
+        assert "ESTIMATE" in profile.notes["overhead_s"]
+        for level in profile.memory_levels[:-1]:
+            assert level.bandwidth_bytes_per_s is None or "ESTIMATE" in level.note
+
+
+@pytest.mark.parametrize("row", REFERENCE, ids=lambda r: f"{r['profile']}:{r['field']}")
+def test_profile_figures_match_reference(row: dict[str, str]) -> None:
+    profile = load_profile(row["profile"])
+    field = row["field"]
+    if field.startswith("peak_flops_per_s."):
+        value = profile.peak(field.split(".", 1)[1])
+    else:
+        index = -1 if field.startswith("memory_levels[-1]") else 0
+        value = getattr(profile.memory_levels[index], field.rsplit(".", 1)[1])
+    assert value == pytest.approx(float(row["value"]), rel=1e-4)
+
+
+def test_dense_not_sparse() -> None:
+    # H100 SXM: the datasheet prints 1,979 TFLOPS FP16 "with sparsity"; dense = 1979 / 2 = 989.5.
+    assert load_profile("h100-sxm").peak("fp16") == pytest.approx(989.5e12)
+    # RTX 4090: FP16 with FP32 accumulate (165.2), not FP16 accumulate (330.3), is the roof.
+    assert load_profile("RTX4090").peak("fp16") == pytest.approx(165.2e12)
+
+
+def test_profile_api() -> None:
+    h100 = load_profile("h100-sxm")
+    assert h100.ridge_point("fp16") == pytest.approx(989.5e12 / 3350e9)
+    assert h100.ridge_point("fp16", "L2") == pytest.approx(989.5e12 / h100.bandwidth("L2"))
+    assert h100.memory_level_for(1e6).name == "L2"
+    assert h100.memory_level_for(1e9) is h100.dram
+    assert h100.memory_level_for(1e12) is h100.dram  # larger than everything: still the last level
+    with pytest.raises(RooflineError, match=r"hwprofiles/t4\.yaml: field 'peak_flops_per_s\.bf16'.*has: .*fp16"):
+        load_profile("t4").peak("bf16")
+    assert "H100" in repr(h100) and "<pre>" in h100._repr_html_()
+
+
+def test_save_and_reload_round_trip(tmp_path: Path) -> None:
+    original = load_profile("a100-80gb-sxm")
+    target = save_profile(original, tmp_path / "copy.yaml")
+    again = load_profile(str(target))
+    assert again.to_dict() == original.to_dict()
+
+
+def test_unknown_name_suggests_close_matches() -> None:
+    with pytest.raises(RooflineError, match="did you mean: h100-sxm"):
+        load_profile("h100sxm")
+
+
+def test_hwprofiles_dir_is_overridable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    save_profile(load_profile("t4"), tmp_path / "my-gpu.yaml")
+    monkeypatch.setenv("ROOFLINE_HWPROFILES", str(tmp_path))
+    assert hwprofiles_dir() == tmp_path
+    assert [p.name for p in list_profiles()] == ["NVIDIA T4"]
+    assert load_profile("MY-GPU").name == "NVIDIA T4"
+
+
+# ---- malformed profiles ----------------------------------------------------------------------------
+
+GOOD = """\
+name: Test GPU
+kind: gpu
+vendor: Test
+source: datasheet
+reference: test
+peak_flops_per_s: {fp32: 10e12, fp16: 100e12}
+memory_levels:
+  - {name: L2, capacity_bytes: 4e6, bandwidth_bytes_per_s: 3e12}
+  - {name: HBM, capacity_bytes: 16e9, bandwidth_bytes_per_s: 1e12}
+overhead_s: 5e-6
+"""
+
+MALFORMED = [
+    ("missing peak", GOOD.replace("peak_flops_per_s: {fp32: 10e12, fp16: 100e12}\n", ""), "field 'peak_flops_per_s': missing"),
+    ("negative bandwidth", GOOD.replace("bandwidth_bytes_per_s: 1e12", "bandwidth_bytes_per_s: -1"),
+     r"field 'memory_levels\[1\]\.bandwidth_bytes_per_s': must be a positive number in bytes/s, got -1"),
+    ("wrong units", GOOD.replace("fp16: 100e12", "fp16: 100"), r"field 'peak_flops_per_s\.fp16': 100 is implausibly small \(wrong units\?"),
+    ("absurd peak", GOOD.replace("fp16: 100e12", "fp16: 1e20"), r"field 'peak_flops_per_s\.fp16': .*implausibly large"),
+    ("unknown key", GOOD + "colour: green\n", "field 'colour': unknown key"),
+    ("unknown compute type", GOOD.replace("fp16:", "fp17:"), r"field 'peak_flops_per_s\.fp17': unknown compute type \(did you mean: fp16"),
+    ("not yaml", "name: [unclosed\n", "not valid YAML"),
+    ("not a mapping", "- just\n- a list\n", "must be a YAML mapping"),
+    ("wrong type", GOOD.replace("overhead_s: 5e-6", "overhead_s: fast"), "field 'overhead_s': must be a positive number in seconds, got 'fast'"),
+    ("bad kind", GOOD.replace("kind: gpu", "kind: tpu"), "field 'kind': must be one of gpu, cpu"),
+    ("levels out of order", GOOD.replace("capacity_bytes: 4e6", "capacity_bytes: 40e9"), r"memory_levels\[1\]\.capacity_bytes"),
+    ("bad efficiency", GOOD + "efficiency: {gemm: 2.5}\n", r"field 'efficiency\.gemm'"),
+]
+
+
+def test_good_fixture_loads(tmp_path: Path) -> None:
+    path = tmp_path / "good.yaml"
+    path.write_text(GOOD)
+    profile = load_profile(str(path))
+    assert profile.peak("fp16") == 100e12 and profile.dram.capacity_bytes == 16e9
+
+
+@pytest.mark.parametrize(("case", "text", "message"), MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_malformed_profile_names_file_and_field(tmp_path: Path, case: str, text: str, message: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(RooflineError, match=message) as info:
+        load_profile_file(path)
+    assert str(info.value).startswith(str(path))
+
+
+def test_cli_reports_bad_profile_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(MALFORMED[1][1])
+    assert cli.main(["hw", "show", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("roofline: error: ") and "bandwidth_bytes_per_s" in err
+
+
+def test_cli_unknown_profile_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["hw", "show", "h100sxm"]) == 2
+    assert "did you mean: h100-sxm" in capsys.readouterr().err
+
+
+def test_cli_list_and_show(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["hw", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "h100-sxm" in out and "ridge fp16" in out and "295.4" in out  # 989.5e12 / 3.35e12
+    assert cli.main(["hw", "list", "--format", "json"]) == 0
+    import json
+
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["t4"]["int8_flops_per_s"] == pytest.approx(130e12) and rows["v100-sxm2-32gb"]["int8_flops_per_s"] is None
+    assert cli.main(["hw", "show", "raspberry-pi-5"]) == 0
+    assert "ESTIMATE" in capsys.readouterr().out
+
+
+def test_profile_built_in_code_is_validated() -> None:
+    with pytest.raises(RooflineError, match=r"profile 'x': field 'overhead_s'"):
+        HardwareProfile("x", "cpu", "v", "measured", "r", {"fp32": 1e11}, (MemoryLevel("DRAM", None, 1e10),), overhead_s=0.0)
+    assert math.isclose(
+        HardwareProfile("x", "cpu", "v", "measured", "r", {"fp32": 1e11}, (MemoryLevel("DRAM", None, 1e10),), 1e-6).ridge_point("fp32"), 10.0
+    )

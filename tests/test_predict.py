@@ -1,0 +1,109 @@
+"""Prediction of hand-built layers against times computed by hand on a synthetic profile."""
+import pytest
+import torch
+from torch import nn
+
+import roofline
+from roofline.errors import RooflineError
+from roofline.hardware.profile import HardwareProfile, MemoryLevel
+from roofline.predict import predict
+
+PEAK = 1e12  # FLOP/s
+L2_BW, L2_SIZE = 1e12, 1_048_576  # 1 TB/s, 1 MiB
+DRAM_BW = 1e11  # 100 GB/s
+OVERHEAD = 1e-7
+
+
+def synthetic(kind="cpu", efficiency=None):
+    return HardwareProfile(
+        name="synthetic", kind=kind, vendor="test", source="datasheet", reference="written in the test",
+        peak_flops_per_s={"fp32": PEAK, "fp16": 2 * PEAK},
+        memory_levels=(MemoryLevel("L2", L2_SIZE, L2_BW), MemoryLevel("DRAM", 64e9, DRAM_BW)),
+        overhead_s=OVERHEAD, efficiency=efficiency or {},
+    )
+
+
+def layer_row(module, x, profile, **kwargs):
+    analysis = roofline.analyze(module.to("meta").eval(), inputs=[x], warn_unsupported=False)
+    layers = predict(analysis, profile, **kwargs).layers
+    return layers[layers["ops"] > 0].iloc[0]
+
+
+def test_compute_bound_gemm():
+    batch, width = 512, 1024
+    row = layer_row(nn.Linear(width, width), torch.randn(batch, width, device="meta"), synthetic())
+    flops = 2 * batch * width * width + batch * width  # MACs x 2 + bias adds
+    moved = 4 * (batch * width + width * width + width + batch * width)  # x, W, b read; y written
+    assert moved > L2_SIZE  # streams from DRAM
+    assert row["compute_s"] == pytest.approx(flops / PEAK)
+    assert row["memory_s"] == pytest.approx(moved / DRAM_BW)
+    assert flops / PEAK > moved / DRAM_BW
+    assert row["predicted_s"] == pytest.approx(flops / PEAK + OVERHEAD)
+    assert row["bound"] == "compute"
+    assert row["ridge_point"] == pytest.approx(PEAK / DRAM_BW)
+
+
+def test_memory_bound_elementwise():
+    n = 4_000_000
+    row = layer_row(nn.ReLU(), torch.randn(n, device="meta"), synthetic())
+    assert row["memory_s"] == pytest.approx(8 * n / DRAM_BW)  # 4 B read + 4 B written per element
+    assert row["predicted_s"] == pytest.approx(8 * n / DRAM_BW + OVERHEAD)
+    assert row["bound"] == "memory:DRAM"
+
+
+def test_cache_resident_layer_uses_cache_bandwidth():
+    n = 65_536  # 256 KiB in + 256 KiB out: fits the 1 MiB L2
+    row = layer_row(nn.ReLU(), torch.randn(n, device="meta"), synthetic())
+    assert row["memory_level"] == "L2"
+    assert row["memory_s"] == pytest.approx(8 * n / L2_BW)
+    assert row["bound"] == "memory:L2"
+
+
+def test_overhead_dominated_tiny_op():
+    row = layer_row(nn.ReLU(), torch.randn(10, device="meta"), synthetic())
+    assert row["predicted_s"] == pytest.approx(80 / L2_BW + OVERHEAD)
+    assert row["bound"] == "overhead"
+
+
+def test_gpu_launches_overlap_with_execution():
+    n = 4_000_000
+    row = layer_row(nn.ReLU(), torch.randn(n, device="meta"), synthetic(kind="gpu"))
+    assert row["predicted_s"] == pytest.approx(max(8 * n / DRAM_BW, OVERHEAD))
+
+
+def test_calibrated_divides_by_the_class_efficiency():
+    batch, width = 512, 1024
+    x = torch.randn(batch, width, device="meta")
+    plain = layer_row(nn.Linear(width, width), x, synthetic(efficiency={"gemm": 0.5}))
+    calibrated = layer_row(nn.Linear(width, width), x, synthetic(efficiency={"gemm": 0.5}), calibrated=True)
+    assert calibrated["predicted_s"] - OVERHEAD == pytest.approx(2 * (plain["predicted_s"] - OVERHEAD))
+    assert calibrated["bound"] == plain["bound"]  # still a roofline: the bound does not move
+
+
+def test_precision_selects_peak_and_bytes():
+    batch, width = 512, 1024
+    row = layer_row(nn.Linear(width, width), torch.randn(batch, width, device="meta"), synthetic(), precision="fp16")
+    assert row["compute_s"] == pytest.approx((2 * batch * width * width + batch * width) / (2 * PEAK))
+
+
+def test_predicted_never_below_either_bound_and_totals():
+    analysis = roofline.analyze("zoo:mobile-block")
+    prediction = predict(analysis, synthetic())
+    layers = prediction.layers
+    assert (layers["predicted_s"] >= layers["compute_s"]).all()
+    assert (layers["predicted_s"] >= layers["memory_s"]).all()
+    totals = prediction.totals
+    assert totals["predicted_latency_s"] == pytest.approx(layers["predicted_s"].sum())
+    assert totals["throughput_samples_per_s"] == pytest.approx(1 / totals["predicted_latency_s"])
+    assert list(layers["name"]) == list(analysis.layers["name"])  # rows join on name
+
+
+def test_missing_peak_names_the_field():
+    analysis = roofline.analyze("zoo:mlp")
+    with pytest.raises(RooflineError, match=r"peak_flops_per_s.int8.*this profile has: fp32, fp16"):
+        predict(analysis, synthetic(), precision="int8")
+
+
+def test_uncalibrated_profile_refuses_calibrated_mode():
+    with pytest.raises(RooflineError, match="no efficiency factors"):
+        predict(roofline.analyze("zoo:mlp"), synthetic(), calibrated=True).layers
