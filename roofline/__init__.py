@@ -1,8 +1,10 @@
 """roofline: how fast a PyTorch model should run on a chip, how fast it does, and why they differ."""
 from roofline.analysis import Analysis, analyze
 from roofline.errors import RooflineError
+from roofline.measure import ModelMeasurement, NotMeasurable, measure
 from roofline.models import LoadedModel, load
 from roofline.precision import PRECISIONS, Precision, get_precision
 
-__all__ = ["PRECISIONS", "Analysis", "LoadedModel", "Precision", "RooflineError", "analyze", "get_precision", "load"]
+__all__ = ["PRECISIONS", "Analysis", "LoadedModel", "ModelMeasurement", "NotMeasurable", "Precision", "RooflineError",
+           "analyze", "get_precision", "load", "measure"]
 __version__ = "0.1.0"

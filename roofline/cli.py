@@ -281,12 +281,38 @@ def _run_hw(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- measure -------------------------------------------------------------------------------------
+
+def _setup_measure(parser: argparse.ArgumentParser) -> None:
+    _add_model_options(parser)
+    _add_precision(parser)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
+    parser.add_argument("--batch-sizes", help="end-to-end batch sizes, e.g. 1,8,32 (default: the batch, 2x and 4x)")
+    parser.add_argument("--min-run-time", type=float, default=0.05,
+                        help="seconds of timing per layer and per batch size (default: 0.05)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; recorded either way)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    _add_format(parser)
+
+
+def _run_measure(args: argparse.Namespace) -> int:
+    from roofline.measure import measure, parse_batch_sizes, render
+
+    sizes = parse_batch_sizes(args.batch_sizes) if args.batch_sizes else None
+    result = measure(args.model, device=args.device, precision=args.precision, batch_sizes=sizes,
+                     progress=not args.no_progress, min_run_time_s=args.min_run_time, num_threads=args.threads,
+                     input_shape=args.input_shape, batch=args.batch, seq_len=args.seq_len)
+    print(render(result, fmt=args.format))
+    return 0
+
+
 # ---- the command table ---------------------------------------------------------------------------
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handler]] = {
     "analyze": ("count MACs, FLOPs, bytes and memory per layer", _setup_analyze, _run_analyze),
     "hw": ("hardware profiles: list, show, detect this machine, measure it", _setup_hw, _run_hw),
     "predict": ("predict per-layer latency on a hardware profile", _setup_predict, _run_predict),
+    "measure": ("measure per-layer and end-to-end latency on this machine", _setup_measure, _run_measure),
     "explain": ("why a layer is slow, and what would change it", _setup_explain, _run_explain),
     "sweep": ("sweeps that teach: convolution groups", _setup_sweep, _run_sweep),
     "compare": ("compare devices, precisions and batch sizes", _setup_compare, _run_compare),

@@ -1,0 +1,126 @@
+"""Prediction accuracy on this machine: analyze, predict (plain and calibrated) and measure, per model.
+
+For each model it prints the end-to-end error (predicted / measured - 1, batch 1) of the plain and the
+calibrated roofline; over all layers, the median and 90th percentile of the absolute per-layer error,
+also weighted by measured time; and the fraction of layers whose predicted bound (compute vs memory)
+matches where the measured point sits (the resource it used the larger fraction of). The joined
+per-layer table is saved as CSV.
+
+    .venv/bin/python benchmarks/accuracy.py [--hw auto|PROFILE] [--out benchmarks/results/accuracy.csv]
+
+--hw auto uses the measured profile of this machine saved by `roofline hw measure --save`, or
+measures one first (about 30 s with --quick-profile). Targets (calibrated, this CPU): end-to-end error
+within 10% for at least 7 of 8 models; time-weighted median per-layer error under 20%.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import roofline
+from roofline.hardware import HardwareProfile, load_profile, measure_profile
+from roofline.predict import predict
+
+MODELS = [
+    "zoo:convnet",
+    "zoo:mobile-block",
+    "torchvision:resnet18",
+    "torchvision:mobilenet_v2",
+    "torchvision:shufflenet_v2_x1_0",
+    "torchvision:vit_b_16",
+    "hf:bert?num_hidden_layers=4",
+    "hf:gpt2?n_layer=4",
+]
+
+
+def _profile(name: str, quick: bool) -> HardwareProfile:
+    if name != "auto":
+        return load_profile(name)
+    profile = load_profile("auto")
+    if profile.source == "measured" and profile.efficiency:
+        return profile
+    print("no measured profile of this machine saved: measuring one", file=sys.stderr)
+    return measure_profile(device="cpu", quick=quick)
+
+
+def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    order = np.argsort(values)
+    cumulative = np.cumsum(weights[order])
+    return float(values[order][np.searchsorted(cumulative, cumulative[-1] / 2)])
+
+
+def evaluate(spec: str, profile: HardwareProfile) -> tuple[dict[str, object], pd.DataFrame]:
+    analysis = roofline.analyze(spec, warn_unsupported=False)
+    plain = predict(analysis, profile)
+    calibrated = predict(analysis, profile, calibrated=True)
+    measured = roofline.measure(spec, device="cpu", progress=False)
+    layers = plain.layers[["name", "type", "flops", "bytes", "arithmetic_intensity", "bound", "memory_level",
+                           "predicted_s"]].rename(columns={"predicted_s": "plain_s", "bound": "plain_bound"})
+    layers = layers.join(calibrated.layers.set_index("name")[["predicted_s"]].rename(columns={"predicted_s": "calibrated_s"}),
+                         on="name")
+    layers = layers.join(measured.layers.set_index("name")[["measured_s", "iqr_s"]], on="name").dropna(subset=["measured_s"])
+    layers.insert(0, "model", spec)
+    e2e = float(measured.end_to_end["latency_s"].iloc[0])
+    # Where the measured point sits: the resource (ALUs or the memory level) it used the larger share of.
+    bandwidth = layers["memory_level"].map({lvl.name: lvl.bandwidth_bytes_per_s for lvl in profile.memory_levels})
+    compute_use = layers["flops"] / layers["measured_s"] / plain.peak_flops_per_s
+    memory_use = layers["bytes"] / layers["measured_s"] / bandwidth
+    layers["measured_bound"] = np.where(compute_use >= memory_use, "compute", "memory")
+    decided = layers[layers["plain_bound"] != "overhead"]
+    agree = (decided["plain_bound"].str.split(":").str[0] == decided["measured_bound"]).mean() if len(decided) else np.nan
+    row = {
+        "model": spec,
+        "layers": len(layers),
+        "measured_ms": 1e3 * e2e,
+        "plain_ms": 1e3 * plain.totals["predicted_latency_s"],
+        "calibrated_ms": 1e3 * calibrated.totals["predicted_latency_s"],
+        "plain_error": plain.totals["predicted_latency_s"] / e2e - 1,
+        "calibrated_error": calibrated.totals["predicted_latency_s"] / e2e - 1,
+        "bound_agreement": agree,
+    }
+    return row, layers
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hw", default="auto")
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--quick-profile", action="store_true", help="measure the profile with --quick")
+    parser.add_argument("--out", default="benchmarks/results/accuracy.csv")
+    args = parser.parse_args()
+    profile = _profile(args.hw, args.quick_profile)
+    print(f"profile: {profile.name} ({profile.source}); efficiency: "
+          + ", ".join(f"{k} {v:.2f}" for k, v in profile.efficiency.items()))
+    rows, tables = [], []
+    for spec in args.models.split(","):
+        start = time.perf_counter()
+        row, layers = evaluate(spec, profile)
+        rows.append(row)
+        tables.append(layers)
+        print(f"  {spec}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    summary = pd.DataFrame(rows)
+    joined = pd.concat(tables, ignore_index=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    joined.to_csv(args.out, index=False)
+    pd.set_option("display.width", 200)
+    print(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print()
+    weights = joined["measured_s"].to_numpy()
+    print(f"{'over all ' + str(len(joined)) + ' layers':28} {'median':>8} {'p90':>8} {'time-weighted median':>22}")
+    for mode in ("plain", "calibrated"):
+        error = (joined[f"{mode}_s"] / joined["measured_s"] - 1).abs().to_numpy()
+        print(f"{mode + ' |per-layer error|':28} {np.median(error):8.1%} {np.percentile(error, 90):8.1%} "
+              f"{_weighted_median(error, weights):22.1%}")
+    within = (summary["calibrated_error"].abs() <= 0.10).sum()
+    print(f"\ncalibrated end-to-end error within 10%: {within} of {len(summary)} models (target: 7 of 8)")
+    print(f"bound agreement (layers not overhead-bound): {summary['bound_agreement'].mean():.0%}")
+    print(f"joined table: {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,637 @@
+"""Per-layer and end-to-end latency on a real device, in rows named exactly as the trace names them.
+
+Measurement never estimates: a precision the device cannot run raises NotMeasurable, never a number.
+
+How a model is measured:
+1. It is built with random weights on the device (`models.load(spec, device=...)`) and cast to the
+   precision (bf16/fp16: weights and float inputs; int8: torch's dynamic quantisation, see below).
+2. One forward pass runs under the trace's `ModuleCallTracker`, so every row gets the trace's name
+   (`path`, `path#1` for a second call, "(model)" for the root's own ops), and under a dispatch mode
+   that captures each row's real inputs:
+   - a leaf module call (Conv2d, Linear, LayerNorm, Identity) keeps its arguments and is later timed
+     as `module(*args, **kwargs)`, hooks and dispatch included;
+   - a non-leaf module's own ops (a residual add, SDPA in a custom attention block) cannot be called
+     alone, so the aten ops that ran directly in that call are kept with their arguments and timed
+     as a replay of exactly those ops.
+   Captured activations are copied (weights are not), so in-place ops later in the pass cannot
+   change them. A non-leaf call whose own ops are only views gets no row, as in the trace.
+3. Each row is timed alone through `timing.time_callable` (warm-up, blocks of >= 1 ms, repeats until
+   `min_run_time_s`, median and IQR; CUDA events after synchronisation on a GPU, perf_counter on the
+   CPU). A leaf that runs no op (Identity, eval-mode Dropout) is timed too: its time is the cost of
+   calling a module, which the model pays as well.
+4. The whole forward pass is timed at several batch sizes for latency and throughput.
+
+nn.MultiheadAttention's fused CPU fast path is switched off throughout, as the trace does, so its
+out_proj is a row of its own here as in the analysis.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import datetime
+import json
+import os
+import platform
+import re
+import sys
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves, tree_map
+
+from roofline import costs
+from roofline.errors import RooflineError
+from roofline.formatting import format_markdown, format_table, format_time
+from roofline.models import LoadedModel
+from roofline.precision import get_precision
+from roofline.timing import Measurement, time_callable
+from roofline.trace import LayerCall, ModuleCallTracker
+
+__all__ = ["ModelMeasurement", "NotMeasurable", "measure", "render"]
+
+JSON_FORMAT_VERSION = 1
+LAYER_COLUMNS = ["name", "type", "measured_s", "iqr_s", "repeats", "noisy", "timed_as", "ran_as"]
+END_TO_END_COLUMNS = ["batch", "latency_s", "iqr_s", "repeats", "noisy", "throughput_samples_per_s"]
+
+# Module types torch's dynamic quantisation turns into int8 kernels (its default qconfig_spec).
+_DYNAMIC_INT8_TYPES = (nn.Linear, nn.LSTM, nn.GRU, nn.LSTMCell, nn.RNNCell, nn.GRUCell)
+_FLOAT_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
+                 "int8": torch.float32}
+
+
+class NotMeasurable(RooflineError):
+    """The device cannot run the model at the requested precision; the message says why."""
+
+
+@dataclass(frozen=True, eq=False)
+class ModelMeasurement:
+    """Measured per-layer and end-to-end latency of one model on one device at one precision.
+
+    layers: one row per layer, named as analyze and predict name them (join on `name`).
+    end_to_end: one row per batch size: latency of the whole forward pass and throughput.
+    """
+
+    model: str
+    device: str
+    precision: str
+    layers: pd.DataFrame
+    end_to_end: pd.DataFrame
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        missing = [c for c in LAYER_COLUMNS if c not in self.layers.columns]
+        if missing:
+            raise ValueError(f"layers table lacks columns {missing}")
+        if (self.layers["measured_s"] < 0).any() or (self.end_to_end["latency_s"] <= 0).any():
+            raise ValueError("measured times must be positive")
+
+    @property
+    def sum_of_layers_s(self) -> float:
+        """The layers' medians added up; differs from end-to-end by what isolation changes (caches, overlap)."""
+        return float(self.layers["measured_s"].sum())
+
+    @property
+    def noisy_layers(self) -> list[str]:
+        return [str(name) for name in self.layers.loc[self.layers["noisy"], "name"]]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `measure --format json` object; layer rows carry `name` to join analyze/predict rows."""
+        return {
+            "model": self.model,
+            "device": self.device,
+            "precision": self.precision,
+            "metadata": self.metadata,
+            "layers": _records(self.layers[LAYER_COLUMNS]),
+            "end_to_end": _records(self.end_to_end[END_TO_END_COLUMNS]),
+        }
+
+    def summary(self) -> str:
+        meta = self.metadata
+        lines = [
+            (f"{self.model} on {self.device} ({meta.get('device_name', '?')}) @ {self.precision}, "
+             f"threads {meta.get('num_threads', '?')}, torch {meta.get('torch_version', '?')}, {meta.get('date', '')}"),
+            f"  sum of {len(self.layers)} layers {format_time(self.sum_of_layers_s)} at batch {meta.get('batch', '?')}",
+        ]
+        for row in _records(self.end_to_end):
+            flag = "  (! noisy)" if row["noisy"] else ""
+            lines.append(
+                f"  end-to-end batch {row['batch']}: {format_time(row['latency_s'])} "
+                f"(IQR {format_time(row['iqr_s'])}), {row['throughput_samples_per_s']:.4g} samples/s{flag}"
+            )
+        if self.noisy_layers:
+            lines.append(f"  {len(self.noisy_layers)} of {len(self.layers)} layers noisy (IQR > 10% of median)")
+        lines.extend(f"  note: {note}" for note in meta.get("notes", []))
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return self.summary()
+
+    def _repr_html_(self) -> str:
+        def table(df: pd.DataFrame) -> str:
+            return str(df.to_html(index=False, float_format=lambda v: f"{v:.4g}"))
+
+        return f"<pre>{self.summary()}</pre>{table(self.layers[LAYER_COLUMNS])}{table(self.end_to_end)}"
+
+
+def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    return [{str(k): _plain(v) for k, v in row.items()} for row in df.to_dict(orient="records")]
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars -> Python values for JSON."""
+    return value.item() if hasattr(value, "item") else value
+
+
+# ---- devices and precisions ------------------------------------------------------------------------
+
+def _check_device(device: str) -> str:
+    """'cpu' or 'cuda:N' (from 'cuda[:N]', with a GPU present); a one-line error otherwise."""
+    device = device.strip().lower()
+    if device == "cpu":
+        return device
+    if not re.fullmatch(r"cuda(:\d+)?", device):
+        raise RooflineError(f"unknown device {device!r}; choose cpu or cuda[:N]")
+    if not torch.cuda.is_available():
+        raise RooflineError("no CUDA device: torch.cuda.is_available() is False")
+    index = int(device.partition(":")[2] or torch.cuda.current_device())
+    if index >= torch.cuda.device_count():
+        raise RooflineError(f"no device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return f"cuda:{index}"  # the form tensors report, so device comparisons hold
+
+
+def _check_precision(name: str, device: str) -> str:
+    """The precision's name if `device` can run it in eager PyTorch; NotMeasurable with the reason if not."""
+    precision = get_precision(name).name
+    on_gpu = device.startswith("cuda")
+    if precision in ("w8a16", "w4a16"):
+        raise NotMeasurable(
+            f"{precision} is not measurable on {device}: weight-only quantised kernels are not part of PyTorch's"
+            " eager modules (they come from libraries such as torchao)"
+        )
+    if precision == "fp8":
+        raise NotMeasurable(
+            f"fp8 is not measurable on {device}: PyTorch's eager modules have no fp8 kernels"
+            " (fp8 matmuls need torch._scaled_mm or a compiler)"
+        )
+    if precision == "tf32":
+        if not on_gpu:
+            raise NotMeasurable(
+                f"tf32 is not measurable on {device}: TF32 is a math mode of NVIDIA GPUs (Ampere and newer)"
+            )
+        if torch.cuda.get_device_capability(device) < (8, 0):
+            raise NotMeasurable(f"tf32 is not measurable on {_device_name(device)}: TF32 needs compute capability 8.0+")
+    if precision == "bf16" and on_gpu and not torch.cuda.is_bf16_supported(including_emulation=False):
+        raise NotMeasurable(f"bf16 is not measurable on {_device_name(device)}: no native bfloat16 support")
+    if precision == "int8":
+        if on_gpu:
+            raise NotMeasurable(
+                f"int8 is not measurable on {device}: PyTorch's eager int8 modules (torch.ao dynamic quantisation)"
+                " run on the CPU only"
+            )
+        if torch.backends.quantized.engine == "none":
+            raise NotMeasurable("int8 is not measurable on cpu: this PyTorch build has no quantized engine")
+    return precision
+
+
+@contextlib.contextmanager
+def _math_mode(precision: str, device: str) -> Iterator[None]:
+    """TF32 on for tf32 and off otherwise (cuDNN enables it for fp32 convolutions by default); MHA fast path off."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    tf32 = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+        torch.backends.cudnn.allow_tf32 = cudnn
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
+@cache
+def _cpu_info() -> tuple[str, frozenset[str]]:
+    """The CPU's brand and feature flags (py-cpuinfo takes about a second, so once per process)."""
+    try:
+        import cpuinfo
+
+        info = cpuinfo.get_cpu_info()
+        return str(info.get("brand_raw") or platform.processor() or "cpu"), frozenset(info.get("flags", []))
+    except Exception:  # noqa: BLE001  py-cpuinfo failing must not stop a measurement; the name is only metadata
+        return platform.processor() or "cpu", frozenset()
+
+
+def _device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return str(torch.cuda.get_device_name(device))
+    return _cpu_info()[0]
+
+
+def _precision_notes(precision: str, device: str) -> list[str]:
+    """Why a reduced precision may be slower than fp32 on this CPU: said, not hidden."""
+    if device != "cpu" or precision not in ("bf16", "fp16"):
+        return []
+    native = {"bf16": ("avx512_bf16", "amx_bf16"), "fp16": ("avx512_fp16", "amx_fp16")}[precision]
+    flags = _cpu_info()[1]
+    if any(flag in flags for flag in native):
+        return []
+    return [(f"this CPU has no native {precision} math (no {' or '.join(native)} flag): kernels convert to fp32"
+             " or use reference code, so it can be slower than fp32")]
+
+
+def _cast_inputs(inputs: Any, dtype: torch.dtype, device: str) -> Any:
+    """Move tensors to `device` and cast floating-point ones to `dtype` (token ids and masks keep theirs)."""
+    def cast(value: Any) -> Any:
+        if not isinstance(value, torch.Tensor):
+            return value
+        value = value.to(device)
+        return value.to(dtype) if value.is_floating_point() else value
+
+    return tree_map(cast, inputs)
+
+
+def _prepare(model: Any, inputs: Any, device: str, precision: str, load_options: dict[str, Any]) -> LoadedModel:
+    """A LoadedModel on `device` in the precision's float dtype; a caller's module is copied before any cast or move."""
+    from roofline import models
+
+    if isinstance(model, str):
+        loaded = models.load(model, inputs=inputs, device=device, **load_options)
+    else:
+        if not isinstance(model, LoadedModel):
+            model = models.load(model, inputs=inputs, device=device, **load_options)
+        if any(t.is_meta for t in [*model.module.parameters(), *_tensors(model.inputs)]):
+            raise RooflineError(
+                f"{model.name} is on the meta device (no data to run); load it with device={device!r} or pass the spec"
+            )
+        module = model.module
+        if module.training or any(_differs(t, device, _FLOAT_DTYPES[precision])
+                                  for t in [*module.parameters(), *module.buffers()]):
+            module = copy.deepcopy(module)  # casting, moving or eval() would change the caller's module
+        loaded = LoadedModel(model.name, module, model.inputs, device, model.meta)
+    dtype = _FLOAT_DTYPES[precision]
+    loaded.module.to(device=device, dtype=dtype).eval()
+    loaded.inputs = _cast_inputs(loaded.inputs, dtype, device)
+    return loaded
+
+
+def _differs(tensor: torch.Tensor, device: str, dtype: torch.dtype) -> bool:
+    """Whether module.to(device, dtype) would change this tensor."""
+    return tensor.device != torch.device(device) or (tensor.is_floating_point() and tensor.dtype != dtype)
+
+
+def _tensors(tree: Any) -> list[torch.Tensor]:
+    return [leaf for leaf in tree_leaves(tree) if isinstance(leaf, torch.Tensor)]
+
+
+def _quantize_int8(module: nn.Module) -> tuple[nn.Module, set[str]]:
+    """torch's dynamic int8 quantisation (int8 weights, activations quantised on the fly) and the paths it changed."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notes
+        quantized = torch.ao.quantization.quantize_dynamic(module, dtype=torch.qint8)  # type: ignore[no-untyped-call]
+    changed = {path for path, sub in quantized.named_modules()
+               if type(sub).__module__.startswith("torch.ao.nn.quantized.dynamic")}
+    return quantized, changed
+
+
+# ---- capture ---------------------------------------------------------------------------------------
+
+Op = tuple[Any, tuple[Any, ...], dict[str, Any]]
+
+
+@dataclass
+class _Row:
+    """One layer during capture: a leaf's arguments, or a non-leaf's own aten ops."""
+
+    call: LayerCall
+    order: int  # dispatch sequence number of the row's first op, for execution order
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    ops: list[Op] = field(default_factory=list)
+    counted_ops: int = 0  # ops the trace records (not views, not allocations): a non-leaf row exists iff > 0
+
+
+class _Capture(TorchDispatchMode):  # type: ignore[no-untyped-call]  # torch's dispatch mode is untyped
+    """One forward pass: names calls with the trace's tracker and keeps what each row needs to run alone."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.model = model
+        self.tracker = ModuleCallTracker(model, on_enter=self._on_enter)
+        self.rows: dict[str, _Row] = {}
+        self._weights = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]
+                         if t.layout == torch.strided}
+        self._seq = 0
+        self._copying = False
+
+    def _on_enter(self, call: LayerCall, module: nn.Module, args: tuple[Any, ...]) -> None:
+        self.rows[call.name] = _Row(call, self._seq)
+
+    def _keep_inputs(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Forward pre-hook on leaves (runs after the tracker's global hook has pushed this call)."""
+        call = self.tracker.current()
+        if call is not None and call.is_leaf:
+            self.rows[call.name].args, self.rows[call.name].kwargs = self._copy(args), self._copy(kwargs)
+
+    def _copy(self, tree: Any) -> Any:
+        self._copying = True
+        try:
+            return tree_map(self._copy_tensor, tree)
+        finally:
+            self._copying = False
+
+    def _copy_tensor(self, value: Any) -> Any:
+        """A copy with the same sizes and strides (so replay reads memory as the model did); weights shared."""
+        if not isinstance(value, torch.Tensor):
+            return value
+        plain = type(value) in (torch.Tensor, nn.Parameter) and value.layout == torch.strided
+        if plain and value.untyped_storage().data_ptr() in self._weights:
+            return value
+        if not plain or value.is_quantized or value.is_conj() or value.is_neg() or value.numel() == 0:
+            return value.clone()
+        # Copy the span of memory the view covers, then view it the same way (works for slices, transposes
+        # and expanded stride-0 dimensions alike).
+        span = 1 + sum((size - 1) * stride for size, stride in zip(value.shape, value.stride()))
+        region = value.detach().as_strided((span,), (1,)).clone()
+        return region.as_strided(value.shape, value.stride(), 0)
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        call = None if self._copying else self.tracker.current()
+        if call is not None and not call.is_leaf:
+            row = self.rows[call.name]
+            counted = not (costs.is_alias(func) or costs.is_free(func))
+            if counted and row.counted_ops == 0:
+                row.order = self._seq
+            row.counted_ops += counted
+            row.ops.append((func, self._copy(args), self._copy(kwargs)))  # before the op: in-place ops change args
+        if not self._copying:
+            self._seq += 1
+        return func(*args, **kwargs)
+
+    def run(self, inputs: list[Any] | dict[str, Any]) -> list[_Row]:
+        """Run the forward pass; the rows the trace would have, in execution order."""
+        args, kwargs = ((), dict(inputs)) if isinstance(inputs, dict) else (tuple(inputs), {})
+        leaves = [m for m in {id(m): m for m in self.model.modules()}.values() if next(m.children(), None) is None]
+        handles = [m.register_forward_pre_hook(self._keep_inputs, with_kwargs=True, prepend=True) for m in leaves]
+        try:
+            with self.tracker.active(), self:
+                self.model(*args, **kwargs)
+        except RooflineError:
+            raise
+        except Exception as error:
+            where = self.tracker.current()
+            place = f"module '{where.name}' ({where.module_type})" if where else "the model's forward"
+            message = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise RooflineError(f"forward pass failed in {place}: {type(error).__name__}: {message}") from error
+        finally:
+            for handle in handles:
+                handle.remove()
+        kept = [row for row in self.rows.values() if row.call.is_leaf or row.counted_ops]
+        return sorted(kept, key=lambda row: row.order)
+
+
+def _layer_callable(row: _Row, modules: dict[str, nn.Module]) -> Callable[[], object]:
+    """What timing a row calls: the leaf module on its inputs, or a replay of the non-leaf's own ops."""
+    if row.call.is_leaf:
+        module, args, kwargs = modules[row.call.path], row.args, row.kwargs
+        return lambda: module(*args, **kwargs)
+    ops = row.ops
+
+    def replay() -> None:
+        for func, op_args, op_kwargs in ops:
+            func(*op_args, **op_kwargs)
+
+    return replay
+
+
+# ---- end to end ------------------------------------------------------------------------------------
+
+def batch_of(inputs: list[Any] | dict[str, Any]) -> int:
+    """The batch: the leading dimension of the first tensor input (1 for scalars or no tensors)."""
+    first = next((t for t in _tensors(inputs) if t.dim() > 0), None)
+    return int(first.shape[0]) if first is not None else 1
+
+
+def _at_batch(inputs: list[Any] | dict[str, Any], base: int, batch: int) -> Any:
+    """Inputs at another batch size: tensors whose first dimension is the batch are tiled along it and cut."""
+    def resize(value: Any) -> Any:
+        if not isinstance(value, torch.Tensor) or value.dim() == 0 or value.shape[0] != base or batch == base:
+            return value
+        repeats = -(-batch // base)
+        return value.repeat(repeats, *[1] * (value.dim() - 1))[:batch].contiguous()
+
+    return tree_map(resize, inputs)
+
+
+def _forward(module: nn.Module, inputs: list[Any] | dict[str, Any]) -> Callable[[], object]:
+    if isinstance(inputs, dict):
+        return lambda: module(**inputs)
+    return lambda: module(*inputs)
+
+
+def parse_batch_sizes(text: str) -> list[int]:
+    """'1,8,32' -> [1, 8, 32]; a clear error otherwise."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise RooflineError(
+            f"malformed batch sizes {text!r}: expected positive integers separated by commas, e.g. 1,8,32"
+        )
+    return [int(p) for p in parts]
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """What one measurement run was asked for."""
+
+    device: str
+    precision: str
+    timer: dict[str, Any]  # time_callable's options
+    load_before: float | None  # 1-minute load average when measuring began
+
+
+# ---- the API ---------------------------------------------------------------------------------------
+
+def measure(model: Any, inputs: Any = None, device: str = "cpu", precision: str = "fp32",
+            batch_sizes: Sequence[int] | None = None, progress: bool = True, *, min_run_time_s: float = 0.05,
+            warmup: int = 2, max_repeats: int = 1000, num_threads: int | None = None,
+            **load_options: Any) -> ModelMeasurement:
+    """Time every layer alone and the whole forward pass on a real device.
+
+    model: a MODEL spec string (built with random weights on `device`), a LoadedModel, or an nn.Module
+    with `inputs`. batch_sizes: end-to-end batch sizes (default: the inputs' batch, 2x and 4x).
+    min_run_time_s: timing per layer and per batch size; max_repeats caps the timed blocks.
+    num_threads: torch's CPU thread count for the run (recorded either way). load_options go to
+    models.load (input_shape, batch, seq_len). Raises NotMeasurable for a precision the device
+    cannot run, RooflineError for a missing device or a failing model.
+    """
+    device = _check_device(device)
+    precision = _check_precision(precision, device)
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    if batch_sizes is not None and (not batch_sizes or any(int(b) < 1 for b in batch_sizes)):
+        raise RooflineError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
+    settings = _Settings(device, precision, {"min_run_time_s": min_run_time_s, "warmup": warmup,
+                                             "max_repeats": max_repeats}, load_before)
+    previous_threads = torch.get_num_threads()
+    if num_threads is not None:
+        if num_threads < 1:
+            raise RooflineError(f"num_threads must be a positive integer, got {num_threads}")
+        torch.set_num_threads(num_threads)
+    try:
+        with _math_mode(precision, device), torch.no_grad():
+            loaded = _prepare(model, inputs, device, precision, load_options)
+            return _measure(loaded, settings, batch_sizes, progress)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _measure(loaded: LoadedModel, settings: _Settings, batch_sizes: Sequence[int] | None,
+             progress: bool) -> ModelMeasurement:
+    from tqdm import tqdm
+
+    device, precision = settings.device, settings.precision
+    module = loaded.module
+    if precision == "int8" and not any(isinstance(m, _DYNAMIC_INT8_TYPES) for m in module.modules()):
+        raise NotMeasurable(
+            f"int8 is not measurable for {loaded.name} on cpu: torch's dynamic int8 quantisation covers nn.Linear,"
+            " LSTM and GRU only, and this model has none"
+        )
+    try:
+        rows = _Capture(module).run(loaded.inputs)
+    except RooflineError as error:
+        if precision in ("bf16", "fp16"):  # an op with no kernel for this dtype on this device
+            raise NotMeasurable(f"{precision} is not measurable on {device} for {loaded.name}: {error}") from error
+        raise
+    int8_paths: set[str] = set()
+    if precision == "int8":  # captured on the float model, so names and inputs are the fp32 ones
+        module, int8_paths = _quantize_int8(module)
+    modules = dict(module.named_modules())
+    base = batch_of(loaded.inputs)
+    sizes = [int(b) for b in batch_sizes] if batch_sizes is not None else [base, 2 * base, 4 * base]
+
+    bar = tqdm(total=len(rows) + len(sizes), desc=f"measure {loaded.name}", unit="step", file=sys.stderr,
+               disable=not progress, leave=False)
+    try:
+        layer_rows = []
+        for row in rows:
+            bar.set_postfix_str(row.call.name[-40:], refresh=False)
+            timed = _time(_layer_callable(row, modules), settings, row.call.name, f"timing layer '{row.call.name}'")
+            layer_rows.append(_layer_row(row, timed, precision, int8_paths))
+            bar.update()
+        del rows  # the captured activations
+        e2e_rows = []
+        for size in sizes:
+            bar.set_postfix_str(f"end-to-end batch {size}", refresh=False)
+            batch_inputs = _at_batch(loaded.inputs, base, size)
+            timed = _time(_forward(module, batch_inputs), settings, f"batch {size}",
+                          f"the end-to-end forward pass at batch {size} (choose others with batch_sizes)")
+            e2e_rows.append(_end_to_end_row(size, timed))
+            bar.update()
+    finally:
+        bar.close()
+
+    layers = pd.DataFrame(layer_rows, columns=LAYER_COLUMNS + ["calls_per_block", "replayed_ops"])
+    result = ModelMeasurement(
+        model=loaded.name, device=device, precision=precision, layers=layers,
+        end_to_end=pd.DataFrame(e2e_rows, columns=END_TO_END_COLUMNS),
+        metadata=_metadata(loaded, settings, base, sorted(int8_paths)),
+    )
+    if result.noisy_layers:
+        shown = ", ".join(result.noisy_layers[:5]) + (", ..." if len(result.noisy_layers) > 5 else "")
+        warnings.warn(f"{len(result.noisy_layers)} of {len(layers)} layers measured noisy (IQR > 10% of median): "
+                      f"{shown}; close other programs or raise min_run_time_s", stacklevel=3)
+    return result
+
+
+def _time(fn: Callable[[], object], settings: _Settings, label: str, what: str) -> Measurement:
+    """time_callable, with a failure named (which layer, which batch) in one line."""
+    try:
+        return time_callable(fn, device=settings.device, label=label, **settings.timer)
+    except RooflineError:
+        raise
+    except Exception as error:
+        message = (str(error).strip().splitlines() or [""])[0]
+        raise RooflineError(f"{what} failed: {type(error).__name__}: {message}") from error
+
+
+def _layer_row(row: _Row, timed: Measurement, precision: str, int8_paths: set[str]) -> dict[str, Any]:
+    if precision == "int8":
+        ran_as = "int8" if row.call.is_leaf and row.call.path in int8_paths else "fp32"
+    else:
+        ran_as = precision
+    return {
+        "name": row.call.name, "type": row.call.module_type, "measured_s": timed.median_s, "iqr_s": timed.iqr_s,
+        "repeats": timed.repeats, "noisy": timed.noisy, "timed_as": "module" if row.call.is_leaf else "own ops",
+        "ran_as": ran_as, "calls_per_block": timed.number, "replayed_ops": 0 if row.call.is_leaf else len(row.ops),
+    }
+
+
+def _end_to_end_row(batch: int, timed: Measurement) -> dict[str, Any]:
+    return {"batch": batch, "latency_s": timed.median_s, "iqr_s": timed.iqr_s, "repeats": timed.repeats,
+            "noisy": timed.noisy, "throughput_samples_per_s": batch / timed.median_s}
+
+
+def _metadata(loaded: LoadedModel, settings: _Settings, batch: int, int8_layers: list[str]) -> dict[str, Any]:
+    """The machine and settings behind the numbers (pyperf records these with every run)."""
+    import roofline
+
+    device, precision, load_before = settings.device, settings.precision, settings.load_before
+
+    meta: dict[str, Any] = {
+        "format_version": JSON_FORMAT_VERSION,
+        "roofline_version": roofline.__version__,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "platform": platform.platform(),
+        "device_name": _device_name(device),
+        "cpu_name": _cpu_info()[0],
+        "num_threads": torch.get_num_threads(),
+        "inputs": loaded.input_shapes(),
+        "batch": batch,
+        "timer": dict(settings.timer),
+        "mha_fastpath": False,
+        "load_average_1min": load_before,
+        "notes": _precision_notes(precision, device),
+    }
+    cpus = os.cpu_count() or 1
+    if load_before is not None and load_before >= cpus:
+        meta["notes"].append(f"the machine was busy when measuring began (load {load_before:.1f} on {cpus} CPUs):"
+                             " other programs compete for the cores, so times may be inflated and noisy")
+    if device.startswith("cuda"):
+        meta["cuda_version"] = torch.version.cuda
+        meta["tf32"] = precision == "tf32"
+    if precision == "int8":
+        meta["int8_layers"] = int8_layers
+        meta["notes"].append("int8 is torch's dynamic quantisation: int8 weights and math for nn.Linear/LSTM/GRU"
+                             " (see ran_as); every other layer runs fp32")
+    return meta
+
+
+# ---- output ----------------------------------------------------------------------------------------
+
+_FORMATTERS: dict[str, object] = {
+    "measured_s": format_time, "iqr_s": format_time, "latency_s": format_time,
+    "noisy": lambda v: "!" if v else "", "throughput_samples_per_s": lambda v: f"{v:.4g}",
+}
+
+
+def render(result: ModelMeasurement, fmt: str = "table") -> str:
+    """The measure command's output: table, csv, json or markdown."""
+    if fmt == "json":
+        return json.dumps(result.to_dict(), indent=2)
+    layers = result.layers[LAYER_COLUMNS]
+    if fmt == "csv":
+        return str(layers.to_csv(index=False)).rstrip("\n")
+    if fmt == "markdown":
+        return "\n\n".join([format_markdown(layers), format_markdown(result.end_to_end),
+                            "\n".join(f"    {line}" for line in result.summary().splitlines())])
+    return "\n\n".join([format_table(layers, _FORMATTERS), format_table(result.end_to_end, _FORMATTERS),
+                        result.summary()])

@@ -1,0 +1,249 @@
+"""Measurement: rows named as the analysis names them, honest 'not measurable' errors, never absolute times.
+
+Time budgets are tiny (FAST) so the file runs in well under a minute; the checks are about structure
+(one positive median per layer, the names join, throughput = batch / latency), not speed.
+"""
+import json
+import sys
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import roofline
+from roofline.cli import main
+from roofline.errors import RooflineError
+from roofline.measure import NotMeasurable, measure
+
+measure_module = sys.modules["roofline.measure"]  # `roofline.measure` is the function
+
+FAST = {"progress": False, "min_run_time_s": 0.001, "max_repeats": 5, "warmup": 1}
+
+
+class Twice(nn.Module):
+    """Calls one Linear twice, has op-less leaves, and does its own arithmetic (a '(model)' row)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(16, 16)
+        self.act = nn.ReLU()
+        self.skip = nn.Identity()
+        self.drop = nn.Dropout(0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.fc(self.act(self.fc(x)))
+        return self.drop(self.skip(y)) + 2 * x
+
+
+def _measure_quietly(*args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # noisy-layer warnings are expected at these budgets
+        return measure(*args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def mobile():
+    return _measure_quietly("zoo:mobile-block", batch_sizes=[1, 2], **FAST)
+
+
+def test_one_positive_median_per_layer_with_spread(mobile):
+    layers = mobile.layers
+    assert len(layers) == layers["name"].nunique() > 0
+    assert (layers["measured_s"] > 0).all()
+    assert (layers["iqr_s"] >= 0).all() and (layers["repeats"] >= 1).all()
+    assert layers["noisy"].dtype == bool
+    assert mobile.sum_of_layers_s == pytest.approx(layers["measured_s"].sum())
+    # The residual adds of each inverted-residual block are replayed as that block's own ops.
+    blocks = layers[layers["name"].isin(["blocks.0", "blocks.1"])]
+    assert list(blocks["timed_as"]) == ["own ops", "own ops"] and (blocks["replayed_ops"] >= 1).all()
+    assert set(layers.loc[~layers["name"].isin(["blocks.0", "blocks.1"]), "timed_as"]) == {"module"}
+
+
+def test_end_to_end_latency_and_throughput(mobile):
+    e2e = mobile.end_to_end
+    assert list(e2e["batch"]) == [1, 2]
+    assert (e2e["latency_s"] > 0).all()
+    for row in e2e.itertuples():
+        assert row.throughput_samples_per_s == pytest.approx(row.batch / row.latency_s)
+
+
+def test_metadata_and_json(mobile):
+    meta = mobile.metadata
+    assert meta["torch_version"] == torch.__version__ and meta["num_threads"] >= 1
+    assert meta["device_name"] and meta["date"] and meta["batch"] == 1
+    data = json.loads(json.dumps(mobile.to_dict()))
+    assert set(data) == {"model", "device", "precision", "metadata", "layers", "end_to_end"}
+    assert (data["model"], data["device"], data["precision"]) == ("zoo:mobile-block", "cpu", "fp32")
+    assert {"name", "type", "measured_s", "iqr_s", "repeats", "noisy"} <= set(data["layers"][0])
+    assert set(data["end_to_end"][0]) >= {"batch", "latency_s", "iqr_s", "throughput_samples_per_s"}
+    assert "zoo:mobile-block on cpu" in repr(mobile) and "<table" in mobile._repr_html_()
+
+
+def _analysis_names(*args, **kwargs):
+    return set(roofline.analyze(*args, **kwargs).layers["name"]) - {"(unused parameters)"}
+
+
+@pytest.mark.parametrize("spec, options", [
+    ("zoo:mobile-block", {}),
+    ("zoo:tiny-transformer", {"seq_len": 16}),
+    ("torchvision:resnet18", {"input_shape": "1x3x64x64"}),
+])
+def test_names_join_analysis(spec, options, mobile):
+    result = mobile if spec == "zoo:mobile-block" else _measure_quietly(spec, batch_sizes=[1], **FAST, **options)
+    assert set(result.layers["name"]) == _analysis_names(spec, **options)
+
+
+def test_a_module_called_twice_and_op_less_leaves():
+    model, inputs = Twice().eval(), [torch.randn(4, 16)]
+    result = _measure_quietly(model, inputs, batch_sizes=[4], **FAST)
+    names = set(result.layers["name"])
+    assert names == _analysis_names(model, inputs)
+    assert {"fc", "fc#1", "skip", "drop", "(model)"} <= names
+    # Identity and eval Dropout run no op; they still cost a module call, which is what is measured.
+    assert (result.layers.set_index("name").loc[["skip", "drop"], "measured_s"] > 0).all()
+
+
+def test_rows_join_prediction():
+    predict = pytest.importorskip("roofline.predict")
+    model, inputs = Twice().eval(), [torch.randn(4, 16)]
+    measured = _measure_quietly(model, inputs, batch_sizes=[4], **FAST)
+    predicted = predict.predict(roofline.analyze(model, inputs), "epyc-7763")
+    assert set(measured.layers["name"]) == set(predicted.layers["name"]) - {"(unused parameters)"}
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_half_precisions_cast_a_copy(precision):
+    model, inputs = Twice().eval(), [torch.randn(4, 16)]
+    result = _measure_quietly(model, inputs, precision=precision, batch_sizes=[4], **FAST)
+    assert set(result.layers["ran_as"]) == {precision}
+    assert model.fc.weight.dtype == torch.float32 and inputs[0].dtype == torch.float32  # the user's objects
+
+
+def test_int8_says_which_layers_ran_int8():
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 8)).eval()
+    result = _measure_quietly(model, [torch.randn(2, 32)], precision="int8", batch_sizes=[2], **FAST)
+    assert dict(zip(result.layers["name"], result.layers["ran_as"])) == {"0": "int8", "1": "fp32", "2": "int8"}
+    assert result.metadata["int8_layers"] == ["0", "2"]
+    assert isinstance(model[0], nn.Linear)  # quantised a copy
+
+
+def test_int8_without_quantisable_layers_is_not_measurable():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
+    with pytest.raises(NotMeasurable, match="int8 is not measurable .* nn.Linear"):
+        measure(model, [torch.randn(1, 3, 8, 8)], precision="int8", **FAST)
+
+
+@pytest.mark.parametrize("precision, reason", [
+    ("w4a16", "w4a16 is not measurable on cpu: weight-only"),
+    ("w8a16", "w8a16 is not measurable on cpu"),
+    ("fp8", "fp8 is not measurable on cpu"),
+    ("tf32", "tf32 is not measurable on cpu"),
+])
+def test_unrunnable_precision_is_not_measurable(precision, reason):
+    with pytest.raises(NotMeasurable, match=reason) as error:
+        measure("zoo:mlp", precision=precision, **FAST)
+    assert isinstance(error.value, RooflineError) and "\n" not in str(error.value)
+
+
+def test_cli_not_measurable_is_one_line_and_exit_2(capsys):
+    code = main(["measure", "zoo:mlp", "--precision", "w4a16"])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert captured.err.startswith("roofline: error: w4a16 is not measurable on cpu")
+    assert captured.err.count("\n") == 1
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RooflineError, match=r"^no CUDA device: torch.cuda.is_available\(\) is False$"):
+        measure("zoo:mlp", device="cuda", **FAST)
+    code = main(["measure", "zoo:mlp", "--device", "cuda"])
+    err = capsys.readouterr().err
+    assert code == 2 and err == "roofline: error: no CUDA device: torch.cuda.is_available() is False\n"
+
+
+def test_unknown_device_and_bad_batch_sizes():
+    with pytest.raises(RooflineError, match="unknown device 'tpu'"):
+        measure("zoo:mlp", device="tpu", **FAST)
+    with pytest.raises(RooflineError, match="malformed batch sizes"):
+        measure_module.parse_batch_sizes("1,x")
+
+
+def test_timer_gets_the_device(monkeypatch):
+    """The device string reaches the one timer (which syncs and uses CUDA events for cuda)."""
+    seen = []
+    real = measure_module.time_callable
+
+    def recording(fn, device="cpu", **kwargs):
+        seen.append(device)
+        return real(fn, device=device, **kwargs)
+
+    monkeypatch.setattr(measure_module, "time_callable", recording)
+    result = _measure_quietly(Twice().eval(), [torch.randn(2, 16)], batch_sizes=[2], **FAST)
+    assert seen == ["cpu"] * (len(result.layers) + 1)
+
+
+def test_cuda_precision_checks_without_a_gpu(monkeypatch):
+    """The CUDA branches of the precision check, on a faked device: TF32 needs compute capability 8.0+."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake V100")
+    with pytest.raises(NotMeasurable, match="tf32 is not measurable on Fake V100"):
+        measure_module._check_precision("tf32", "cuda")
+    with pytest.raises(NotMeasurable, match="int8 is not measurable on cuda"):
+        measure_module._check_precision("int8", "cuda")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert measure_module._check_precision("tf32", "cuda") == "tf32"
+
+
+def test_math_mode_sets_and_restores_tf32():
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    with measure_module._math_mode("tf32", "cuda"):
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    with measure_module._math_mode("fp32", "cuda"):  # cuDNN would use TF32 for fp32 convolutions by default
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        assert not torch.backends.mha.get_fastpath_enabled()
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
+
+
+def test_captured_inputs_keep_strides_and_survive_in_place_ops():
+    capture = measure_module._Capture(nn.Linear(2, 2))
+    base = torch.randn(4, 6)
+    for view in (base.t(), base[:, 1:4], base[:1].expand(5, 6)):
+        copied = capture._copy_tensor(view)
+        assert copied.shape == view.shape and copied.stride() == view.stride() and torch.equal(copied, view)
+        assert copied.untyped_storage().data_ptr() != view.untyped_storage().data_ptr()
+    weight = capture.model.weight
+    assert capture._copy_tensor(weight) is weight  # weights are shared, not copied
+
+
+def test_batch_tiling():
+    inputs = {"input_ids": torch.arange(6).view(2, 3), "scale": torch.tensor(1.0)}
+    tiled = measure_module._at_batch(inputs, 2, 5)
+    assert tiled["input_ids"].shape == (5, 3) and tiled["scale"].shape == ()
+    assert measure_module.batch_of(inputs) == 2
+
+
+def test_cli_json_joins_analyze(capsys):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        code = main(["measure", "zoo:mlp", "--batch-sizes", "1", "--min-run-time", "0.001", "--no-progress",
+                     "--format", "json"])
+    out = capsys.readouterr().out
+    assert code == 0
+    measured = json.loads(out)
+    assert main(["analyze", "zoo:mlp", "--format", "json"]) == 0
+    analyzed = json.loads(capsys.readouterr().out)
+    assert [row["name"] for row in measured["layers"]] == [row["name"] for row in analyzed["layers"]]
+    assert [row["batch"] for row in measured["end_to_end"]] == [1]
+
+
+def test_a_module_already_in_place_is_measured_without_a_copy(monkeypatch):
+    """fp32 on its own device and in eval mode: nothing to change, so no second copy of the weights."""
+    copies = []
+    monkeypatch.setattr(measure_module.copy, "deepcopy", lambda obj: copies.append(obj) or obj)
+    model = Twice().eval()
+    _measure_quietly(model, [torch.randn(2, 16)], batch_sizes=[2], **FAST)
+    assert copies == []
+    _measure_quietly(model, [torch.randn(2, 16)], precision="bf16", batch_sizes=[2], **FAST)
+    assert copies == [model]  # casting to bf16 needs a copy
