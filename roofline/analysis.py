@@ -53,9 +53,12 @@ class Analysis:
         """The same model at `factor` x the traced batch, without re-tracing.
 
         FLOPs and activation, KV and integer bytes grow in proportion to the batch; weight bytes do
-        not. Exact for models whose ops treat samples independently (CNNs in eval mode, transformer
-        layers, an LLM decode step); peak activations scale the same way.
+        not, except rows selected by an index (an embedding lookup). Exact for models whose ops treat
+        samples independently (transformer layers, an LLM decode step), except for outputs without a
+        batch dimension (batch norm's per-channel statistics), which it over-counts slightly.
         """
+        from roofline.costs.memory import SELECTIVE_READ_OPS
+
         t = self.trace
 
         def scale(value: int) -> int:
@@ -64,6 +67,7 @@ class Analysis:
         records = [
             dataclasses.replace(
                 r, macs=scale(r.macs), flops=scale(r.flops), act_read=scale(r.act_read), kv_read=scale(r.kv_read),
+                weight_read=scale(r.weight_read) if r.op in SELECTIVE_READ_OPS else r.weight_read,
                 fixed_read_bytes=scale(r.fixed_read_bytes), act_written=scale(r.act_written),
                 kv_written=scale(r.kv_written), fixed_written_bytes=scale(r.fixed_written_bytes),
             )

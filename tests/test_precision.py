@@ -40,3 +40,16 @@ def test_unknown_precision_names_the_choices():
 def test_kv_precision_override():
     p = roofline.get_precision("fp16").with_kv("fp8")
     assert p.kv_bytes == 1 and p.activation_bytes == 2 and p.name == "fp16+kv-fp8"
+
+
+@pytest.mark.parametrize("spec", ["zoo:convnet", "zoo:tiny-transformer"])
+def test_scaled_batch_equals_a_real_trace_at_that_batch(spec):
+    one = roofline.analyze(spec)
+    eight = roofline.analyze(spec, batch=8)
+    scaled = one.scaled_batch(8)
+    for key in ("macs", "flops", "bytes_read", "params"):
+        assert scaled.totals[key] == pytest.approx(eight.totals[key], rel=1e-9), key
+    # Batch norm's per-channel statistics (2 x 32..256 values per layer) do not grow with the batch.
+    for key in ("bytes_written", "peak_activation_bytes"):
+        assert scaled.totals[key] == pytest.approx(eight.totals[key], rel=1e-3), key
+    assert scaled.trace.inputs[0][0] == 8
