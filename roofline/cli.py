@@ -306,6 +306,29 @@ def _run_measure(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- report --------------------------------------------------------------------------------------
+
+def _setup_report(parser: argparse.ArgumentParser) -> None:
+    _add_model_options(parser)
+    _add_precision(parser)
+    _add_hw(parser)
+    parser.add_argument("--no-measure", action="store_true", help="predict only; do not time the model here")
+    parser.add_argument("--min-run-time", type=float, default=0.05, metavar="S",
+                        help="measurement budget per layer and per batch size in seconds (default 0.05)")
+    parser.add_argument("--out", default="roofline-report", help="report directory (default: roofline-report)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress messages or bars")
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from roofline.report import report
+
+    out = report(args.model, args.hw, out=args.out, precision=args.precision, measure=not args.no_measure,
+                 calibrated=args.calibrated, progress=not args.no_progress, min_run_time_s=args.min_run_time,
+                 input_shape=args.input_shape, batch=args.batch, seq_len=args.seq_len)
+    print(f"report written to {out}\nopen {out / 'index.html'}")
+    return 0
+
+
 # ---- the command table ---------------------------------------------------------------------------
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handler]] = {
@@ -317,6 +340,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handle
     "sweep": ("sweeps that teach: convolution groups", _setup_sweep, _run_sweep),
     "compare": ("compare devices, precisions and batch sizes", _setup_compare, _run_compare),
     "llm": ("LLM prefill and decode: time to first token, tokens/s, KV cache", _setup_llm, _run_llm),
+    "report": ("write an HTML/Markdown/CSV/JSON report with charts", _setup_report, _run_report),
 }
 
 

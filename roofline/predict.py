@@ -141,7 +141,7 @@ class Prediction:
             "overhead_s": float(layers["overhead_s"].sum()),
             "memory_bound_time_fraction": memory_time / latency if latency else 0.0,
             "compute_bound_time_fraction": compute_time / latency if latency else 0.0,
-            "overhead_bound_time_fraction": 1.0 - (memory_time + compute_time) / latency if latency else 0.0,
+            "overhead_bound_time_fraction": max(0.0, 1.0 - (memory_time + compute_time) / latency) if latency else 0.0,
             "peak_flops_per_s": self.peak_flops_per_s,
             "dram_bandwidth_bytes_per_s": self.profile.memory_levels[-1].bandwidth_bytes_per_s,
             "ridge_point": self.peak_flops_per_s / self.profile.memory_levels[-1].bandwidth_bytes_per_s,

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # README's main job on its embedded default: a roofline report for the built-in zoo:convnet model on
-# this machine's detected hardware, written to ./roofline-report/.
+# this machine's detected hardware (measured on first use), written to ./roofline-report/index.html.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e .
-.venv/bin/roofline analyze zoo:convnet "$@"
+.venv/bin/roofline report zoo:convnet --hw auto --out roofline-report "$@"

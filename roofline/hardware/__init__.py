@@ -1,10 +1,12 @@
 """Hardware profiles: datasheet files in hwprofiles/, detection of this machine, and measurement.
 
 `load_profile` is the one way in: a name from hwprofiles/ (file stem, case-insensitive), a path to a
-YAML file, or "auto" (this machine, preferring a measured profile of it saved in the user directory).
+YAML file, or "auto" (this machine, preferring a measured profile of it saved in the user directory,
+and measuring one when detection alone leaves a figure unknown).
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from roofline.errors import RooflineError, close_matches
@@ -63,12 +65,28 @@ def _saved_measurement(detected: HardwareProfile) -> HardwareProfile | None:
     return max(candidates, key=lambda p: p.metadata.get("date", ""), default=None)
 
 
+def _auto_profile() -> HardwareProfile:
+    """This machine: a saved measurement of it, else detection, measured once (quick) when detection
+    cannot know a figure (a CPU's memory bandwidths) and saved for next time."""
+    detected = detect()
+    saved = _saved_measurement(detected)
+    if saved is not None:
+        return saved
+    if detected.dram.bandwidth_bytes_per_s is not None:
+        return detected
+    device = "cuda" if detected.kind == "gpu" else "cpu"
+    path = default_measured_path(detected)
+    warnings.warn(f"no measured profile of this machine yet: measuring it once (--quick), saving {path}", stacklevel=3)
+    measured = measure_profile(device=device, quick=True)
+    save_profile(measured, path)
+    return load_profile_file(path)
+
+
 def load_profile(name_or_path: str) -> HardwareProfile:
     """A profile by name (hwprofiles/ file stem), by path (.yaml), or 'auto' for this machine."""
     key = name_or_path.strip()
     if key.lower() == "auto":
-        detected = detect()
-        return _saved_measurement(detected) or detected
+        return _auto_profile()
     path = Path(key).expanduser()
     if path.suffix.lower() in (".yaml", ".yml") or "/" in key or path.is_file():
         return load_profile_file(path)

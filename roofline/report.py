@@ -1,0 +1,530 @@
+"""Reports: one directory with index.html, report.md, layers.csv, report.json and the charts (PNG + SVG).
+
+The analysis, the prediction and (when taken) the measurement are joined on the layer `name` into one
+table; every file is written from that table and the totals. Writing is atomic: everything goes into a
+hidden sibling directory first and is renamed into place only when complete, so an interrupted run
+leaves either no report or the previous complete one. report.json carries REPORT_FORMAT_VERSION.
+"""
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import uuid
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import pandas as pd
+
+import roofline
+from roofline.analysis import LAYER_COLUMNS, Analysis
+from roofline.errors import RooflineError
+from roofline.formatting import format_bytes, format_markdown, format_si, format_time
+from roofline.hardware.profile import HardwareProfile
+from roofline.predict import Prediction
+
+__all__ = ["REPORT_FORMAT_VERSION", "MeasurementLike", "ReportData", "joined_layers", "report", "type_table",
+           "write_report"]
+
+# Version of report.json; bump on an incompatible change to its fields (pyperf's _JSON_VERSION habit).
+REPORT_FORMAT_VERSION = 1
+
+_PREDICTED_COLUMNS = ["compute_s", "memory_s", "overhead_s", "predicted_s", "bound", "memory_level", "ridge_point",
+                      "attainable_flops_per_s", "predicted_flops_per_s", "share"]
+_MEASURED_COLUMNS = {"measured_s": "measured_s", "iqr_s": "measured_iqr_s", "repeats": "repeats", "noisy": "noisy",
+                     "timed_as": "timed_as", "ran_as": "ran_as"}
+_CHART_TITLES = {
+    "roofline": "Roofline",
+    "predicted_vs_measured": "Predicted against measured",
+    "time": "Where the time goes",
+}
+
+
+class MeasurementLike(Protocol):
+    """What a report needs of a measurement (roofline.measure's result has these)."""
+
+    @property
+    def layers(self) -> pd.DataFrame: ...  # name, measured_s, iqr_s, repeats, noisy
+
+    @property
+    def end_to_end(self) -> pd.DataFrame: ...  # batch, latency_s, iqr_s, throughput_samples_per_s
+
+    @property
+    def metadata(self) -> Mapping[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class ReportData:
+    """Everything a report shows, already joined; the writers only format it."""
+
+    prediction: Prediction
+    layers: pd.DataFrame  # joined analysis + prediction + measurement, one row per layer
+    types: pd.DataFrame  # the same per layer type
+    measurement: MeasurementLike | None = None
+    notes: tuple[str, ...] = ()
+    created: str = field(default_factory=lambda: datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+
+    @property
+    def analysis(self) -> Analysis:
+        return self.prediction.analysis
+
+    @property
+    def profile(self) -> HardwareProfile:
+        return self.prediction.profile
+
+    @property
+    def measured(self) -> bool:
+        return bool(self.layers["measured_s"].notna().any())
+
+
+# ---- joining ---------------------------------------------------------------------------------------
+
+def joined_layers(prediction: Prediction, measured: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Analysis, prediction and measurement side by side, one row per layer, joined on `name`."""
+    analysis_layers = prediction.analysis.layers
+    extra = [c for c in ("bytes", "ops", "path", "call_index") if c in analysis_layers]
+    table = analysis_layers[LAYER_COLUMNS + extra].merge(
+        prediction.layers[["name", *_PREDICTED_COLUMNS]], on="name", how="left", validate="one_to_one")
+    if measured is not None and len(measured):
+        timed = measured[[c for c in ("name", *_MEASURED_COLUMNS) if c in measured]].rename(columns=_MEASURED_COLUMNS)
+        table = table.merge(timed, on="name", how="left", validate="one_to_one")
+    for column in _MEASURED_COLUMNS.values():
+        if column not in table:
+            table[column] = float("nan") if column.endswith("_s") else pd.NA
+    table["measured_s"] = table["measured_s"].astype(float)
+    table["measured_flops_per_s"] = table["flops"] / table["measured_s"].where(table["measured_s"] > 0)
+    table["measured_over_predicted"] = table["measured_s"] / table["predicted_s"].where(table["predicted_s"] > 0)
+    return table
+
+
+def type_table(layers: pd.DataFrame) -> pd.DataFrame:
+    """Per layer type: calls, work and time; its bound is the bound holding most of its predicted time."""
+    grouped = layers.groupby("type", sort=False)
+    types = grouped.agg(calls=("name", "size"), flops=("flops", "sum"), bytes=("bytes", "sum"),
+                        predicted_s=("predicted_s", "sum"))
+    types["measured_s"] = grouped["measured_s"].sum(min_count=1)
+    by_bound = layers.groupby(["type", "bound"], sort=False)["predicted_s"].sum().reset_index()
+    main = by_bound.sort_values("predicted_s", ascending=False, kind="stable").drop_duplicates("type").set_index("type")["bound"]
+    types["bound"] = main
+    total = types["predicted_s"].sum()
+    types["share"] = types["predicted_s"] / total if total else 0.0
+    return types.reset_index().sort_values("predicted_s", ascending=False, kind="stable", ignore_index=True)
+
+
+# ---- the one-call entry point ----------------------------------------------------------------------
+
+def report(model: Any, hw: str | HardwareProfile = "auto", *, out: str | Path = "roofline-report",
+           precision: str = "fp32", measure: bool = True, calibrated: bool = False, progress: bool = True,
+           min_run_time_s: float = 0.05, input_shape: str | None = None, batch: int | None = None,
+           seq_len: int | None = None) -> Path:
+    """Analyse, predict on `hw`, measure on the matching local device (unless measure=False), write `out`.
+
+    min_run_time_s is the timing budget per layer and per batch size (roofline.measure's). Returns the
+    report directory; open `out/index.html`.
+    """
+    from roofline import models
+    from roofline.analysis import analyze
+    from roofline.hardware import load_profile
+    from roofline.precision import get_precision
+    from roofline.predict import predict
+
+    get_precision(precision)  # fail on a bad name before the slow steps
+    _say(progress, f"resolving hardware profile {hw if isinstance(hw, str) else hw.name}")
+    profile = load_profile(hw) if isinstance(hw, str) else hw
+    _say(progress, f"counting {model}")
+    loaded = models.load(model, input_shape=input_shape, batch=batch, seq_len=seq_len)
+    counted = analyze(loaded, precision=precision)
+    _say(progress, f"predicting on {profile.name}")
+    prediction = predict(counted, profile, calibrated=calibrated)
+
+    notes: list[str] = []
+    measurement = None
+    device, why_not = measurement_device(profile)
+    if not measure:
+        notes.append("Not measured (--no-measure): the report shows predictions only.")
+    elif device is None:
+        warnings.warn(why_not, stacklevel=2)
+        notes.append(why_not)
+    else:
+        if profile.source == "datasheet":
+            notes.append(f"Measured on this machine's {device}; the profile holds datasheet figures for {profile.name}."
+                         " The comparison is meaningful only if that is the device measured here.")
+        _say(progress, f"measuring on {device} (real weights, real tensors)")
+        options = {k: v for k, v in (("input_shape", input_shape), ("batch", batch), ("seq_len", seq_len)) if v}
+        measurement = _measure(model, device, precision, progress, min_run_time_s, options)
+    _say(progress, "drawing charts and writing the report")
+    return write_report(prediction, out, measurement=measurement, notes=notes)
+
+
+def measurement_device(profile: HardwareProfile) -> tuple[str | None, str]:
+    """The local device to measure a profile's kind on, or None and the reason it cannot be measured here."""
+    if profile.kind == "cpu":
+        return "cpu", ""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda", ""
+    return None, (f"{profile.name} is a GPU profile and this machine has no CUDA GPU: measurement skipped, "
+                  "the report shows predictions only.")
+
+
+def _measure(model: Any, device: str, precision: str, progress: bool, min_run_time_s: float,
+             load_options: Mapping[str, Any]) -> MeasurementLike:
+    from roofline.measure import measure
+
+    result: MeasurementLike = measure(model, device=device, precision=precision, progress=progress,
+                                      min_run_time_s=min_run_time_s, **load_options)
+    return result
+
+
+def _say(progress: bool, message: str) -> None:
+    if progress:
+        print(f"roofline: {message}...", file=sys.stderr, flush=True)
+
+
+# ---- writing -----------------------------------------------------------------------------------------
+
+def write_report(prediction: Prediction, out: str | Path, *, measurement: MeasurementLike | None = None,
+                 notes: Sequence[str] = ()) -> Path:
+    """Write the report directory `out` atomically; returns its path."""
+    layers = joined_layers(prediction, measurement.layers if measurement is not None else None)
+    all_notes = list(notes)
+    if measurement is not None:
+        all_notes += [f"Measurement: {note}" for note in measurement.metadata.get("notes", [])]
+        unmatched = set(measurement.layers["name"]) - set(layers["name"])
+        if unmatched:
+            all_notes.append(f"{len(unmatched)} measured layers have no analysed counterpart and are not shown: "
+                             + ", ".join(sorted(unmatched)[:5]) + ("..." if len(unmatched) > 5 else ""))
+        missing = int(layers["measured_s"].isna().sum())
+        if missing:
+            all_notes.append(f"{missing} analysed layers have no measured time (shown as '-').")
+        noisy = layers.loc[layers["noisy"].fillna(False).astype(bool), "name"].tolist()
+        if noisy:
+            all_notes.append(f"{len(noisy)} of {len(layers)} layer timings are noisy (IQR over 10% of the median): "
+                             + ", ".join(noisy[:5]) + ("..." if len(noisy) > 5 else ""))
+    unsupported = prediction.analysis.unsupported_ops
+    if unsupported:
+        all_notes.append("Ops with no cost rule (FLOPs not counted, bytes counted): "
+                         + ", ".join(f"{u['op']} x{u['count']}" for u in unsupported))
+    data = ReportData(prediction, layers, type_table(layers), measurement, tuple(all_notes))
+    return _write_atomically(Path(out), lambda directory: _write_all(data, directory))
+
+
+def _write_all(data: ReportData, directory: Path) -> None:
+    charts = _write_charts(data, directory)
+    _write_csv(data, directory)
+    _write_json(data, directory, charts)
+    _write_markdown(data, directory, charts)
+    _write_html(data, directory, charts)
+
+
+def _write_atomically(out: Path, write: Callable[[Path], None]) -> Path:
+    """Write into a hidden sibling, then swap it in; on any error the old `out` (or nothing) remains."""
+    out = out.expanduser().absolute()
+    _check_replaceable(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.writing-", dir=out.parent))
+    try:
+        write(staging)
+        staging.chmod(0o755)  # mkdtemp makes it private; a report is for reading
+        if out.exists():
+            retired = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(out, retired)
+            try:
+                os.replace(staging, out)
+            except BaseException:
+                os.replace(retired, out)
+                raise
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def _check_replaceable(out: Path) -> None:
+    """Refuse to replace a directory that is not an earlier report: --out must never delete a user's files."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise RooflineError(f"--out {out} exists and is not a directory; choose another --out")
+    if not any(out.iterdir()):
+        return
+    try:
+        previous = json.loads((out / "report.json").read_text())
+    except (OSError, ValueError):
+        previous = None
+    if not isinstance(previous, dict) or "format_version" not in previous:
+        raise RooflineError(f"--out {out} exists and is not a roofline report (no report.json); "
+                            "choose another --out or remove it")
+
+
+def _write_charts(data: ReportData, directory: Path) -> dict[str, tuple[list[Path], str]]:
+    """Draw and save each chart; returns name -> (files, caption)."""
+    from roofline import plots
+
+    p = data.prediction
+    title = f"{data.analysis.model_name} on {data.profile.name} @ {p.precision.name}"
+    charts = [plots.roofline_chart(data.layers, data.profile, compute_type=p.precision.compute_type,
+                                   model=data.analysis.model_name, precision=p.precision.name)]
+    if data.measured:
+        metadata = data.measurement.metadata if data.measurement is not None else {}
+        device = str(metadata.get("device_name") or metadata.get("device") or "this machine")
+        charts.append(plots.predicted_vs_measured_chart(data.layers, model=data.analysis.model_name, device=device))
+    charts.append(plots.time_chart(data.layers, data.types, level_names=[lv.name for lv in data.profile.memory_levels],
+                                   title=f"Where the time goes: {title}"))
+    return {chart.name: (plots.save_chart(chart, directory), chart.caption) for chart in charts}
+
+
+def _write_csv(data: ReportData, directory: Path) -> None:
+    data.layers.to_csv(directory / "layers.csv", index=False)
+
+
+def _write_json(data: ReportData, directory: Path, charts: Mapping[str, tuple[list[Path], str]]) -> None:
+    (directory / "report.json").write_text(json.dumps(_to_dict(data, charts), indent=1, allow_nan=False) + "\n")
+
+
+def _to_dict(data: ReportData, charts: Mapping[str, tuple[list[Path], str]]) -> dict[str, Any]:
+    p = data.prediction
+    return {
+        "format_version": REPORT_FORMAT_VERSION,
+        "generator": f"roofline {roofline.__version__}",
+        "created": data.created,
+        "model": data.analysis.model_name,
+        "inputs": data.analysis.trace.inputs,
+        "precision": p.precision.name,
+        "calibrated": p.calibrated,
+        "hardware": data.profile.to_dict(),
+        "summary": summary_lines(data),
+        "notes": list(data.notes),
+        "totals": {
+            "analysis": _plain(data.analysis.totals),
+            "model_size_bytes": _plain(data.analysis.model_size_bytes()),
+            "prediction": _plain(p.totals),
+            "measurement": _plain(_measured_totals(data)),
+        },
+        "measurement": None if data.measurement is None else {
+            "metadata": _plain(dict(data.measurement.metadata)),
+            "end_to_end": _records(data.measurement.end_to_end),
+        },
+        "charts": {name: [path.name for path in files] for name, (files, _) in charts.items()},
+        "by_type": _records(data.types),
+        "layers": _records(data.layers),
+        "unsupported_ops": data.analysis.unsupported_ops,
+    }
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    return [{str(k): _plain(v) for k, v in row.items()} for row in frame.to_dict(orient="records")]
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars to Python, NaN/NA/inf to None: report.json stays strict JSON."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or value is pd.NA:
+        return None
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _measured_totals(data: ReportData) -> dict[str, Any] | None:
+    """End-to-end latency and throughput at the analysed batch, and the sum of per-layer medians."""
+    if data.measurement is None:
+        return None
+    runs = data.measurement.end_to_end
+    batch = data.prediction.totals["batch"]
+    same = runs[runs["batch"] == batch] if "batch" in runs else runs
+    row = (same if len(same) else runs).iloc[0] if len(runs) else None
+    return {
+        "batch": int(row["batch"]) if row is not None else batch,
+        "latency_s": float(row["latency_s"]) if row is not None else None,
+        "latency_iqr_s": float(row["iqr_s"]) if row is not None and "iqr_s" in row else None,
+        "throughput_samples_per_s": float(row["throughput_samples_per_s"]) if row is not None else None,
+        "sum_of_layers_s": float(data.layers["measured_s"].sum()),
+    }
+
+
+# ---- words --------------------------------------------------------------------------------------------
+
+def summary_lines(data: ReportData, top: int = 3) -> list[str]:
+    """A few plain sentences: what bounds the model, which layers take the time, how measurement compares."""
+    p = data.prediction
+    layers = data.layers
+    lines = [p.bound_summary()]
+    slowest = layers.sort_values("predicted_s", ascending=False, kind="stable").head(top)
+    share = slowest["share"].sum()
+    listed = "; ".join(f"{name} ({kind}, {format_time(seconds)}, {bound}-bound)" for name, kind, seconds, bound
+                       in zip(slowest["name"], slowest["type"], slowest["predicted_s"], slowest["bound"]))
+    lines.append(f"The {len(slowest)} slowest layers by prediction take {share:.0%} of the time: {listed}.")
+    measured = _measured_totals(data)
+    if measured and measured["latency_s"]:
+        predicted = p.totals["predicted_latency_s"]
+        lines.append(f"Measured {format_time(measured['latency_s'])} per batch of {measured['batch']} against "
+                     f"{format_time(predicted)} predicted ({measured['latency_s'] / predicted:.3g}x).")
+        excess = (layers["measured_s"] - layers["predicted_s"]).where(layers["measured_s"] > layers["predicted_s"])
+        worst = layers.loc[excess.dropna().sort_values(ascending=False, kind="stable").index[:top]]
+        if len(worst):
+            lines.append("Most time lost against the prediction: " + "; ".join(
+                f"{name} ({format_time(seconds)} measured, {ratio:.3g}x predicted)" for name, seconds, ratio
+                in zip(worst["name"], worst["measured_s"], worst["measured_over_predicted"])) + ".")
+    return lines
+
+
+def _key_figures(data: ReportData) -> list[tuple[str, str]]:
+    """(label, value) rows of the totals table shared by the HTML and Markdown reports."""
+    t = data.analysis.totals
+    pt = data.prediction.totals
+    rows = [
+        ("inputs", " ".join("x".join(str(d) for d in dims) for dims in data.analysis.trace.inputs)),
+        ("MACs", format_si(t["macs"])),
+        ("FLOPs", format_si(t["flops"])),
+        ("parameters", format_si(t["params"])),
+        ("peak activations", format_bytes(t["peak_activation_bytes"])),
+        ("bytes moved (eager)", format_bytes(t["bytes_read"] + t["bytes_written"])),
+        ("arithmetic intensity", f"{t['arithmetic_intensity']:.3g} FLOP/B"),
+        ("model size", ", ".join(f"{name} {format_bytes(size)}" for name, size in data.analysis.model_size_bytes().items())),
+        ("predicted latency", f"{format_time(pt['predicted_latency_s'])} per batch of {pt['batch']}"
+                              + (" (calibrated)" if data.prediction.calibrated else "")),
+        ("predicted throughput", f"{pt['throughput_samples_per_s']:.4g} samples/s"),
+    ]
+    measured = _measured_totals(data)
+    if measured and measured["latency_s"] is not None:
+        rows += [
+            ("measured latency", (f"{format_time(measured['latency_s'])} per batch of {measured['batch']} "
+                                  f"(sum of per-layer medians {format_time(measured['sum_of_layers_s'])})")),
+            ("measured throughput", f"{measured['throughput_samples_per_s']:.4g} samples/s"),
+        ]
+    else:
+        rows.append(("measured", "not measured"))
+    return rows
+
+
+def _display_table(layers: pd.DataFrame) -> pd.DataFrame:
+    """The per-layer table as people read it: units applied, one string per cell."""
+    def each(column: str, format_value: Callable[[Any], str]) -> list[str]:
+        return [format_value(v) if pd.notna(v) else "-" for v in layers[column]]
+
+    return pd.DataFrame({
+        "layer": layers["name"],
+        "type": layers["type"],
+        "MACs": each("macs", format_si),
+        "FLOPs": each("flops", format_si),
+        "params": each("params", format_si),
+        "bytes": each("bytes", format_bytes),
+        "FLOP/B": each("arithmetic_intensity", lambda v: f"{v:.3g}"),
+        "predicted": each("predicted_s", format_time),
+        "bound": layers["bound"],
+        "share": each("share", lambda v: f"{v:.1%}"),
+        "measured": each("measured_s", format_time),
+        "meas/pred": each("measured_over_predicted", lambda v: f"{v:.3g}x"),
+    })
+
+
+def _type_display(types: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({
+        "type": types["type"],
+        "calls": types["calls"].astype(str),
+        "FLOPs": [format_si(v) for v in types["flops"]],
+        "bytes": [format_bytes(v) for v in types["bytes"]],
+        "predicted": [format_time(v) for v in types["predicted_s"]],
+        "share": [f"{v:.1%}" for v in types["share"]],
+        "bound": types["bound"],
+        "measured": [format_time(v) if pd.notna(v) else "-" for v in types["measured_s"]],
+    })
+
+
+def _subtitle(data: ReportData) -> str:
+    p = data.prediction
+    mode = "calibrated roofline" if p.calibrated else "roofline"
+    return (f"{data.profile.name} ({data.profile.kind}, {data.profile.source}) @ {p.precision.name} "
+            f"({p.precision.compute_type} math), {mode} prediction; generated {data.created} by roofline "
+            f"{roofline.__version__}")
+
+
+def _write_markdown(data: ReportData, directory: Path, charts: Mapping[str, tuple[list[Path], str]]) -> None:
+    parts = [f"# Roofline report: {data.analysis.model_name}", "", _subtitle(data), ""]
+    parts += ["## Summary", "", *[f"- {line}" for line in summary_lines(data)], ""]
+    if data.notes:
+        parts += ["## Notes", "", *[f"- {note}" for note in data.notes], ""]
+    parts += ["## Key figures", "", format_markdown(pd.DataFrame(_key_figures(data), columns=["", "value"])), ""]
+    for name, (files, caption) in charts.items():
+        png = next(path.name for path in files if path.suffix == ".png")
+        svg = next(path.name for path in files if path.suffix == ".svg")
+        parts += [f"## {_CHART_TITLES[name]}", "", f"![{_CHART_TITLES[name]}]({png})", "", f"{caption} ([SVG]({svg}))", ""]
+    parts += ["## By layer type", "", format_markdown(_type_display(data.types)), ""]
+    parts += ["## Layers", "", format_markdown(_display_table(data.layers)), ""]
+    (directory / "report.md").write_text("\n".join(parts))
+
+
+_CSS = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:2em auto;max-width:1250px;
+padding:0 1.2em;color:#1d1d1f}
+h1{font-size:1.6em;margin-bottom:.1em} h2{font-size:1.2em;margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+.sub{color:#555;margin-top:0} .notes{background:#fff8e1;border-left:4px solid #f0b400;padding:.5em 1em}
+.summary li{margin:.3em 0} figure{margin:1em 0} figure img{max-width:100%;height:auto;border:1px solid #eee}
+figcaption{color:#555;font-size:.9em} table{border-collapse:collapse;font-size:12.5px}
+th,td{padding:3px 8px;border-bottom:1px solid #eee;text-align:right;white-space:nowrap}
+th{background:#f6f6f6;position:sticky;top:0} td:first-child,th:first-child,td.text,th.text{text-align:left}
+.key td{text-align:left;white-space:normal} .key td:first-child{color:#555;padding-right:2em}
+.scroll{max-height:70vh;overflow:auto;border:1px solid #eee} footer{color:#777;font-size:.85em;margin:2em 0}
+"""
+_TEXT_COLUMNS = {"layer", "type", "bound"}
+
+
+def _html_table(frame: pd.DataFrame) -> str:
+    """Text columns left-aligned, numbers right-aligned (the CSS default)."""
+    def cell(tag: str, column: object, value: object) -> str:
+        css = ' class="text"' if column in _TEXT_COLUMNS else ""
+        return f"<{tag}{css}>{html.escape(str(value))}</{tag}>"
+
+    head = "".join(cell("th", c, c) for c in frame.columns)
+    rows = "".join("<tr>" + "".join(cell("td", c, v) for c, v in zip(frame.columns, row)) + "</tr>"
+                   for row in frame.itertuples(index=False))
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+
+
+def _write_html(data: ReportData, directory: Path, charts: Mapping[str, tuple[list[Path], str]]) -> None:
+    e = html.escape
+    body = [f"<h1>Roofline report: {e(data.analysis.model_name)}</h1>", f'<p class="sub">{e(_subtitle(data))}</p>']
+    if data.notes:
+        body.append('<div class="notes"><ul>' + "".join(f"<li>{e(n)}</li>" for n in data.notes) + "</ul></div>")
+    body.append('<h2>Summary</h2><ul class="summary">' + "".join(f"<li>{e(s)}</li>" for s in summary_lines(data)) + "</ul>")
+    key = "".join(f"<tr><td>{e(k)}</td><td>{e(v)}</td></tr>" for k, v in _key_figures(data))
+    body.append(f'<h2>Key figures</h2><table class="key"><tbody>{key}</tbody></table>')
+    for name, (files, caption) in charts.items():
+        png = next(path for path in files if path.suffix == ".png")
+        svg = next(path for path in files if path.suffix == ".svg")
+        encoded = base64.b64encode(png.read_bytes()).decode("ascii")
+        body.append(f'<h2>{e(_CHART_TITLES[name])}</h2><figure id="chart-{e(name)}">'
+                    f'<img alt="{e(_CHART_TITLES[name])} chart" src="data:image/png;base64,{encoded}">'
+                    f'<figcaption>{e(caption)} <a href="{e(svg.name)}">SVG</a> · <a href="{e(png.name)}">PNG</a>'
+                    "</figcaption></figure>")
+    body.append("<h2>By layer type</h2>" + _html_table(_type_display(data.types)))
+    body.append(f"<h2>Layers ({len(data.layers)})</h2><p class=\"sub\">One row per module call, in execution order; "
+                "the same rows with every column are in <a href=\"layers.csv\">layers.csv</a> and "
+                "<a href=\"report.json\">report.json</a>.</p>"
+                f'<div class="scroll">{_html_table(_display_table(data.layers))}</div>')
+    body.append("<footer>Files: index.html, report.md, layers.csv, report.json, "
+                + ", ".join(path.name for files, _ in charts.values() for path in files) + ".</footer>")
+    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>Roofline report: {e(data.analysis.model_name)} on {e(data.profile.name)}</title>"
+            f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+    (directory / "index.html").write_text(page, encoding="utf-8")

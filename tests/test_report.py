@@ -1,0 +1,206 @@
+"""Reports: every file written, the HTML embeds each chart and every layer, writing is atomic."""
+from __future__ import annotations
+
+import html
+import importlib
+import json
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import torch
+
+import roofline
+from roofline.cli import main
+from roofline.errors import RooflineError
+from roofline.hardware import load_profile
+from roofline.hardware.profile import HardwareProfile, MemoryLevel
+from roofline.predict import Prediction, predict
+
+# `roofline.report` is the function; the module is reached through sys.modules.
+report_module = importlib.import_module("roofline.report")
+REPO = Path(__file__).resolve().parents[1]
+FILES = {"index.html", "report.md", "layers.csv", "report.json", "roofline.png", "roofline.svg", "time.png",
+         "time.svg"}
+
+
+def _profile(kind: str = "cpu") -> HardwareProfile:
+    return HardwareProfile(name=f"Test {kind.upper()}", kind=kind, vendor="test", source="datasheet",
+                           reference="tests", peak_flops_per_s={"fp32": 2e11, "fp16": 8e11},
+                           memory_levels=(MemoryLevel("L2", 1e6, 5e11), MemoryLevel("DRAM", 8e9, 2e10)),
+                           overhead_s=3e-6)
+
+
+@pytest.fixture(scope="module")
+def prediction() -> Prediction:
+    return predict(roofline.analyze("zoo:convnet"), _profile())
+
+
+@dataclass(frozen=True)
+class FakeMeasurement:
+    """The three attributes a report reads from roofline.measure's result, with chosen numbers."""
+
+    layers: pd.DataFrame
+    end_to_end: pd.DataFrame
+    metadata: dict[str, Any] = field(default_factory=lambda: {"device_name": "test cpu", "notes": []})
+
+
+def _measurement(prediction: Prediction) -> FakeMeasurement:
+    names = prediction.layers["name"]
+    measured = prediction.layers["predicted_s"] * [1.0 + 0.5 * i for i in range(len(names))]
+    layers = pd.DataFrame({"name": names, "type": prediction.layers["type"], "measured_s": measured,
+                           "iqr_s": measured * 0.01, "repeats": 7, "noisy": False})
+    return FakeMeasurement(layers, pd.DataFrame({"batch": [1, 2], "latency_s": [2e-3, 3e-3], "iqr_s": [1e-5, 1e-5],
+                                                 "throughput_samples_per_s": [500.0, 666.7]}))
+
+
+def test_report_writes_every_file_and_the_html_embeds_charts_and_all_layers(prediction: Prediction,
+                                                                            tmp_path: Path) -> None:
+    out = report_module.write_report(prediction, tmp_path / "report")
+    assert {p.name for p in out.iterdir()} == FILES
+    assert all((out / name).stat().st_size > 0 for name in FILES)
+    page = (out / "index.html").read_text()
+    for title in ("Roofline chart", "Where the time goes chart"):
+        assert f'alt="{title}" src="data:image/png;base64,' in page
+    assert "Predicted against measured" not in page  # nothing measured: no such chart
+    for name in prediction.layers["name"]:
+        assert f'<td class="text">{html.escape(name)}</td>' in page
+    data = json.loads((out / "report.json").read_text())
+    assert data["format_version"] == report_module.REPORT_FORMAT_VERSION
+    assert [row["name"] for row in data["layers"]] == prediction.layers["name"].tolist()
+    assert data["totals"]["analysis"]["macs"] == prediction.analysis.totals["macs"]
+    assert data["totals"]["measurement"] is None
+    csv = pd.read_csv(out / "layers.csv")
+    assert csv["name"].tolist() == prediction.layers["name"].tolist()
+    assert csv["predicted_s"].sum() == pytest.approx(prediction.totals["predicted_latency_s"])
+    markdown = (out / "report.md").read_text()
+    assert "![Roofline](roofline.png)" in markdown and "| features.0.0 |" in markdown
+
+
+def test_measured_report_joins_on_name_and_adds_the_comparison_chart(prediction: Prediction, tmp_path: Path) -> None:
+    measurement = _measurement(prediction)
+    out = report_module.write_report(prediction, tmp_path / "measured", measurement=measurement)
+    assert {"predicted_vs_measured.png", "predicted_vs_measured.svg"} <= {p.name for p in out.iterdir()}
+    assert 'alt="Predicted against measured chart" src="data:image/png;base64,' in (out / "index.html").read_text()
+    csv = pd.read_csv(out / "layers.csv").set_index("name")
+    expected = measurement.layers.set_index("name")["measured_s"]
+    pd.testing.assert_series_equal(csv["measured_s"], expected, check_names=False)
+    pd.testing.assert_series_equal(csv["measured_over_predicted"], expected / csv["predicted_s"], check_names=False)
+    totals = json.loads((out / "report.json").read_text())["totals"]["measurement"]
+    assert totals["latency_s"] == 2e-3 and totals["batch"] == 1
+    assert totals["sum_of_layers_s"] == pytest.approx(expected.sum())
+
+
+def _snapshot(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in directory.iterdir()}
+
+
+def _quick_charts(data: object, directory: Path) -> dict[str, tuple[list[Path], str]]:
+    """A stand-in for drawing (slow, and beside the point here): the swap does not depend on the pictures."""
+    (directory / "roofline.png").write_bytes(b"\x89PNG stand-in")
+    (directory / "roofline.svg").write_text("<svg/>")
+    return {"roofline": ([directory / "roofline.png", directory / "roofline.svg"], "stand-in")}
+
+
+def test_a_failed_write_leaves_no_report_or_the_previous_one(prediction: Prediction, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "report"
+    monkeypatch.setattr(report_module, "_write_charts", _quick_charts)
+
+    def fail(*args: object) -> None:
+        raise OSError("disk full (simulated)")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(report_module, "_write_markdown", fail)  # charts, CSV and JSON already written by then
+        with pytest.raises(OSError, match="simulated"):
+            report_module.write_report(prediction, out)
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []  # no staging directory left behind
+
+    report_module.write_report(prediction, out)
+    before = _snapshot(out)
+    with monkeypatch.context() as patch:
+        patch.setattr(report_module, "_write_html", fail)
+        with pytest.raises(OSError, match="simulated"):
+            report_module.write_report(prediction, out, measurement=_measurement(prediction))
+    assert _snapshot(out) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["report"]
+
+    report_module.write_report(prediction, out, measurement=_measurement(prediction))  # replaces the old one
+    assert _snapshot(out) != before and json.loads((out / "report.json").read_text())["measurement"]
+
+
+def test_refuses_to_replace_a_directory_that_is_not_a_report(prediction: Prediction, tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(RooflineError, match="not a roofline report"):
+        report_module.write_report(prediction, tmp_path)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_gpu_profile_without_gpu_skips_measurement_and_says_so(tmp_path: Path) -> None:
+    with pytest.warns(UserWarning, match="no CUDA GPU: measurement skipped"):
+        out = roofline.report("zoo:mlp", _profile("gpu"), out=tmp_path / "gpu", progress=False)
+    assert "no CUDA GPU: measurement skipped" in (out / "index.html").read_text()
+    assert json.loads((out / "report.json").read_text())["measurement"] is None
+
+
+@pytest.mark.filterwarnings("ignore:.*measured noisy")  # a 2 ms budget is noisy on a busy machine; not the point
+def test_cpu_profile_measures_on_this_cpu(tmp_path: Path) -> None:
+    out = roofline.report("zoo:mlp", _profile("cpu"), out=tmp_path / "cpu", progress=False, min_run_time_s=0.002)
+    data = json.loads((out / "report.json").read_text())
+    assert data["measurement"]["metadata"]["device_name"]
+    assert all(row["measured_s"] > 0 for row in data["layers"])
+    assert (out / "predicted_vs_measured.png").is_file()
+
+
+def test_cli_report_prints_where_to_open_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "cli"
+    code = main(["report", "zoo:mlp", "--hw", str(REPO / "hwprofiles" / "a100-80gb-sxm.yaml"), "--precision", "fp16",
+                 "--no-measure", "--no-progress", "--out", str(out)])
+    assert code == 0
+    assert f"open {out / 'index.html'}" in capsys.readouterr().out
+    data = json.loads((out / "report.json").read_text())
+    assert data["precision"] == "fp16" and data["hardware"]["name"] == load_profile("a100-80gb-sxm").name
+    assert any("Not measured" in note for note in data["notes"])
+
+
+# ---- in a real browser ---------------------------------------------------------------------------------
+
+RENDER_CHECK = REPO / "benchmarks" / "render_check.py"
+
+
+def _chromium() -> None:
+    sys.path.insert(0, str(RENDER_CHECK.parent))
+    try:
+        from render_check import find_browser
+    finally:
+        sys.path.pop(0)
+    if find_browser() is None:
+        pytest.skip("Chromium is not installed (Debian: apt-get install -y chromium)")
+
+
+def test_report_renders_in_headless_chromium_without_errors(prediction: Prediction, tmp_path: Path) -> None:
+    _chromium()
+    out = report_module.write_report(prediction, tmp_path / "report", measurement=_measurement(prediction))
+    screenshot = tmp_path / "shot.png"
+    run = subprocess.run([sys.executable, str(RENDER_CHECK), str(out / "index.html"), "--screenshot", str(screenshot),
+                          "--min-images", "3"], check=False, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "3 embedded images" in run.stdout
+    assert screenshot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_render_check_catches_a_script_error_and_a_broken_image(tmp_path: Path) -> None:
+    _chromium()
+    page = tmp_path / "index.html"
+    page.write_text('<!DOCTYPE html><html><body><img alt="gone" src="gone.png">'
+                    "<script>not_defined()</script></body></html>")
+    run = subprocess.run([sys.executable, str(RENDER_CHECK), str(page), "--screenshot", str(tmp_path / "s.png"),
+                          "--min-images", "0"], check=False, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 1
+    assert "not_defined" in run.stderr and "BROKEN image linked gone" in run.stderr
