@@ -2,11 +2,14 @@
 
 For each model it prints the end-to-end error (predicted / measured - 1, batch 1) of the plain and the
 calibrated roofline; over all layers, the median and 90th percentile of the absolute per-layer error,
-also weighted by measured time; and the fraction of layers whose predicted bound (compute vs memory)
-matches where the measured point sits (the resource it used the larger fraction of). The joined
-per-layer table is saved as CSV.
+also weighted by measured time; and the fraction of layers whose predicted bound matches where the
+measured point sits. The measured point is compute-bound if it reaches at least 30% of the compute
+peak, memory-bound if it reaches 30% of its memory level's bandwidth (the larger share wins), and
+otherwise neither ("latency": overhead or an inefficient kernel); the plain roofline's "overhead"
+bound counts as agreeing with "latency". The joined per-layer table is saved as CSV.
 
-    .venv/bin/python benchmarks/accuracy.py [--hw auto|PROFILE] [--out benchmarks/results/accuracy.csv]
+    .venv/bin/python benchmarks/accuracy.py [--hw auto|measure|PROFILE] [--threads N]
+                                            [--out benchmarks/results/accuracy.csv]
 
 --hw auto uses the measured profile of this machine saved by `roofline hw measure --save`, or
 measures one first (about 30 s with --quick-profile). Targets (calibrated, this CPU): end-to-end error
@@ -21,10 +24,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 import roofline
 from roofline.hardware import HardwareProfile, load_profile, measure_profile
 from roofline.predict import predict
+
+SATURATED = 0.3  # share of a roof a measured layer must reach to count as bound by it
 
 MODELS = [
     "zoo:convnet",
@@ -39,6 +45,8 @@ MODELS = [
 
 
 def _profile(name: str, quick: bool) -> HardwareProfile:
+    if name == "measure":
+        return measure_profile(device="cpu", quick=quick, progress=False)
     if name != "auto":
         return load_profile(name)
     profile = load_profile("auto")
@@ -66,13 +74,15 @@ def evaluate(spec: str, profile: HardwareProfile) -> tuple[dict[str, object], pd
     layers = layers.join(measured.layers.set_index("name")[["measured_s", "iqr_s"]], on="name").dropna(subset=["measured_s"])
     layers.insert(0, "model", spec)
     e2e = float(measured.end_to_end["latency_s"].iloc[0])
-    # Where the measured point sits: the resource (ALUs or the memory level) it used the larger share of.
+    # Where the measured point sits: the resource it saturates (>= 30% used), else neither.
     bandwidth = layers["memory_level"].map({lvl.name: lvl.bandwidth_bytes_per_s for lvl in profile.memory_levels})
     compute_use = layers["flops"] / layers["measured_s"] / plain.peak_flops_per_s
     memory_use = layers["bytes"] / layers["measured_s"] / bandwidth
-    layers["measured_bound"] = np.where(compute_use >= memory_use, "compute", "memory")
-    decided = layers[layers["plain_bound"] != "overhead"]
-    agree = (decided["plain_bound"].str.split(":").str[0] == decided["measured_bound"]).mean() if len(decided) else np.nan
+    layers["measured_bound"] = np.where(
+        np.maximum(compute_use, memory_use) < SATURATED, "latency", np.where(compute_use >= memory_use, "compute", "memory")
+    )
+    predicted = layers["plain_bound"].str.split(":").str[0].replace({"overhead": "latency"})
+    agree = float((predicted == layers["measured_bound"]).mean())
     row = {
         "model": spec,
         "layers": len(layers),
@@ -88,13 +98,17 @@ def evaluate(spec: str, profile: HardwareProfile) -> tuple[dict[str, object], pd
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hw", default="auto")
+    parser.add_argument("--hw", default="auto", help="auto (saved measured profile), measure (fresh, in this "
+                        "process and thread count), or a profile name/file")
+    parser.add_argument("--threads", type=int, help="torch CPU threads for the profile and the models")
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--quick-profile", action="store_true", help="measure the profile with --quick")
     parser.add_argument("--out", default="benchmarks/results/accuracy.csv")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     profile = _profile(args.hw, args.quick_profile)
-    print(f"profile: {profile.name} ({profile.source}); efficiency: "
+    print(f"torch threads: {torch.get_num_threads()}; profile: {profile.name} ({profile.source}); efficiency: "
           + ", ".join(f"{k} {v:.2f}" for k, v in profile.efficiency.items()))
     rows, tables = [], []
     for spec in args.models.split(","):

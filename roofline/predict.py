@@ -10,9 +10,10 @@ The model is an eager, unfused roofline, op by op (as PyTorch runs it in eager m
 A layer's time is the sum of its ops. Its bound is whichever of compute, memory or overhead is the
 largest part of that time.
 
-Calibrated mode divides each op's roofline time by an efficiency factor measured for its op class
-on the device (profile.efficiency, from `roofline hw measure`), so it still explains itself: "conv at
-62% of the attainable rate, as convolutions reach on this machine".
+Calibrated mode uses, per op class, the line fitted by `roofline hw measure` on the device: time =
+fixed per-call cost + roofline time / efficiency (profile.fixed_overhead_s, profile.efficiency), so
+it still explains itself: "conv at 62% of the attainable rate plus 90 us per call, as convolutions
+measure on this machine".
 """
 from __future__ import annotations
 
@@ -76,7 +77,7 @@ class Prediction:
         records["memory_s"] = records["bytes"] / bandwidth
         records["efficiency"] = self._efficiency(records["op_class"])
         roofline_s = np.maximum(records["compute_s"], records["memory_s"]) / records["efficiency"]
-        records["overhead_s"] = self.profile.overhead_s
+        records["overhead_s"] = self._overhead(records["op_class"])
         if self.profile.kind == "gpu":
             records["predicted_s"] = np.maximum(roofline_s, records["overhead_s"])
         else:
@@ -98,6 +99,11 @@ class Prediction:
             )
         default = float(np.median(list(factors.values())))
         return op_class.map(lambda c: factors.get(c, default)).astype(float)
+
+    def _overhead(self, op_class: pd.Series) -> pd.Series:
+        """Per-op overhead: the class's fitted fixed cost when calibrated, else the profile's one figure."""
+        fixed = dict(self.profile.fixed_overhead_s) if self.calibrated else {}
+        return op_class.map(lambda c: fixed.get(c, self.profile.overhead_s)).astype(float)
 
     @cached_property
     def layers(self) -> pd.DataFrame:

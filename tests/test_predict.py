@@ -107,3 +107,26 @@ def test_missing_peak_names_the_field():
 def test_uncalibrated_profile_refuses_calibrated_mode():
     with pytest.raises(RooflineError, match="no efficiency factors"):
         predict(roofline.analyze("zoo:mlp"), synthetic(), calibrated=True).layers
+
+
+def test_calibrated_uses_the_class_fixed_cost_instead_of_the_generic_overhead():
+    n = 4_000_000
+    hw = HardwareProfile(
+        name="synthetic", kind="cpu", vendor="test", source="measured", reference="written in the test",
+        peak_flops_per_s={"fp32": PEAK}, memory_levels=(MemoryLevel("DRAM", 64e9, DRAM_BW),), overhead_s=OVERHEAD,
+        efficiency={"elementwise": 0.5}, fixed_overhead_s={"elementwise": 3e-5},
+    )
+    row = layer_row(nn.ReLU(), torch.randn(n, device="meta"), hw, calibrated=True)
+    assert row["predicted_s"] == pytest.approx(3e-5 + (8 * n / DRAM_BW) / 0.5)
+
+
+def test_fit_line_recovers_fixed_cost_and_efficiency():
+    from roofline.hardware.microbench import fit_line
+
+    roofline_s = [1e-6, 1e-4, 1e-2]
+    measured = [5e-5 + r / 0.4 for r in roofline_s]
+    fixed, efficiency = fit_line(roofline_s, measured)
+    assert fixed == pytest.approx(5e-5, rel=1e-6) and efficiency == pytest.approx(0.4, rel=1e-6)
+    # A set with no sensible intercept falls back to a proportional fit.
+    fixed, efficiency = fit_line([1e-3, 2e-3], [1e-3, 4e-3])
+    assert fixed == pytest.approx(1e-9) and 0 < efficiency <= 1.5

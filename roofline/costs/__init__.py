@@ -44,6 +44,7 @@ class OpClass(str, Enum):
     GROUPED_CONV = "grouped_conv"  # groups > 1, depthwise included
     ATTENTION = "attention"
     ELEMENTWISE = "elementwise"
+    ACTIVATION = "activation"  # transcendental per-element math (gelu, silu, sigmoid, tanh, exp, erf)
     NORM = "norm"
     SOFTMAX = "softmax"
     POOL = "pool"

@@ -12,12 +12,12 @@ from typing import Any
 from roofline.costs import Cost, OpClass, aten, register
 
 
-def elementwise_flop(flops_per_element: int) -> Any:
+def elementwise_flop(flops_per_element: int, op_class: OpClass = OpClass.ELEMENTWISE) -> Any:
     """A rule charging `flops_per_element` per output element."""
 
     def rule(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> Cost:
         first = out[0] if isinstance(out, (tuple, list)) else out
-        return Cost(flops=flops_per_element * first.numel(), op_class=OpClass.ELEMENTWISE)
+        return Cost(flops=flops_per_element * first.numel(), op_class=op_class)
 
     return rule
 
@@ -42,4 +42,16 @@ _ONE_FLOP_OPS = [
     "log_sigmoid_forward", "_prelu_kernel", "glu", "logit",
 ]
 
-register(*[getattr(aten, name) for name in _ONE_FLOP_OPS])(elementwise_flop(1))
+# Transcendental functions cost one FLOP by the convention above, but their kernels run many
+# instructions per element: a class of their own, so calibration can tell them from an add.
+_TRANSCENDENTAL_OPS = {
+    "gelu", "gelu_", "silu", "silu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "exp", "exp_", "exp2", "expm1",
+    "log", "log_", "log2", "log10", "log1p", "sin", "cos", "tan", "sinh", "cosh", "asin", "acos", "atan", "atan2",
+    "erf", "erfc", "erfinv", "pow", "pow_", "elu", "elu_", "selu", "celu", "softplus", "mish", "mish_",
+    "log_sigmoid_forward", "logit", "rsqrt", "rsqrt_", "sqrt", "sqrt_",
+}
+
+register(*[getattr(aten, name) for name in _ONE_FLOP_OPS if name not in _TRANSCENDENTAL_OPS])(elementwise_flop(1))
+register(*[getattr(aten, name) for name in _ONE_FLOP_OPS if name in _TRANSCENDENTAL_OPS])(
+    elementwise_flop(1, OpClass.ACTIVATION)
+)

@@ -264,68 +264,112 @@ def _compute_peaks(
 
 # ---- efficiency factors --------------------------------------------------------------------------
 
-def _representative_ops(device: str, scale: float) -> list[tuple[str, str, float, float, Callable[[], object]]]:
-    """(op class, description, FLOPs, bytes, callable) for one fp32 op per class; counts written out."""
-    def dim(base: int) -> int:
-        return max(8, int(base * scale))
+class _Call(torch.nn.Module):
+    """Wraps one functional call so the tracer can cost it with the project's own rules."""
 
-    e = 4  # fp32 bytes
-    ops: list[tuple[str, str, float, float, Callable[[], object]]] = []
-    m, k, n = dim(512), 1024, 1024
-    xa, wa = torch.randn(m, k, device=device), torch.randn(n, k, device=device)
-    ops.append(("gemm", f"linear {m}x{k} @ {k}x{n}", 2.0 * m * k * n, e * (m * k + k * n + m * n), lambda: F.linear(xa, wa)))
-    c, hw = 64, dim(56)
-    xc, wc = torch.randn(1, c, hw, hw, device=device), torch.randn(c, c, 3, 3, device=device)
-    ops.append(("conv", f"conv3x3 {c}->{c} at {hw}x{hw}", 2.0 * c * hw * hw * c * 9, e * (2 * c * hw * hw + c * c * 9), lambda: F.conv2d(xc, wc, padding=1)))
-    cd, hd = 256, dim(112)
-    xd, wd = torch.randn(1, cd, hd, hd, device=device), torch.randn(cd, 1, 3, 3, device=device)
-    ops.append(("grouped_conv", f"depthwise 3x3 {cd}ch at {hd}x{hd}", 2.0 * cd * hd * hd * 9, e * (2 * cd * hd * hd + cd * 9), lambda: F.conv2d(xd, wd, padding=1, groups=cd)))
-    numel = dim(4096) * 1024
-    a, b, out = torch.rand(numel, device=device), torch.rand(numel, device=device), torch.empty(numel, device=device)
-    ops.append(("elementwise", f"add of {numel} elements", float(numel), 3.0 * e * numel, lambda: torch.add(a, b, out=out)))
-    rows = numel // 1024
-    xn = a.view(rows, 1024)
-    ops.append(("norm", f"layer_norm {rows}x1024", 5.0 * numel, 2.0 * e * numel, lambda: F.layer_norm(xn, (1024,))))
-    ops.append(("softmax", f"softmax {rows}x1024", 5.0 * numel, 2.0 * e * numel, lambda: torch.softmax(xn, dim=-1)))
-    ops.append(("reduction", f"sum over last dim {rows}x1024", float(numel), e * (numel + rows), lambda: xn.sum(dim=-1)))
-    ops.append(("memory", f"cat of two {numel // 2}-element halves", 0.0, 2.0 * e * numel, lambda: torch.cat([a[: numel // 2], b[: numel // 2]])))
-    heads, length, d = 8, dim(512), 64
-    q = torch.randn(1, heads, length, d, device=device)
-    # Two products (QK^T and PV), each 2 * L * L * d per head; bytes: q, k, v read and out written.
-    ops.append(("attention", f"SDPA {heads} heads, L={length}, d={d}", 4.0 * heads * length * length * d, 4.0 * e * heads * length * d, lambda: F.scaled_dot_product_attention(q, q, q)))
-    cp, hp = 64, dim(224)
-    xp = torch.randn(1, cp, hp, hp, device=device)
-    out_elems = cp * ((hp + 1) // 2) ** 2
-    ops.append(("pool", f"max_pool 3x3/2 {cp}ch at {hp}x{hp}", 9.0 * out_elems, e * (cp * hp * hp + out_elems), lambda: F.max_pool2d(xp, 3, 2, 1)))
+    def __init__(self, fn: Callable[..., object]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, *inputs: torch.Tensor) -> object:
+        return self.fn(*inputs)
+
+
+def _representative_ops(device: str, scale: float) -> list[tuple[str, str, Callable[..., object], list[torch.Tensor]]]:
+    """(op class, description, function, inputs): per class, one or two fp32 ops at three sizes.
+
+    Three sizes (small, cache-sized, large) separate a class's fixed per-call cost from its
+    efficiency; the sizes bracket the layers of common CNNs and transformers at batch 1.
+    """
+
+    def dim(base: int) -> int:
+        return max(2, int(base * scale))
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, device=device)
+
+    ops: list[tuple[str, str, Callable[..., object], list[torch.Tensor]]] = []
+    for m, k in ((dim(16), 256), (dim(128), 768), (dim(512), 1024)):
+        ops.append(("gemm", f"linear {m}x{k} @ {k}x{k}", F.linear, [randn(m, k), randn(k, k)]))
+    for c, hw in ((32, dim(14)), (64, dim(28)), (64, dim(56))):
+        ops.append(("conv", f"conv3x3 {c}->{c} at {hw}x{hw}", lambda x, w: F.conv2d(x, w, padding=1),
+                    [randn(1, c, hw, hw), randn(c, c, 3, 3)]))
+        ops.append(("conv", f"conv1x1 {4 * c}->{c} at {hw}x{hw}", F.conv2d, [randn(1, 4 * c, hw, hw), randn(c, 4 * c, 1, 1)]))
+    for c, hw in ((64, dim(14)), (128, dim(28)), (256, dim(56))):
+        ops.append(("grouped_conv", f"depthwise 3x3 {c}ch at {hw}x{hw}",
+                    lambda x, w: F.conv2d(x, w, padding=1, groups=w.shape[0]), [randn(1, c, hw, hw), randn(c, 1, 3, 3)]))
+    for n in (dim(4096), dim(262144), dim(4194304)):
+        ops.append(("elementwise", f"add of {n}", torch.add, [randn(n), randn(n)]))
+        ops.append(("activation", f"gelu of {n}", F.gelu, [randn(n)]))
+        ops.append(("memory", f"cat of two {n // 2}", lambda a, b: torch.cat([a, b]), [randn(n // 2), randn(n // 2)]))
+    for rows in (dim(8), dim(128), dim(2048)):
+        ops.append(("norm", f"layer_norm {rows}x768", lambda x: F.layer_norm(x, (768,)), [randn(rows, 768)]))
+        ops.append(("softmax", f"softmax {rows}x512", lambda x: torch.softmax(x, -1), [randn(rows, 512)]))
+        ops.append(("reduction", f"mean {rows}x1024", lambda x: x.mean(-1), [randn(rows, 1024)]))
+    for c, hw in ((32, dim(14)), (64, dim(28)), (64, dim(56))):
+        stats = [randn(c), randn(c).abs() + 1]
+        ops.append(("norm", f"batch_norm {c}ch at {hw}x{hw}", lambda x, m, v: F.batch_norm(x, m, v),
+                    [randn(1, c, hw, hw), *stats]))
+    for c, hw in ((16, dim(28)), (32, dim(56)), (64, dim(112))):
+        ops.append(("pool", f"max_pool 3x3/2 {c}ch at {hw}x{hw}", lambda x: F.max_pool2d(x, 3, 2, 1), [randn(1, c, hw, hw)]))
+    for length in (dim(32), dim(128), dim(512)):
+        q = randn(1, 8, length, 64)
+        ops.append(("attention", f"SDPA 8 heads, L={length}, d=64", F.scaled_dot_product_attention, [q, q, q]))
     return ops
+
+
+def _roofline_s(fn: Callable[..., object], inputs: list[torch.Tensor], profile: HardwareProfile) -> float:
+    """The op's uncalibrated roofline time, costed by roofline's own rules (no overhead)."""
+    from roofline.analysis import Analysis
+    from roofline.precision import get_precision
+    from roofline.predict import Prediction
+    from roofline.trace import trace
+
+    ops = Prediction(Analysis(trace(_Call(fn), inputs), get_precision("fp32")), profile).ops
+    return float((ops[["compute_s", "memory_s"]].max(axis=1)).sum())
+
+
+def fit_line(roofline_s: list[float], measured_s: list[float]) -> tuple[float, float]:
+    """(fixed seconds, efficiency) of measured = fixed + roofline / efficiency, least squares in
+    relative error (every size counts alike), fixed >= 0 and efficiency in (0, 1.5]."""
+    r = torch.tensor(roofline_s, dtype=torch.float64)
+    t = torch.tensor(measured_s, dtype=torch.float64)
+    weight = 1.0 / t
+    design = torch.stack([torch.ones_like(r), r], dim=1) * weight[:, None]
+    solution = torch.linalg.lstsq(design, t * weight, rcond=None).solution
+    fixed, slope = float(solution[0]), float(solution[1])
+    if fixed < 0 or slope <= 0:  # no sensible intercept: a pure proportional fit
+        fixed = 0.0
+        slope = float((t * r * weight**2).sum() / (r * r * weight**2).sum())
+    efficiency = min(1.5, max(1e-6, 1.0 / slope))
+    return max(fixed, 1e-9), efficiency
 
 
 def measure_efficiency(
     profile: HardwareProfile, device: str, config: BenchConfig, progress: _Progress
-) -> tuple[dict[str, float], dict[str, str]]:
-    """efficiency[class] = time_roofline / time_measured for one representative fp32 op per class.
+) -> tuple[dict[str, float], dict[str, float], dict[str, str]]:
+    """Per op class: efficiency and fixed per-call cost, fitted to measured = fixed + roofline / eff.
 
-    time_roofline = max(flops / peak('fp32'), bytes / bandwidth(memory_level_for(bytes))), from the
-    measured profile itself, so a factor says how close the op gets to this device's own roofs.
+    Roofline times come from the measured profile itself and roofline's own cost rules, so a factor
+    says how close ops of the class get to this device's own roofs, and the fixed part is what a
+    call costs however small it is.
     """
-    factors: dict[str, float] = {}
-    metadata: dict[str, str] = {}
-    for op_class, description, flops, nbytes, fn in _representative_ops(device, config.efficiency_scale):
-        level = profile.memory_level_for(nbytes)
-        if level.bandwidth_bytes_per_s is None:
-            level = profile.dram
-        if level.bandwidth_bytes_per_s is None:
-            continue
-        m = time_callable(fn, device=device, min_run_time_s=config.min_run_time_s, label=op_class)
+    points: dict[str, list[tuple[float, float, str]]] = {}
+    for op_class, description, fn, inputs in _representative_ops(device, config.efficiency_scale):
+        roofline_s = _roofline_s(fn, inputs, profile)
+        m = time_callable(lambda fn=fn, inputs=inputs: fn(*inputs), device=device,
+                          min_run_time_s=config.min_run_time_s, label=op_class)
+        points.setdefault(op_class, []).append((roofline_s, m.median_s, description))
         progress.step(op_class)
-        roofline_s = max(flops / profile.peak("fp32"), nbytes / level.bandwidth_bytes_per_s)
-        factors[op_class] = min(1.5, max(1e-6, roofline_s / m.median_s))
-        bound = "compute" if flops / profile.peak("fp32") >= nbytes / level.bandwidth_bytes_per_s else f"memory ({level.name})"
-        metadata[f"efficiency.{op_class}"] = (
-            f"{description}: {flops:.4g} FLOP, {nbytes:.4g} B, {bound}-bound roofline {roofline_s:.3g} s, "
-            f"measured median {m.median_s:.3g} s (IQR {100 * m.iqr_s / m.median_s:.1f}%)"
+    efficiency: dict[str, float] = {}
+    fixed: dict[str, float] = {}
+    metadata: dict[str, str] = {}
+    for op_class, samples in points.items():
+        fixed[op_class], efficiency[op_class] = fit_line([p[0] for p in samples], [p[1] for p in samples])
+        metadata[f"efficiency.{op_class}"] = "; ".join(
+            f"{description}: roofline {r:.3g} s, measured {t:.3g} s" for r, t, description in samples
         )
-    return factors, metadata
+    return efficiency, fixed, metadata
 
 
 # ---- the measured profile ------------------------------------------------------------------------
@@ -344,7 +388,7 @@ def measure_profile(
     llc = next((level.capacity_bytes for level in reversed(levels[:-1]) if level.capacity_bytes), None)
     sizes = _sizes(config, llc)
     kernels_per_size = 5
-    total = 1 + len(sizes) * kernels_per_size + len(config.matmul_sizes) * 5 + (10 if config.efficiency else 0)
+    total = 1 + len(sizes) * kernels_per_size + len(config.matmul_sizes) * 5 + (len(_representative_ops('meta', 0.01)) if config.efficiency else 0)
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     load_before = " ".join(f"{x:.2f}" for x in load) if load else "unknown"
     cpus = os.cpu_count() or 1
@@ -404,12 +448,13 @@ def measure_profile(
                 metadata=metadata,
             )
             if config.efficiency and any(level.bandwidth_bytes_per_s for level in profile.memory_levels):
-                factors, eff_metadata = measure_efficiency(profile, device, config, bar)
+                factors, fixed, eff_metadata = measure_efficiency(profile, device, config, bar)
                 notes["efficiency"] = (
-                    "time_roofline / time_measured for one representative fp32 op per class (sizes in metadata); "
-                    "time_calibrated = time_roofline / efficiency"
+                    "fitted per op class over fp32 ops at three sizes (in metadata): "
+                    "time_measured = fixed_overhead_s + time_roofline / efficiency; time_calibrated uses that line"
                 )
-                profile = dataclasses.replace(profile, efficiency=factors, notes=notes, metadata={**profile.metadata, **eff_metadata})
+                profile = dataclasses.replace(profile, efficiency=factors, fixed_overhead_s=fixed, notes=notes,
+                                              metadata={**profile.metadata, **eff_metadata})
     finally:
         bar.close()
     return profile

@@ -53,7 +53,7 @@ _MAX_OVERHEAD_S = 1.0
 _MAX_EFFICIENCY = 1.5
 
 _REQUIRED = ("name", "kind", "vendor", "source", "reference", "peak_flops_per_s", "memory_levels", "overhead_s")
-_OPTIONAL = ("format_version", "efficiency", "notes", "aliases", "metadata")
+_OPTIONAL = ("format_version", "efficiency", "fixed_overhead_s", "notes", "aliases", "metadata")
 _LEVEL_REQUIRED = ("name", "capacity_bytes", "bandwidth_bytes_per_s")
 _LEVEL_OPTIONAL = ("note",)
 
@@ -72,15 +72,16 @@ class MemoryLevel:
 class HardwareProfile:
     """Peaks, memory levels and per-op overhead of one device, with the source of every figure.
 
-    `efficiency` maps an op class (EFFICIENCY_CLASSES) to the fraction of the roofline an op of that
-    class reached when measured on this device:
+    `efficiency` and `fixed_overhead_s` describe, per op class (EFFICIENCY_CLASSES), how ops of that
+    class measured on this device relate to their roofline time, fitted over several sizes:
 
         time_roofline   = max(flops / peak(compute_type), bytes / bandwidth(memory_level_for(bytes)))
-        efficiency      = time_roofline / time_measured
-        time_calibrated = time_roofline / efficiency
+        time_measured  ~= fixed_overhead_s[class] + time_roofline / efficiency[class]
 
-    One factor per class divides the roofline-attainable rate, whichever roof binds, so a calibrated
-    prediction is still a roofline (the bound and ridge point do not move), just a lower one.
+    so a calibrated prediction uses exactly that line. The factor divides the roofline-attainable
+    rate, whichever roof binds: still a roofline (the bound and ridge point do not move), just a
+    lower one; the fixed part is the class's per-call cost (dispatch, kernel setup, threading), which
+    replaces the generic `overhead_s` for that class.
     """
 
     name: str
@@ -92,6 +93,7 @@ class HardwareProfile:
     memory_levels: tuple[MemoryLevel, ...]
     overhead_s: float
     efficiency: Mapping[str, float] = field(default_factory=dict)
+    fixed_overhead_s: Mapping[str, float] = field(default_factory=dict)  # op class -> seconds per call
     notes: Mapping[str, str] = field(default_factory=dict)  # field path -> where the figure came from
     aliases: tuple[str, ...] = ()  # names the device reports (NVML name, CPU brand) for detection
     metadata: Mapping[str, str] = field(default_factory=dict)
@@ -99,7 +101,7 @@ class HardwareProfile:
 
     def __post_init__(self) -> None:
         # Freeze the mappings too, so a loaded profile cannot drift from its validated state.
-        for name in ("peak_flops_per_s", "efficiency"):
+        for name in ("peak_flops_per_s", "efficiency", "fixed_overhead_s"):
             object.__setattr__(self, name, types.MappingProxyType(dict(getattr(self, name))))
         for name in ("notes", "metadata"):  # plain str, so YAML/JSON writers never meet a str subclass
             text = {str(k): str(v) for k, v in getattr(self, name).items()}
@@ -179,6 +181,7 @@ class HardwareProfile:
             ],
             "overhead_s": self.overhead_s,
             "efficiency": dict(self.efficiency),
+            "fixed_overhead_s": dict(self.fixed_overhead_s),
             "notes": dict(self.notes),
             "metadata": dict(self.metadata),
         }
@@ -260,6 +263,10 @@ def _check_values(profile: HardwareProfile) -> None:
         if key not in EFFICIENCY_CLASSES:
             raise _fail(where, f"efficiency.{key}", f"unknown op class{close_matches(key, EFFICIENCY_CLASSES)}; accepted: {', '.join(EFFICIENCY_CLASSES)}")
         _number(where, f"efficiency.{key}", value, "fraction of the roofline", 1e-6, _MAX_EFFICIENCY)
+    for key, value in profile.fixed_overhead_s.items():
+        if key not in EFFICIENCY_CLASSES:
+            raise _fail(where, f"fixed_overhead_s.{key}", f"unknown op class{close_matches(key, EFFICIENCY_CLASSES)}; accepted: {', '.join(EFFICIENCY_CLASSES)}")
+        _number(where, f"fixed_overhead_s.{key}", value, "seconds", 1e-9, _MAX_OVERHEAD_S)
 
 
 def profile_from_dict(data: object, where: str, path: str | None = None) -> HardwareProfile:
@@ -279,7 +286,7 @@ def profile_from_dict(data: object, where: str, path: str | None = None) -> Hard
     for key in ("name", "kind", "vendor", "source", "reference"):
         if not isinstance(data[key], str) or not data[key].strip():
             raise _fail(where, key, f"must be a non-empty string, got {data[key]!r}")
-    for key in ("peak_flops_per_s", "efficiency", "notes", "metadata"):
+    for key in ("peak_flops_per_s", "efficiency", "fixed_overhead_s", "notes", "metadata"):
         if not isinstance(data.get(key, {}), dict):
             raise _fail(where, key, f"must be a mapping, got {type(data[key]).__name__}")
     aliases = data.get("aliases", [])
@@ -315,6 +322,7 @@ def profile_from_dict(data: object, where: str, path: str | None = None) -> Hard
         memory_levels=tuple(levels),
         overhead_s=data["overhead_s"],
         efficiency=data.get("efficiency", {}),
+        fixed_overhead_s=data.get("fixed_overhead_s", {}),
         notes=notes,
         aliases=tuple(aliases),
         metadata={str(k): str(v) for k, v in data.get("metadata", {}).items()},
