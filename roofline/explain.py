@@ -19,7 +19,7 @@ from roofline.analysis import Analysis, analyze
 from roofline.errors import RooflineError, close_matches
 from roofline.formatting import format_bytes, format_si, format_time
 from roofline.hardware.profile import HardwareProfile, MemoryLevel
-from roofline.precision import PRECISIONS, get_precision
+from roofline.precision import MEASURABLE_DTYPES, PRECISIONS, get_precision
 from roofline.predict import Prediction, predict
 
 __all__ = ["Explanation", "compare", "explain", "explain_model", "sweep_conv"]
@@ -228,7 +228,7 @@ def _measure_convs(channels: int, size: tuple[int, int], groups: Sequence[int], 
 
     from roofline.timing import time_callable
 
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(get_precision(precision).name)
+    dtype = MEASURABLE_DTYPES.get(get_precision(precision).name)
     if dtype is None:
         raise RooflineError(f"precision {precision} is not measurable here; measure fp32, bf16 or fp16")
     x = torch.randn(batch, channels, *size, device=device, dtype=dtype)
@@ -250,8 +250,10 @@ def explain_sweep(table: pd.DataFrame) -> str:
     text = (
         f"From groups={first.groups} to groups={last.groups}, MACs fall {first.macs / last.macs:.0f}x while bytes "
         f"fall only {first.bytes / last.bytes:.2f}x, so intensity drops from {first.arithmetic_intensity:.3g} to "
-        f"{last.arithmetic_intensity:.3g} FLOP/B against a ridge point of {first.ridge_point:.3g}: the layer goes "
-        f"from {first.bound} to {last.bound}. Predicted latency falls {first.predicted_s / last.predicted_s:.1f}x."
+        f"{last.arithmetic_intensity:.3g} FLOP/B against a ridge point of {first.ridge_point:.3g}: "
+        + (f"the layer goes from {first.bound} to {last.bound}." if first.bound != last.bound
+           else f"the layer stays {first.bound}-bound on this device.")
+        + f" Predicted latency falls {first.predicted_s / last.predicted_s:.1f}x."
     )
     if "measured_s" in table:
         text += (f" Measured latency falls {first.measured_s / last.measured_s:.1f}x: library kernels for grouped "

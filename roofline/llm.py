@@ -32,7 +32,7 @@ from roofline.errors import RooflineError
 from roofline.formatting import format_bytes, format_si, format_table, format_time
 from roofline.hardware.profile import HardwareProfile
 from roofline.models import LoadedModel, _quiet_transformers, load
-from roofline.precision import Precision, get_precision
+from roofline.precision import MEASURABLE_DTYPES, Precision, get_precision
 from roofline.predict import Prediction, predict
 from roofline.trace import Trace, trace
 
@@ -306,7 +306,7 @@ def _measure(model: str, report: LLMReport, device: str, hf_attention: str) -> d
 
     if device == "cuda" and not torch.cuda.is_available():
         raise RooflineError("no CUDA device: torch.cuda.is_available() is False")
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(report.precision.name)
+    dtype = MEASURABLE_DTYPES.get(report.precision.name)
     if dtype is None:
         raise RooflineError(f"precision {report.precision.name} is not measurable here; measure fp32, bf16 or fp16")
     loaded = load(model, batch=report.batch, seq_len=report.prompt_len, device=device, attention=hf_attention)

@@ -50,7 +50,7 @@ from roofline import costs
 from roofline.errors import RooflineError
 from roofline.formatting import format_markdown, format_table, format_time
 from roofline.models import LoadedModel
-from roofline.precision import get_precision
+from roofline.precision import MEASURABLE_DTYPES, get_precision
 from roofline.timing import Measurement, time_callable
 from roofline.trace import LayerCall, ModuleCallTracker
 
@@ -62,8 +62,7 @@ END_TO_END_COLUMNS = ["batch", "latency_s", "iqr_s", "repeats", "noisy", "throug
 
 # Module types torch's dynamic quantisation turns into int8 kernels (its default qconfig_spec).
 _DYNAMIC_INT8_TYPES = (nn.Linear, nn.LSTM, nn.GRU, nn.LSTMCell, nn.RNNCell, nn.GRUCell)
-_FLOAT_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
-                 "int8": torch.float32}
+_FLOAT_DTYPES = {**MEASURABLE_DTYPES, "int8": torch.float32}  # int8: captured in fp32, then quantised
 
 
 class NotMeasurable(RooflineError):

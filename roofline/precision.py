@@ -8,9 +8,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import torch
+
 from roofline.errors import RooflineError, close_matches
 
-__all__ = ["COMPUTE_TYPES", "PRECISIONS", "Precision", "get_precision"]
+__all__ = ["COMPUTE_TYPES", "MEASURABLE_DTYPES", "PRECISIONS", "Precision", "get_precision"]
 
 # Compute types a hardware profile can give a peak for (FLOP/s, or op/s for integer types).
 COMPUTE_TYPES = ("fp64", "fp32", "tf32", "fp16", "bf16", "fp8", "int8")
@@ -68,6 +70,12 @@ PRECISIONS: dict[str, Precision] = {
         Precision("w8a16", 8, 16, "fp16", description="int8 weights dequantised to fp16 math"),
         Precision("w4a16", 4, 16, "fp16", description="4-bit packed weights, fp16 math"),
     )
+}
+
+
+# Precisions a model can be run at by casting it: the storage dtype of weights and activations.
+MEASURABLE_DTYPES: dict[str, torch.dtype] = {
+    "fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
 }
 
 

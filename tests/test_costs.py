@@ -206,3 +206,13 @@ def test_pooling_and_norm_constants():
     assert only_layer(analyze_module(norm, torch.randn(5, 32)))["flops"] == 8 * 5 * 32
     soft = nn.Softmax(dim=-1)
     assert only_layer(analyze_module(soft, torch.randn(5, 32)))["flops"] == 5 * 5 * 32
+
+
+def test_conv_calibration_class_follows_channels_per_group():
+    x = torch.randn(1, 64, 8, 8)
+    classes = {}
+    for groups in (1, 2, 4, 8, 64):
+        conv = nn.Conv2d(64, 64, 3, padding=1, groups=groups, bias=False)
+        classes[groups] = analyze_module(conv, x).records.iloc[0]["op_class"]
+    # 64, 32 and 16 input channels per group run dense kernels; 8 and 1 (depthwise) do not.
+    assert classes == {1: "conv", 2: "conv", 4: "conv", 8: "grouped_conv", 64: "grouped_conv"}

@@ -11,6 +11,9 @@ from typing import Any
 from roofline.costs import Cost, OpClass, aten, numel, register
 
 
+GROUPED_CHANNELS_PER_GROUP = 16
+
+
 @register(aten.convolution, aten._convolution)
 def conv_flop(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> Cost:
     """MACs = N x C_out x prod(out spatial) x (C_in/groups) x prod(kernel); bias adds are FLOPs."""
@@ -25,5 +28,8 @@ def conv_flop(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> Cost:
         # weight [C_out, C_in/groups, *k]: every output pixel gathers C_in/groups x k MACs.
         macs = batch * numel(out.shape[2:]) * weight.numel()
     bias_flops = out.numel() if bias is not None else 0
-    op_class = OpClass.GROUPED_CONV if groups > 1 else OpClass.CONV
+    # Few input channels per group (depthwise and near-depthwise) run on different library kernels
+    # than dense convolution, at a different fraction of the roofline: their own calibration class.
+    channels_per_group = x.shape[1] // groups
+    op_class = OpClass.GROUPED_CONV if channels_per_group < GROUPED_CHANNELS_PER_GROUP else OpClass.CONV
     return Cost(macs=macs, flops=2 * macs + bias_flops, op_class=op_class)
