@@ -210,8 +210,12 @@ def _run_compare(args: argparse.Namespace) -> int:
     elif args.format == "markdown":
         print(format_markdown(table))
     else:
-        print(format_table(table, {"predicted_latency_s": format_time, "memory_bound_fraction": lambda v: f"{v:.0%}",
-                                   "speedup": lambda v: f"{v:.2f}x"}))
+        def maybe(fmt: str) -> Callable[[float], str]:
+            return lambda v: "-" if v != v else format(v, fmt)  # NaN: the device has no peak for it
+
+        print(format_table(table, {"predicted_latency_s": format_time, "memory_bound_fraction": maybe(".0%"),
+                                   "speedup": lambda v: "-" if v != v else f"{v:.2f}x",
+                                   "bound_changes": maybe(".0f")}))
     return 0
 
 
