@@ -278,7 +278,7 @@ class _Tracer:
         read = {Role.WEIGHT: 0, Role.ACT: 0, Role.KV: 0, Role.FIXED: 0}
         any_kv = False
         external = self._external_reads.setdefault(layer, {})
-        for tensor, count in zip(inputs, reads):
+        for tensor, count in zip(inputs, reads, strict=True):  # a rule must cover every tensor input
             info = self.info(tensor)
             amount = count * tensor.element_size() if info.role is Role.FIXED else count
             read[info.role] += amount
