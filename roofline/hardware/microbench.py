@@ -289,8 +289,11 @@ def _representative_ops(device: str, scale: float) -> list[tuple[str, str, Calla
         return torch.randn(*shape, device=device)
 
     ops: list[tuple[str, str, Callable[..., object], list[torch.Tensor]]] = []
-    for m, k in ((dim(16), 256), (dim(128), 768), (dim(512), 1024)):
-        ops.append(("gemm", f"linear {m}x{k} @ {k}x{k}", F.linear, [randn(m, k), randn(k, k)]))
+    # Transformer-shaped products too (MLP up and down projections, an LM head whose weight does not
+    # fit in cache): square products alone overstate what real layers reach.
+    for m, k, n in ((dim(16), 256, 256), (dim(128), 768, 768), (dim(128), 768, 3072), (dim(128), 3072, 768),
+                    (dim(512), 1024, 1024), (dim(64), 768, 16384)):
+        ops.append(("gemm", f"linear {m}x{k} @ {k}x{n}", F.linear, [randn(m, k), randn(n, k)]))
     for c, hw in ((32, dim(14)), (64, dim(28)), (64, dim(56))):
         ops.append(("conv", f"conv3x3 {c}->{c} at {hw}x{hw}", lambda x, w: F.conv2d(x, w, padding=1),
                     [randn(1, c, hw, hw), randn(c, c, 3, 3)]))
