@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from roofline.formatting import format_bytes, format_markdown, format_si, format_table
+from roofline.formatting import format_bytes, format_markdown, format_si, format_table, json_records
 from roofline.models import LoadedModel
 from roofline.precision import Precision, get_precision
 from roofline.trace import Trace, trace
@@ -196,13 +196,12 @@ class Analysis:
     # -- export -----------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """The `analyze --format json` object of DESIGN.md."""
-        layers = self.layers[LAYER_COLUMNS].to_dict(orient="records")
         return {
             "model": self.model_name,
             "precision": self.precision.name,
             "inputs": self.trace.inputs,
             "totals": self.totals,
-            "layers": [{k: _plain(v) for k, v in row.items()} for row in layers],
+            "layers": json_records(self.layers[LAYER_COLUMNS]),
             "unsupported_ops": self.unsupported_ops,
         }
 
@@ -234,10 +233,6 @@ _RECORD_FIELDS = [
     "act_written", "kv_written", "fixed_written_bytes", "supported", "input_shapes", "output_shapes",
 ]
 
-
-def _plain(value: Any) -> Any:
-    """numpy scalars -> Python numbers for JSON."""
-    return value.item() if hasattr(value, "item") else value
 
 
 def analyze(model: Any, inputs: Any = None, precision: str | Precision = "fp32", *, attention: str = "fused",

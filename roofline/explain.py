@@ -20,7 +20,7 @@ from roofline.errors import RooflineError, close_matches
 from roofline.formatting import format_bytes, format_si, format_time
 from roofline.hardware.profile import HardwareProfile, MemoryLevel
 from roofline.precision import MEASURABLE_DTYPES, PRECISIONS, get_precision
-from roofline.predict import Prediction, predict
+from roofline.predict import Prediction, batch_size, predict
 
 __all__ = ["Explanation", "compare", "explain", "explain_model", "sweep_conv"]
 
@@ -88,8 +88,8 @@ def explain(analysis: Analysis, layer: str, profile: HardwareProfile, *, measure
     prediction = predict(analysis, profile, calibrated=calibrated)
     row = _row(prediction, layer)
     p = analysis.precision
-    activation_bytes = float(row["bytes"] - analysis.layers.set_index("name").loc[layer, "weight_bytes"])
-    weight_bytes = float(analysis.layers.set_index("name").loc[layer, "weight_bytes"])
+    weight_bytes = float(row["weight_bytes"])
+    activation_bytes = float(row["bytes"]) - weight_bytes
     facts: dict[str, Any] = {
         "type": row["type"], "hardware": profile.name, "precision": p.name,
         "macs": int(row["macs"]), "flops": int(row["flops"]), "bytes": float(row["bytes"]),
@@ -161,8 +161,9 @@ def _what_if(analysis: Analysis, layer: str, profile: HardwareProfile, calibrate
         other = predict(analysis.scaled_batch(factor), profile, calibrated=calibrated)
         per_sample = float(_row(other, layer)["predicted_s"]) / factor
         add(f"batch x{factor} (time per sample)", per_sample, f"bound {_row(other, layer)['bound']}")
-    fused_memory = facts["fused_bytes"] / profile.memory_level_for(facts["fused_bytes"]).bandwidth_bytes_per_s \
-        if profile.memory_level_for(facts["fused_bytes"]).bandwidth_bytes_per_s else facts["memory_s"]
+    fused_level = profile.memory_level_for(facts["fused_bytes"])
+    fused_memory = (facts["fused_bytes"] / fused_level.bandwidth_bytes_per_s if fused_level.bandwidth_bytes_per_s
+                    else facts["memory_s"])
     add("fused with its neighbours", max(facts["compute_s"], fused_memory) + profile.overhead_s,
         "only boundary tensors move; one launch")
     faster = _with_bandwidth(profile, 2.0)
@@ -267,7 +268,7 @@ def compare(analysis: Analysis, profiles: Sequence[HardwareProfile], precisions:
 
     A combination the device has no peak for is listed with a reason, never with a number.
     """
-    base_batch = int(analysis.trace.inputs[0][0]) if analysis.trace.inputs and analysis.trace.inputs[0] else 1
+    base_batch = batch_size(analysis)
     rows = []
     reference: Prediction | None = None
     for profile in profiles:

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pandas as pd
 
-__all__ = ["format_bytes", "format_markdown", "format_si", "format_table", "format_time"]
+__all__ = ["format_bytes", "format_markdown", "format_si", "format_table", "format_time", "json_records", "json_value"]
 
 _PREFIXES = [(1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")]
 _BINARY = [(2**50, "Pi"), (2**40, "Ti"), (2**30, "Gi"), (2**20, "Mi"), (2**10, "Ki")]
@@ -81,3 +82,13 @@ def _default_cell(value: object) -> str:
             return "-"
         return f"{value:.4g}"
     return str(value)
+
+
+def json_value(value: Any) -> Any:
+    """numpy and pandas scalars -> plain Python values, so json.dumps accepts them."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def json_records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """A DataFrame as a list of JSON-ready row dicts."""
+    return [{str(k): json_value(v) for k, v in row.items()} for row in df.to_dict(orient="records")]

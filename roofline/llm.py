@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from roofline.analysis import Analysis
 from roofline.errors import RooflineError
-from roofline.formatting import format_bytes, format_si, format_table, format_time
+from roofline.formatting import format_bytes, format_si, format_table, format_time, json_records, json_value
 from roofline.hardware.profile import HardwareProfile
 from roofline.models import LoadedModel, _quiet_transformers, load
 from roofline.precision import MEASURABLE_DTYPES, Precision, get_precision
@@ -197,9 +197,9 @@ class LLMReport:
             "model": self.model, "hardware": self.profile.name, "precision": self.precision.name,
             "batch": self.batch, "prompt_len": self.prompt_len, "gen_len": self.gen_len,
             "attention": self.attention, "kv_elements_per_token": self.kv_elements_per_token,
-            "metrics": {k: _plain(v) for k, v in self.metrics.items()},
-            "phases": [{k: _plain(v) for k, v in row.items()} for row in self.phases.to_dict(orient="records")],
-            "batch_sweep": [{k: _plain(v) for k, v in row.items()} for row in self.batch_sweep.to_dict(orient="records")],
+            "metrics": {k: json_value(v) for k, v in self.metrics.items()},
+            "phases": json_records(self.phases),
+            "batch_sweep": json_records(self.batch_sweep),
             "measured": self.measured,
         }
 
@@ -231,9 +231,6 @@ class LLMReport:
     def __repr__(self) -> str:
         return self.summary()
 
-
-def _plain(value: Any) -> Any:
-    return value.item() if hasattr(value, "item") else value
 
 
 def _decode_contexts(prompt_len: int, gen_len: int, points: int) -> list[int]:

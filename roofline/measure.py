@@ -48,7 +48,7 @@ from torch.utils._pytree import tree_leaves, tree_map
 
 from roofline import costs
 from roofline.errors import RooflineError
-from roofline.formatting import format_markdown, format_table, format_time
+from roofline.formatting import format_markdown, format_table, format_time, json_records
 from roofline.models import LoadedModel
 from roofline.precision import MEASURABLE_DTYPES, get_precision
 from roofline.timing import Measurement, time_callable
@@ -107,8 +107,8 @@ class ModelMeasurement:
             "device": self.device,
             "precision": self.precision,
             "metadata": self.metadata,
-            "layers": _records(self.layers[LAYER_COLUMNS]),
-            "end_to_end": _records(self.end_to_end[END_TO_END_COLUMNS]),
+            "layers": json_records(self.layers[LAYER_COLUMNS]),
+            "end_to_end": json_records(self.end_to_end[END_TO_END_COLUMNS]),
         }
 
     def summary(self) -> str:
@@ -118,7 +118,7 @@ class ModelMeasurement:
              f"threads {meta.get('num_threads', '?')}, torch {meta.get('torch_version', '?')}, {meta.get('date', '')}"),
             f"  sum of {len(self.layers)} layers {format_time(self.sum_of_layers_s)} at batch {meta.get('batch', '?')}",
         ]
-        for row in _records(self.end_to_end):
+        for row in json_records(self.end_to_end):
             flag = "  (! noisy)" if row["noisy"] else ""
             lines.append(
                 f"  end-to-end batch {row['batch']}: {format_time(row['latency_s'])} "
@@ -139,13 +139,6 @@ class ModelMeasurement:
         return f"<pre>{self.summary()}</pre>{table(self.layers[LAYER_COLUMNS])}{table(self.end_to_end)}"
 
 
-def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
-    return [{str(k): _plain(v) for k, v in row.items()} for row in df.to_dict(orient="records")]
-
-
-def _plain(value: Any) -> Any:
-    """numpy scalars -> Python values for JSON."""
-    return value.item() if hasattr(value, "item") else value
 
 
 # ---- devices and precisions ------------------------------------------------------------------------

@@ -27,7 +27,9 @@ import pandas as pd
 
 from roofline.analysis import Analysis
 from roofline.errors import RooflineError
-from roofline.formatting import format_bytes, format_markdown, format_si, format_table, format_time
+from roofline.formatting import (
+    format_bytes, format_markdown, format_si, format_table, format_time, json_records, json_value,
+)
 from roofline.hardware.profile import HardwareProfile
 from roofline.precision import Precision, get_precision
 
@@ -112,8 +114,8 @@ class Prediction:
         sums = ops.groupby("layer", sort=False)[["compute_s", "memory_s", "overhead_s", "predicted_s"]].sum()
         # The level that carries most of the layer's bytes names its memory bound.
         main_level = ops.sort_values("bytes", ascending=False).groupby("layer", sort=False)["memory_level"].first()
-        layers = self.analysis.layers[["name", "type", "macs", "flops", "params", "bytes", "fused_bytes",
-                                       "arithmetic_intensity", "ops"]].copy()
+        layers = self.analysis.layers[["name", "type", "macs", "flops", "params", "weight_bytes", "bytes",
+                                       "fused_bytes", "arithmetic_intensity", "ops"]].copy()
         layers = layers.join(sums, on="name").join(main_level, on="name")
         for column in ("compute_s", "memory_s", "overhead_s", "predicted_s"):
             layers[column] = layers[column].fillna(0.0)
@@ -174,14 +176,13 @@ class Prediction:
     def to_dict(self) -> dict[str, Any]:
         columns = ["name", "type", "flops", "bytes", "arithmetic_intensity", "compute_s", "memory_s", "overhead_s",
                    "predicted_s", "bound", "memory_level", "ridge_point", "attainable_flops_per_s"]
-        rows = self.layers[columns].to_dict(orient="records")
         return {
             "model": self.analysis.model_name,
             "hardware": self.profile.name,
             "precision": self.precision.name,
             "calibrated": self.calibrated,
-            "totals": {k: _plain(v) for k, v in self.totals.items()},
-            "layers": [{k: _plain(v) for k, v in row.items()} for row in rows],
+            "totals": {k: json_value(v) for k, v in self.totals.items()},
+            "layers": json_records(self.layers[columns]),
         }
 
     def summary(self) -> str:
@@ -206,9 +207,6 @@ def _bound(compute_s: float, memory_s: float, overhead_s: float, level: str) -> 
         return "overhead"
     return "compute" if compute_s >= memory_s else f"memory:{level}"
 
-
-def _plain(value: Any) -> Any:
-    return value.item() if hasattr(value, "item") else value
 
 
 def predict(analysis: Analysis, profile: HardwareProfile | str, precision: str | Precision | None = None,
