@@ -216,3 +216,9 @@ def test_conv_calibration_class_follows_channels_per_group():
         classes[groups] = analyze_module(conv, x).records.iloc[0]["op_class"]
     # 64, 32 and 16 input channels per group run dense kernels; 8 and 1 (depthwise) do not.
     assert classes == {1: "conv", 2: "conv", 4: "conv", 8: "grouped_conv", 64: "grouped_conv"}
+
+
+def test_dense_stem_conv_with_few_channels_stays_dense():
+    # ResNet's and ViT's stems see 3 input channels but run the dense kernels (groups=1).
+    stem = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
+    assert analyze_module(stem, torch.randn(1, 3, 32, 32)).records.iloc[0]["op_class"] == "conv"

@@ -41,7 +41,7 @@ class OpClass(str, Enum):
 
     GEMM = "gemm"
     CONV = "conv"
-    GROUPED_CONV = "grouped_conv"  # fewer than 16 input channels per group, depthwise included
+    GROUPED_CONV = "grouped_conv"  # groups > 1 with fewer than 16 input channels per group, depthwise included
     ATTENTION = "attention"
     ELEMENTWISE = "elementwise"
     ACTIVATION = "activation"  # transcendental per-element math (gelu, silu, sigmoid, tanh, exp, erf)

@@ -30,6 +30,8 @@ def conv_flop(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> Cost:
     bias_flops = out.numel() if bias is not None else 0
     # Few input channels per group (depthwise and near-depthwise) run on different library kernels
     # than dense convolution, at a different fraction of the roofline: their own calibration class.
+    # A dense stem (3 RGB channels, groups=1) runs the dense kernels and stays in the conv class.
     channels_per_group = x.shape[1] // groups
-    op_class = OpClass.GROUPED_CONV if channels_per_group < GROUPED_CHANNELS_PER_GROUP else OpClass.CONV
+    grouped = groups > 1 and channels_per_group < GROUPED_CHANNELS_PER_GROUP
+    op_class = OpClass.GROUPED_CONV if grouped else OpClass.CONV
     return Cost(macs=macs, flops=2 * macs + bias_flops, op_class=op_class)
