@@ -21,6 +21,10 @@ How a model is measured:
    calling a module, which the model pays as well.
 4. The whole forward pass is timed at several batch sizes for latency and throughput.
 
+All timing runs inside `timing.retained_heap`: freed memory stays in the process, so neither the
+layers nor the whole pass pay page faults that depend on what the process ran before (recorded
+in metadata as "allocator"; benchmarks/alloc_effect.py measures what those faults cost).
+
 nn.MultiheadAttention's fused CPU fast path is switched off throughout, as the trace does, so its
 out_proj is a row of its own here as in the analysis.
 """
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import datetime
 import json
 import os
@@ -51,7 +56,7 @@ from roofline.errors import RooflineError
 from roofline.formatting import format_markdown, format_table, format_time, json_records
 from roofline.models import LoadedModel
 from roofline.precision import MEASURABLE_DTYPES, get_precision
-from roofline.timing import Measurement, time_callable
+from roofline.timing import Measurement, retained_heap, time_callable
 from roofline.trace import LayerCall, ModuleCallTracker
 
 __all__ = ["ModelMeasurement", "NotMeasurable", "measure", "render"]
@@ -447,6 +452,7 @@ class _Settings:
     precision: str
     timer: dict[str, Any]  # time_callable's options
     load_before: float | None  # 1-minute load average when measuring began
+    allocator: str = ""  # how freed host memory was kept while timing (timing.retained_heap)
 
 
 # ---- the API ---------------------------------------------------------------------------------------
@@ -477,9 +483,9 @@ def measure(model: Any, inputs: Any = None, device: str = "cpu", precision: str 
             raise RooflineError(f"num_threads must be a positive integer, got {num_threads}")
         torch.set_num_threads(num_threads)
     try:
-        with _math_mode(precision, device), torch.no_grad():
+        with _math_mode(precision, device), torch.no_grad(), retained_heap() as allocator:
             loaded = _prepare(model, inputs, device, precision, load_options)
-            return _measure(loaded, settings, batch_sizes, progress)
+            return _measure(loaded, dataclasses.replace(settings, allocator=allocator), batch_sizes, progress)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -591,6 +597,7 @@ def _metadata(loaded: LoadedModel, settings: _Settings, batch: int, int8_layers:
         "timer": dict(settings.timer),
         "mha_fastpath": False,
         "load_average_1min": load_before,
+        "allocator": settings.allocator,
         "notes": _precision_notes(precision, device),
     }
     cpus = os.cpu_count() or 1

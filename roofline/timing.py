@@ -6,17 +6,20 @@ count, and keeps every block's per-call time so statistics are derived, never st
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
 import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 
 from roofline.errors import RooflineError
 
-__all__ = ["Measurement", "time_callable"]
+__all__ = ["Measurement", "retained_heap", "time_callable"]
 
 # A measurement whose IQR exceeds this fraction of its median is flagged (torch's Measurement does too).
 NOISY_IQR_FRACTION = 0.10
@@ -162,3 +165,43 @@ def time_callable(
     finally:
         if num_threads is not None:
             torch.set_num_threads(previous_threads)
+
+
+# ---- allocator state -------------------------------------------------------------------------------
+
+# glibc mallopt parameters and the most its own dynamic thresholds reach on 64-bit Linux.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_GLIBC_MMAP_THRESHOLD_MAX = 32 * 1024 * 1024
+_GLIBC_DYNAMIC_TRIM_MAX = 2 * _GLIBC_MMAP_THRESHOLD_MAX
+_TIMING_TRIM_THRESHOLD = 1 << 30
+
+
+def _mallopt() -> Callable[[int, int], int] | None:
+    name = ctypes.util.find_library("c")
+    try:
+        function = getattr(ctypes.CDLL(name), "mallopt") if name else None
+    except OSError:
+        return None
+    return function if callable(function) else None
+
+
+@contextlib.contextmanager
+def retained_heap() -> Iterator[str]:
+    """Keep freed memory in the process while timing, so a result does not depend on what ran before.
+
+    glibc gives freed memory above its trim threshold back to the OS, and that threshold moves with
+    the process's history, so the same forward pass may or may not pay a page fault on every fresh
+    4 KiB of activations (2-4x slower for small CNNs on a VM, see benchmarks/alloc_effect.py).
+    Inside, buffers up to 32 MiB come from a heap that is trimmed only above 1 GiB: the state of a
+    long-running server. Afterwards the thresholds stay at the maxima glibc's own rule reaches
+    (32 MiB mmap, 64 MiB trim). Yields a description for metadata; a no-op without glibc's mallopt.
+    """
+    mallopt = _mallopt()
+    if mallopt is None or not mallopt(_M_MMAP_THRESHOLD, _GLIBC_MMAP_THRESHOLD_MAX):
+        yield "system default (glibc mallopt unavailable): freed memory may return to the OS between calls"
+        return
+    mallopt(_M_TRIM_THRESHOLD, _TIMING_TRIM_THRESHOLD)
+    try:
+        yield "glibc heap retained while timing (M_MMAP_THRESHOLD 32 MiB, M_TRIM_THRESHOLD 1 GiB)"
+    finally:
+        mallopt(_M_TRIM_THRESHOLD, _GLIBC_DYNAMIC_TRIM_MAX)

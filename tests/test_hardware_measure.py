@@ -10,7 +10,8 @@ from roofline import cli
 from roofline.hardware import EFFICIENCY_CLASSES, load_profile, measure_profile
 from roofline.hardware import microbench
 from roofline.hardware.microbench import BenchConfig
-from roofline.timing import Measurement, time_callable
+from roofline import timing
+from roofline.timing import Measurement, retained_heap, time_callable
 
 pytestmark = pytest.mark.filterwarnings("ignore:the machine is busy")
 
@@ -34,6 +35,29 @@ def test_time_callable_blocks_threads_and_callback() -> None:
     assert m.number > 1 and m.repeats >= 5 and len(calls) == m.repeats
     assert all(n * t >= 1e-3 * 0.5 for n, t in zip([m.number] * m.repeats, m.raw_times_s))  # blocks >= ~1 ms
     assert len(time_callable(lambda: None, repeats=3).raw_times_s) == 3
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * 4096
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists() or timing._mallopt() is None, reason="needs Linux and glibc")
+def test_retained_heap_keeps_freed_buffers_resident() -> None:
+    size = 24 * 1024 * 1024  # above glibc's default and dynamic trim thresholds of a fresh process
+    with retained_heap() as allocator:
+        assert "retained" in allocator
+        buffer = torch.ones(size // 4)
+        resident = _resident_bytes()
+        del buffer
+        # freed but kept: the next pass reuses these pages instead of faulting in fresh ones
+        assert _resident_bytes() > resident - size // 2
+
+
+def test_retained_heap_without_mallopt_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(timing, "_mallopt", lambda: None)
+    with retained_heap() as allocator:
+        assert allocator.startswith("system default")
 
 
 def test_cuda_timing_without_gpu_is_a_clear_error() -> None:

@@ -72,6 +72,7 @@ def test_metadata_and_json(mobile):
     meta = mobile.metadata
     assert meta["torch_version"] == torch.__version__ and meta["num_threads"] >= 1
     assert meta["device_name"] and meta["date"] and meta["batch"] == 1
+    assert meta["allocator"]  # how freed memory was kept while timing
     data = json.loads(json.dumps(mobile.to_dict()))
     assert set(data) == {"model", "device", "precision", "metadata", "layers", "end_to_end"}
     assert (data["model"], data["device"], data["precision"]) == ("zoo:mobile-block", "cpu", "fp32")

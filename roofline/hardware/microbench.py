@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from roofline.errors import RooflineError
 from roofline.hardware.detect import detect
 from roofline.hardware.profile import HardwareProfile, MemoryLevel
-from roofline.timing import Measurement, time_callable
+from roofline.timing import Measurement, retained_heap, time_callable
 
 __all__ = ["FULL", "QUICK", "BenchConfig", "BandwidthPoint", "measure_profile"]
 
@@ -403,7 +403,7 @@ def measure_profile(
         )
     bar = _Progress(total, progress, f"measuring {device}")
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), retained_heap() as allocator:
             overhead = measure_overhead(device, config)
             bar.step("overhead")
             points: list[BandwidthPoint] = []
@@ -432,6 +432,7 @@ def measure_profile(
                 "mode": "quick" if config is QUICK else "full" if config is FULL else "custom",
                 "overhead": f"{overhead.median_s:.4g} s (IQR {100 * overhead.iqr_s / overhead.median_s:.1f}%)",
                 "load_average_before": load_before,  # other work on the machine skews every figure
+                "allocator": allocator,
                 "noisy_points": f"{sum(p.measurement.noisy for p in points)} of {len(points)} bandwidth points had IQR > 10% of the median",
                 **bw_metadata,
                 **peak_metadata,
