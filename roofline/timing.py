@@ -179,8 +179,8 @@ _TIMING_TRIM_THRESHOLD = 1 << 30
 def _mallopt() -> Callable[[int, int], int] | None:
     name = ctypes.util.find_library("c")
     try:
-        function = getattr(ctypes.CDLL(name), "mallopt") if name else None
-    except OSError:
+        function = ctypes.CDLL(name).mallopt if name else None
+    except (OSError, AttributeError):  # no C library found, or one without glibc's mallopt (musl)
         return None
     return function if callable(function) else None
 
