@@ -77,7 +77,7 @@ class Prediction:
         records["bandwidth_bytes_per_s"] = bandwidth
         records["compute_s"] = records["flops"] / self.peak_flops_per_s
         records["memory_s"] = records["bytes"] / bandwidth
-        records["efficiency"] = self._efficiency(records["op_class"])
+        records["efficiency"] = self._efficiency(records["op_class"], records["memory_level"])
         roofline_s = np.maximum(records["compute_s"], records["memory_s"]) / records["efficiency"]
         records["overhead_s"] = self._overhead(records["op_class"])
         if self.profile.kind == "gpu":
@@ -90,17 +90,18 @@ class Prediction:
         )
         return records
 
-    def _efficiency(self, op_class: pd.Series) -> pd.Series:
+    def _efficiency(self, op_class: pd.Series, level: pd.Series) -> pd.Series:
         if not self.calibrated:
             return pd.Series(1.0, index=op_class.index)
-        factors = dict(self.profile.efficiency)
+        factors = self.profile.efficiency
         if not factors:
             raise RooflineError(
                 f"profile {self.profile.name!r} has no efficiency factors for calibrated prediction;"
                 " make a measured profile with: roofline hw measure --save FILE"
             )
         default = float(np.median(list(factors.values())))
-        return op_class.map(lambda c: factors.get(c, default)).astype(float)
+        found = [self.profile.efficiency_for(c, lvl) for c, lvl in zip(op_class, level, strict=True)]
+        return pd.Series([default if f is None else f for f in found], index=op_class.index, dtype=float)
 
     def _overhead(self, op_class: pd.Series) -> pd.Series:
         """Per-op overhead: the class's fitted fixed cost when calibrated, else the profile's one figure."""

@@ -81,7 +81,8 @@ def test_measure_cpu_profile_structure() -> None:
     capacities = [level.capacity_bytes for level in p.memory_levels if level.capacity_bytes]
     assert capacities == sorted(capacities)
     assert 0 < p.overhead_s < 1e-2
-    assert set(p.efficiency) <= set(EFFICIENCY_CLASSES)
+    assert {key.partition("@")[0] for key in p.efficiency} <= set(EFFICIENCY_CLASSES)
+    assert {key.partition("@")[2] for key in p.efficiency if "@" in key} <= {p.memory_levels[-1].name}
     assert p.efficiency and all(0 < v <= 1.5 for v in p.efficiency.values())
     assert "time_calibrated" in p.notes["efficiency"]
     assert any(k.startswith("bandwidth.") for k in p.metadata) and "matmul.fp32" in p.metadata

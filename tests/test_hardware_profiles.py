@@ -119,6 +119,10 @@ MALFORMED = [
     ("bad kind", GOOD.replace("kind: gpu", "kind: tpu"), "field 'kind': must be one of gpu, cpu"),
     ("levels out of order", GOOD.replace("capacity_bytes: 4e6", "capacity_bytes: 40e9"), r"memory_levels\[1\]\.capacity_bytes"),
     ("bad efficiency", GOOD + "efficiency: {gemm: 2.5}\n", r"field 'efficiency\.gemm'"),
+    ("efficiency for an unknown level", GOOD + "efficiency: {gemm: 0.8, gemm@DRAM: 0.5}\n",
+     r"field 'efficiency\.gemm@DRAM': unknown memory level.*this profile's levels: L2, HBM"),
+    ("efficiency for an unknown class at a level", GOOD + "efficiency: {gemn@HBM: 0.5}\n",
+     r"field 'efficiency\.gemn@HBM': unknown op class \(did you mean: gemm"),
 ]
 
 
@@ -127,6 +131,15 @@ def test_good_fixture_loads(tmp_path: Path) -> None:
     path.write_text(GOOD)
     profile = load_profile(str(path))
     assert profile.peak("fp16") == 100e12 and profile.dram.capacity_bytes == 16e9
+
+
+def test_efficiency_per_memory_level_falls_back_to_the_class(tmp_path: Path) -> None:
+    path = tmp_path / "levels.yaml"
+    path.write_text(GOOD + "efficiency: {gemm: 0.8, gemm@HBM: 0.5}\n")
+    profile = load_profile(str(path))
+    assert profile.efficiency_for("gemm", "HBM") == 0.5
+    assert profile.efficiency_for("gemm", "L2") == 0.8
+    assert profile.efficiency_for("conv", "HBM") is None
 
 
 @pytest.mark.parametrize(("case", "text", "message"), MALFORMED, ids=[m[0] for m in MALFORMED])

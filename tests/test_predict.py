@@ -80,6 +80,18 @@ def test_calibrated_divides_by_the_class_efficiency():
     assert calibrated["bound"] == plain["bound"]  # still a roofline: the bound does not move
 
 
+def test_calibrated_uses_the_factor_of_the_level_the_op_streams_from():
+    # The same GEMM class, once cache-resident and once streaming its weights from DRAM.
+    efficiency = {"gemm": 0.8, "gemm@DRAM": 0.4}
+    small = layer_row(nn.Linear(64, 64), torch.randn(8, 64, device="meta"), synthetic(efficiency=efficiency), calibrated=True)
+    large = layer_row(nn.Linear(1024, 1024), torch.randn(512, 1024, device="meta"), synthetic(efficiency=efficiency),
+                      calibrated=True)
+    assert (small["memory_level"], large["memory_level"]) == ("L2", "DRAM")
+    for row, factor in ((small, 0.8), (large, 0.4)):
+        roof = max(row["compute_s"], row["memory_s"])
+        assert row["predicted_s"] - OVERHEAD == pytest.approx(roof / factor)
+
+
 def test_precision_selects_peak_and_bytes():
     batch, width = 512, 1024
     row = layer_row(nn.Linear(width, width), torch.randn(batch, width, device="meta"), synthetic(), precision="fp16")
@@ -130,3 +142,17 @@ def test_fit_line_recovers_fixed_cost_and_efficiency():
     # A set with no sensible intercept falls back to a proportional fit.
     fixed, efficiency = fit_line([1e-3, 2e-3], [1e-3, 4e-3])
     assert fixed == pytest.approx(1e-9) and 0 < efficiency <= 1.5
+
+
+def test_fit_class_gives_streaming_sizes_their_own_factor():
+    from roofline.hardware.microbench import fit_class
+
+    fixed, cached, streamed = 2e-5, 0.8, 0.5
+    samples = [(r, fixed + r / cached, "L3", f"cached {r}") for r in (1e-5, 1e-3, 5e-3)]
+    samples += [(r, fixed + r / streamed, "DRAM", f"streamed {r}") for r in (2e-2, 4e-2)]
+    factors, fitted_fixed = fit_class(samples, "DRAM")
+    assert fitted_fixed == pytest.approx(fixed, rel=1e-6)
+    assert factors == {None: pytest.approx(cached, rel=1e-6), "DRAM": pytest.approx(streamed, rel=1e-6)}
+    # One in-cache size cannot carry a line of its own: one line through all, no level factor.
+    factors, _ = fit_class(samples[2:], "DRAM")
+    assert set(factors) == {None}

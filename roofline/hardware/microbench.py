@@ -12,6 +12,7 @@ import datetime
 import math
 import os
 import platform
+import statistics
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -292,7 +293,7 @@ def _representative_ops(device: str, scale: float) -> list[tuple[str, str, Calla
     # Transformer-shaped products too (MLP up and down projections, an LM head whose weight does not
     # fit in cache): square products alone overstate what real layers reach.
     for m, k, n in ((dim(16), 256, 256), (dim(128), 768, 768), (dim(128), 768, 3072), (dim(128), 3072, 768),
-                    (dim(512), 1024, 1024), (dim(64), 768, 16384)):
+                    (dim(512), 1024, 1024), (dim(64), 768, 16384), (dim(128), 1024, 16384)):
         ops.append(("gemm", f"linear {m}x{k} @ {k}x{n}", F.linear, [randn(m, k), randn(n, k)]))
     for c, hw in ((32, dim(14)), (64, dim(28)), (64, dim(56))):
         ops.append(("conv", f"conv3x3 {c}->{c} at {hw}x{hw}", lambda x, w: F.conv2d(x, w, padding=1),
@@ -321,15 +322,20 @@ def _representative_ops(device: str, scale: float) -> list[tuple[str, str, Calla
     return ops
 
 
-def _roofline_s(fn: Callable[..., object], inputs: list[torch.Tensor], profile: HardwareProfile) -> float:
-    """The op's uncalibrated roofline time, costed by roofline's own rules (no overhead)."""
+def _roofline_s(fn: Callable[..., object], inputs: list[torch.Tensor], profile: HardwareProfile) -> tuple[float, str]:
+    """The op's uncalibrated roofline time, costed by roofline's own rules (no overhead), and the
+    memory level its largest op streams from."""
     from roofline.analysis import Analysis
     from roofline.precision import get_precision
     from roofline.predict import Prediction
     from roofline.trace import trace
 
     ops = Prediction(Analysis(trace(_Call(fn), inputs), get_precision("fp32")), profile).ops
-    return float((ops[["compute_s", "memory_s"]].max(axis=1)).sum())
+    level = str(ops.loc[ops["bytes"].idxmax(), "memory_level"])
+    return float((ops[["compute_s", "memory_s"]].max(axis=1)).sum()), level
+
+
+_MAX_FITTED_EFFICIENCY = 1.5  # above the roof by up to 50%: cache effects the level model misses
 
 
 def fit_line(roofline_s: list[float], measured_s: list[float]) -> tuple[float, float]:
@@ -344,7 +350,7 @@ def fit_line(roofline_s: list[float], measured_s: list[float]) -> tuple[float, f
     if fixed < 0 or slope <= 0:  # no sensible intercept: a pure proportional fit
         fixed = 0.0
         slope = float((t * r * weight**2).sum() / (r * r * weight**2).sum())
-    efficiency = min(1.5, max(1e-6, 1.0 / slope))
+    efficiency = min(_MAX_FITTED_EFFICIENCY, max(1e-6, 1.0 / slope))
     return max(fixed, 1e-9), efficiency
 
 
@@ -357,22 +363,43 @@ def measure_efficiency(
     says how close ops of the class get to this device's own roofs, and the fixed part is what a
     call costs however small it is.
     """
-    points: dict[str, list[tuple[float, float, str]]] = {}
+    points: dict[str, list[tuple[float, float, str, str]]] = {}
     for op_class, description, fn, inputs in _representative_ops(device, config.efficiency_scale):
-        roofline_s = _roofline_s(fn, inputs, profile)
+        roofline_s, level = _roofline_s(fn, inputs, profile)
         m = time_callable(lambda fn=fn, inputs=inputs: fn(*inputs), device=device,
                           min_run_time_s=config.min_run_time_s, label=op_class)
-        points.setdefault(op_class, []).append((roofline_s, m.median_s, description))
+        points.setdefault(op_class, []).append((roofline_s, m.median_s, level, description))
         progress.step(op_class)
     efficiency: dict[str, float] = {}
     fixed: dict[str, float] = {}
     metadata: dict[str, str] = {}
+    last_level = profile.memory_levels[-1].name
     for op_class, samples in points.items():
-        fixed[op_class], efficiency[op_class] = fit_line([p[0] for p in samples], [p[1] for p in samples])
+        factors, fixed[op_class] = fit_class(samples, last_level)
+        efficiency.update({op_class if level is None else f"{op_class}@{level}": f for level, f in factors.items()})
         metadata[f"efficiency.{op_class}"] = "; ".join(
-            f"{description}: roofline {r:.3g} s, measured {t:.3g} s" for r, t, description in samples
+            f"{description}: roofline {r:.3g} s, measured {t:.3g} s ({level})" for r, t, level, description in samples
         )
     return efficiency, fixed, metadata
+
+
+def fit_class(samples: list[tuple[float, float, str, str]], last_level: str) -> tuple[dict[str | None, float], float]:
+    """({None: class efficiency, maybe last_level: its own}, fixed seconds) from (roofline s, measured
+    s, level, description) samples.
+
+    With two or more in-cache sizes, the line is fitted to those alone and the sizes that stream
+    from the last level (DRAM/HBM) get their own factor over the same fixed cost: a GEMM whose
+    weights do not fit in cache runs at a lower fraction of its roof than one whose weights do, and
+    one line through both would misstate each.
+    """
+    cached = [(r, t) for r, t, level, _ in samples if level != last_level]
+    streamed = [(r, t) for r, t, level, _ in samples if level == last_level]
+    if len(cached) < 2 or not streamed:
+        fixed, factor = fit_line([r for r, _, _, _ in samples], [t for _, t, _, _ in samples])
+        return {None: factor}, fixed
+    fixed, factor = fit_line([r for r, _ in cached], [t for _, t in cached])
+    streamed_factor = min(_MAX_FITTED_EFFICIENCY, statistics.median(r / max(t - fixed, 1e-12) for r, t in streamed))
+    return {None: factor, last_level: streamed_factor}, fixed
 
 
 # ---- the measured profile ------------------------------------------------------------------------

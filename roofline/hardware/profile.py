@@ -81,7 +81,10 @@ class HardwareProfile:
     so a calibrated prediction uses exactly that line. The factor divides the roofline-attainable
     rate, whichever roof binds: still a roofline (the bound and ridge point do not move), just a
     lower one; the fixed part is the class's per-call cost (dispatch, kernel setup, threading), which
-    replaces the generic `overhead_s` for that class.
+    replaces the generic `overhead_s` for that class. An efficiency key `CLASS@LEVEL` (gemm@DRAM)
+    holds the factor for the class's ops whose working set streams from that memory level, where
+    it differs from the in-cache one (a GEMM whose weights stream from DRAM is slower per FLOP);
+    other levels use the class's own factor (`efficiency_for`).
     """
 
     name: str
@@ -158,6 +161,10 @@ class HardwareProfile:
             if level.capacity_bytes is not None and working_set_bytes <= level.capacity_bytes:
                 return level
         return self.dram
+
+    def efficiency_for(self, op_class: str, level: str) -> float | None:
+        """The calibrated factor for `op_class` streaming from `level`: CLASS@LEVEL, else CLASS, else None."""
+        return self.efficiency.get(f"{op_class}@{level}", self.efficiency.get(op_class))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data in file order, ready for YAML or JSON (path left out: it is where, not what)."""
@@ -259,9 +266,13 @@ def _check_values(profile: HardwareProfile) -> None:
                 raise _fail(where, f"memory_levels[{i}].capacity_bytes", "levels go from fastest (smallest) to slowest (largest); this one is not larger than the one before")
             previous = level.capacity_bytes
     _number(where, "overhead_s", profile.overhead_s, "seconds", 1e-9, _MAX_OVERHEAD_S)
+    level_names = [level.name for level in profile.memory_levels]
     for key, value in profile.efficiency.items():
-        if key not in EFFICIENCY_CLASSES:
-            raise _fail(where, f"efficiency.{key}", f"unknown op class{close_matches(key, EFFICIENCY_CLASSES)}; accepted: {', '.join(EFFICIENCY_CLASSES)}")
+        op_class, _, level = key.partition("@")
+        if op_class not in EFFICIENCY_CLASSES:
+            raise _fail(where, f"efficiency.{key}", f"unknown op class{close_matches(op_class, EFFICIENCY_CLASSES)}; accepted: {', '.join(EFFICIENCY_CLASSES)}")
+        if "@" in key and level not in level_names:
+            raise _fail(where, f"efficiency.{key}", f"unknown memory level{close_matches(level, level_names)}; this profile's levels: {', '.join(level_names)}")
         _number(where, f"efficiency.{key}", value, "fraction of the roofline", 1e-6, _MAX_EFFICIENCY)
     for key, value in profile.fixed_overhead_s.items():
         if key not in EFFICIENCY_CLASSES:

@@ -90,7 +90,7 @@ def render_profile(profile: HardwareProfile, fmt: str) -> str:
     if profile.efficiency:
         lines.append("  efficiency (achieved / roofline, time_calibrated = time_roofline / factor):")
         for op_class, factor in profile.efficiency.items():
-            lines.append(f"    {op_class:15s} {factor:.3f}")
+            lines.append(f"    {op_class:18s} {factor:.3f}")
     other = {k: v for k, v in profile.notes.items() if not k.startswith("peak_flops_per_s.") and k != "overhead_s"}
     for key, text in other.items():
         lines.append(f"  note {key}: {text}")
