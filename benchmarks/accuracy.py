@@ -8,8 +8,13 @@ peak, memory-bound if it reaches 30% of its memory level's bandwidth (the larger
 otherwise neither ("latency": overhead or an inefficient kernel); the plain roofline's "overhead"
 bound counts as agreeing with "latency". The joined per-layer table is saved as CSV.
 
-    .venv/bin/python benchmarks/accuracy.py [--hw auto|measure|PROFILE] [--threads N]
-                                            [--out benchmarks/results/accuracy.csv]
+    .venv/bin/python benchmarks/accuracy.py [--hw auto|measure|PROFILE] [--threads N] [--rounds 3]
+                                            [--min-run-time 0.15] [--out benchmarks/results/accuracy.csv]
+
+Timing interleaves `--rounds` passes over each model's layers (and the profile's efficiency ops), so
+the machine's speed drifting during the run touches every layer alike. A canary (a 256x256 fp32
+matmul, GFLOP/s) is timed before each model: when it moves by more than 10% the machine changed speed
+between the profile and the models, and no prediction can be closer than that change.
 
 --hw auto uses the measured profile of this machine saved by `roofline hw measure --save`, or
 measures one first (about 30 s with --quick-profile). Targets (calibrated, this CPU): end-to-end error
@@ -18,6 +23,7 @@ within 10% for at least 7 of 8 models; time-weighted median per-layer error unde
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -27,8 +33,15 @@ import pandas as pd
 import torch
 
 import roofline
-from roofline.hardware import HardwareProfile, load_profile, measure_profile
+from roofline.hardware import (
+    HardwareProfile,
+    load_profile,
+    measure_profile,
+    save_profile,
+)
+from roofline.hardware.microbench import FULL, QUICK
 from roofline.predict import predict
+from roofline.timing import time_callable
 
 SATURATED = 0.3  # share of a roof a measured layer must reach to count as bound by it
 
@@ -44,9 +57,10 @@ MODELS = [
 ]
 
 
-def _profile(name: str, quick: bool) -> HardwareProfile:
+def _profile(name: str, quick: bool, rounds: int) -> HardwareProfile:
     if name == "measure":
-        return measure_profile(device="cpu", quick=quick, progress=False)
+        config = dataclasses.replace(QUICK if quick else FULL, rounds=rounds)
+        return measure_profile(device="cpu", progress=False, config=config)
     if name != "auto":
         return load_profile(name)
     profile = load_profile("auto")
@@ -62,11 +76,18 @@ def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
     return float(values[order][np.searchsorted(cumulative, cumulative[-1] / 2)])
 
 
-def evaluate(spec: str, profile: HardwareProfile) -> tuple[dict[str, object], pd.DataFrame]:
+def canary_flops_per_s() -> float:
+    """The machine's speed right now: a 256x256 fp32 matmul's rate."""
+    a = torch.randn(256, 256)
+    return 2 * 256**3 / time_callable(lambda: a @ a, min_run_time_s=0.3).median_s
+
+
+def evaluate(spec: str, profile: HardwareProfile, rounds: int, min_run_time_s: float) -> tuple[dict[str, object], pd.DataFrame]:
     analysis = roofline.analyze(spec, warn_unsupported=False)
     plain = predict(analysis, profile)
     calibrated = predict(analysis, profile, calibrated=True)
-    measured = roofline.measure(spec, device="cpu", progress=False)
+    canary = canary_flops_per_s()
+    measured = roofline.measure(spec, device="cpu", progress=False, rounds=rounds, min_run_time_s=min_run_time_s)
     layers = plain.layers[["name", "type", "flops", "bytes", "arithmetic_intensity", "bound", "memory_level",
                            "predicted_s"]].rename(columns={"predicted_s": "plain_s", "bound": "plain_bound"})
     layers = layers.join(calibrated.layers.set_index("name")[["predicted_s"]].rename(columns={"predicted_s": "calibrated_s"}),
@@ -92,6 +113,7 @@ def evaluate(spec: str, profile: HardwareProfile) -> tuple[dict[str, object], pd
         "plain_error": plain.totals["predicted_latency_s"] / e2e - 1,
         "calibrated_error": calibrated.totals["predicted_latency_s"] / e2e - 1,
         "bound_agreement": agree,
+        "canary_gflops": canary / 1e9,
     }
     return row, layers
 
@@ -103,23 +125,29 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch CPU threads for the profile and the models")
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--quick-profile", action="store_true", help="measure the profile with --quick")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing passes (default 3)")
+    parser.add_argument("--min-run-time", type=float, default=0.15, help="seconds per layer over all rounds")
     parser.add_argument("--out", default="benchmarks/results/accuracy.csv")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    profile = _profile(args.hw, args.quick_profile)
-    print(f"torch threads: {torch.get_num_threads()}; profile: {profile.name} ({profile.source}); efficiency: "
+    canary = canary_flops_per_s()
+    profile = _profile(args.hw, args.quick_profile, args.rounds)
+    print(f"torch threads: {torch.get_num_threads()}; profile: {profile.name} ({profile.source}); canary when "
+          f"profiling: {canary / 1e9:.1f} GFLOP/s; efficiency: "
           + ", ".join(f"{k} {v:.2f}" for k, v in profile.efficiency.items()))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    if args.hw == "measure":  # the profile behind these predictions, kept beside the table
+        save_profile(profile, Path(args.out).with_suffix(".profile.yaml"))
     rows, tables = [], []
     for spec in args.models.split(","):
         start = time.perf_counter()
-        row, layers = evaluate(spec, profile)
+        row, layers = evaluate(spec, profile, args.rounds, args.min_run_time)
         rows.append(row)
         tables.append(layers)
         print(f"  {spec}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
     summary = pd.DataFrame(rows)
     joined = pd.concat(tables, ignore_index=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     joined.to_csv(args.out, index=False)
     pd.set_option("display.width", 200)
     print(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))

@@ -294,6 +294,9 @@ def _setup_measure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-sizes", help="end-to-end batch sizes, e.g. 1,8,32 (default: the batch, 2x and 4x)")
     parser.add_argument("--min-run-time", type=float, default=0.05,
                         help="seconds of timing per layer and per batch size (default: 0.05)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved passes over all layers that share that time, so drift in the machine's "
+                        "speed touches every layer alike (default: 3)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; recorded either way)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     _add_format(parser)
@@ -305,7 +308,7 @@ def _run_measure(args: argparse.Namespace) -> int:
     sizes = parse_batch_sizes(args.batch_sizes) if args.batch_sizes else None
     result = measure(args.model, device=args.device, precision=args.precision, batch_sizes=sizes,
                      progress=not args.no_progress, min_run_time_s=args.min_run_time, num_threads=args.threads,
-                     input_shape=args.input_shape, batch=args.batch, seq_len=args.seq_len)
+                     rounds=args.rounds, input_shape=args.input_shape, batch=args.batch, seq_len=args.seq_len)
     print(render(result, fmt=args.format))
     return 0
 

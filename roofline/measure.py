@@ -17,7 +17,7 @@ How a model is measured:
    change them. A non-leaf call whose own ops are only views gets no row, as in the trace.
 3. Each row is timed alone through `timing.time_callable` (warm-up, blocks of >= 1 ms, repeats until
    `min_run_time_s`, median and IQR; CUDA events after synchronisation on a GPU, perf_counter on the
-   CPU). A leaf that runs no op (Identity, eval-mode Dropout) is timed too: its time is the cost of
+   CPU), in `rounds` interleaved passes over all rows and batch sizes (`timing.time_interleaved`). A leaf that runs no op (Identity, eval-mode Dropout) is timed too: its time is the cost of
    calling a module, which the model pays as well.
 4. The whole forward pass is timed at several batch sizes for latency and throughput.
 
@@ -56,7 +56,7 @@ from roofline.errors import RooflineError
 from roofline.formatting import format_markdown, format_table, format_time, json_records
 from roofline.models import LoadedModel
 from roofline.precision import MEASURABLE_DTYPES, get_precision
-from roofline.timing import Measurement, retained_heap, time_callable
+from roofline.timing import Measurement, retained_heap, time_interleaved
 from roofline.trace import LayerCall, ModuleCallTracker
 
 __all__ = ["ModelMeasurement", "NotMeasurable", "measure", "render"]
@@ -451,6 +451,7 @@ class _Settings:
     device: str
     precision: str
     timer: dict[str, Any]  # time_callable's options
+    rounds: int  # interleaved passes over all items (timing.time_interleaved)
     load_before: float | None  # 1-minute load average when measuring began
     allocator: str = ""  # how freed host memory was kept while timing (timing.retained_heap)
 
@@ -459,13 +460,15 @@ class _Settings:
 
 def measure(model: Any, inputs: Any = None, device: str = "cpu", precision: str = "fp32",
             batch_sizes: Sequence[int] | None = None, progress: bool = True, *, min_run_time_s: float = 0.05,
-            warmup: int = 2, max_repeats: int = 1000, num_threads: int | None = None,
+            warmup: int = 2, max_repeats: int = 1000, num_threads: int | None = None, rounds: int = 3,
             **load_options: Any) -> ModelMeasurement:
     """Time every layer alone and the whole forward pass on a real device.
 
     model: a MODEL spec string (built with random weights on `device`), a LoadedModel, or an nn.Module
     with `inputs`. batch_sizes: end-to-end batch sizes (default: the inputs' batch, 2x and 4x).
-    min_run_time_s: timing per layer and per batch size; max_repeats caps the timed blocks.
+    min_run_time_s: timing per layer and per batch size, split over `rounds` interleaved passes over
+    all layers and batch sizes, so a change in the machine's speed during the run touches every row
+    alike; max_repeats caps the timed blocks per pass.
     num_threads: torch's CPU thread count for the run (recorded either way). load_options go to
     models.load (input_shape, batch, seq_len). Raises NotMeasurable for a precision the device
     cannot run, RooflineError for a missing device or a failing model.
@@ -475,8 +478,10 @@ def measure(model: Any, inputs: Any = None, device: str = "cpu", precision: str 
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     if batch_sizes is not None and (not batch_sizes or any(int(b) < 1 for b in batch_sizes)):
         raise RooflineError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
+    if rounds < 1:
+        raise RooflineError(f"rounds must be a positive integer, got {rounds}")
     settings = _Settings(device, precision, {"min_run_time_s": min_run_time_s, "warmup": warmup,
-                                             "max_repeats": max_repeats}, load_before)
+                                             "max_repeats": max_repeats}, rounds, load_before)
     previous_threads = torch.get_num_threads()
     if num_threads is not None:
         if num_threads < 1:
@@ -514,26 +519,31 @@ def _measure(loaded: LoadedModel, settings: _Settings, batch_sizes: Sequence[int
     base = batch_of(loaded.inputs)
     sizes = [int(b) for b in batch_sizes] if batch_sizes is not None else [base, 2 * base, 4 * base]
 
-    bar = tqdm(total=len(rows) + len(sizes), desc=f"measure {loaded.name}", unit="step", file=sys.stderr,
+    # Every layer and every batch size is one timed item; all are interleaved over the rounds.
+    fns = [_layer_callable(row, modules) for row in rows]
+    labels = [row.call.name for row in rows]
+    failures = [f"timing layer '{row.call.name}'" for row in rows]
+    for size in sizes:
+        fns.append(_forward(module, _at_batch(loaded.inputs, base, size)))
+        labels.append(f"batch {size}")
+        failures.append(f"the end-to-end forward pass at batch {size} (choose others with batch_sizes)")
+    for fn, what in zip(fns, failures, strict=True):
+        _named_failure(fn, what, device)  # one untimed call each: a failing layer is named before timing starts
+
+    bar = tqdm(total=len(fns) * settings.rounds, desc=f"measure {loaded.name}", unit="step", file=sys.stderr,
                disable=not progress, leave=False)
+
+    def step(index: int) -> None:
+        bar.set_postfix_str(labels[(index + 1) % len(labels)][-40:], refresh=False)
+        bar.update()
+
     try:
-        layer_rows = []
-        for row in rows:
-            bar.set_postfix_str(row.call.name[-40:], refresh=False)
-            timed = _time(_layer_callable(row, modules), settings, row.call.name, f"timing layer '{row.call.name}'")
-            layer_rows.append(_layer_row(row, timed, precision, int8_paths))
-            bar.update()
-        del rows  # the captured activations
-        e2e_rows = []
-        for size in sizes:
-            bar.set_postfix_str(f"end-to-end batch {size}", refresh=False)
-            batch_inputs = _at_batch(loaded.inputs, base, size)
-            timed = _time(_forward(module, batch_inputs), settings, f"batch {size}",
-                          f"the end-to-end forward pass at batch {size} (choose others with batch_sizes)")
-            e2e_rows.append(_end_to_end_row(size, timed))
-            bar.update()
+        timed = time_interleaved(fns, settings.rounds, labels=labels, step=step, device=device, **settings.timer)
     finally:
         bar.close()
+    layer_rows = [_layer_row(row, m, precision, int8_paths) for row, m in zip(rows, timed, strict=False)]
+    e2e_rows = [_end_to_end_row(size, m) for size, m in zip(sizes, timed[len(rows):], strict=True)]
+    del rows, fns  # the captured activations
 
     layers = pd.DataFrame(layer_rows, columns=LAYER_COLUMNS + ["calls_per_block", "replayed_ops"])
     result = ModelMeasurement(
@@ -548,10 +558,12 @@ def _measure(loaded: LoadedModel, settings: _Settings, batch_sizes: Sequence[int
     return result
 
 
-def _time(fn: Callable[[], object], settings: _Settings, label: str, what: str) -> Measurement:
-    """time_callable, with a failure named (which layer, which batch) in one line."""
+def _named_failure(fn: Callable[[], object], what: str, device: str) -> None:
+    """Call `fn` once; a failure becomes one line naming what failed (which layer, which batch)."""
     try:
-        return time_callable(fn, device=settings.device, label=label, **settings.timer)
+        fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize(device)
     except RooflineError:
         raise
     except Exception as error:
@@ -594,7 +606,7 @@ def _metadata(loaded: LoadedModel, settings: _Settings, batch: int, int8_layers:
         "num_threads": torch.get_num_threads(),
         "inputs": loaded.input_shapes(),
         "batch": batch,
-        "timer": dict(settings.timer),
+        "timer": {**settings.timer, "rounds": settings.rounds},
         "mha_fastpath": False,
         "load_average_1min": load_before,
         "allocator": settings.allocator,

@@ -12,14 +12,15 @@ import ctypes.util
 import math
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from roofline.errors import RooflineError
 
-__all__ = ["Measurement", "retained_heap", "time_callable"]
+__all__ = ["Measurement", "retained_heap", "time_callable", "time_interleaved"]
 
 # A measurement whose IQR exceeds this fraction of its median is flagged (torch's Measurement does too).
 NOISY_IQR_FRACTION = 0.10
@@ -165,6 +166,41 @@ def time_callable(
     finally:
         if num_threads is not None:
             torch.set_num_threads(previous_threads)
+
+
+def time_interleaved(
+    fns: Sequence[Callable[[], object]],
+    rounds: int = 3,
+    min_run_time_s: float = 0.05,
+    labels: Sequence[str] | None = None,
+    step: Callable[[int], None] | None = None,
+    **options: Any,
+) -> list[Measurement]:
+    """Time each callable in `rounds` passes over all of them and merge each one's blocks.
+
+    A shared machine changes speed over seconds (other tenants on the core, frequency): timed one
+    after another, a callable that ran during a slow spell looks slow next to one that did not.
+    Interleaved, every callable samples the whole run alike, so their ratios hold (Google
+    Benchmark's random interleaving, for the same reason). Each pass times a callable for
+    `min_run_time_s / rounds`; the result's median and IQR are over all its blocks from all passes.
+    `step(index)` is called after each timing, for progress; options go to time_callable.
+    """
+    if rounds < 1:
+        raise RooflineError(f"rounds must be at least 1, got {rounds}")
+    names = list(labels) if labels is not None else [""] * len(fns)
+    parts: list[list[Measurement]] = [[] for _ in fns]
+    for round_index in range(rounds):
+        warmup = options.get("warmup", 2) if round_index == 0 else 1
+        for index, fn in enumerate(fns):
+            timer = {**options, "warmup": warmup, "min_run_time_s": min_run_time_s / rounds, "label": names[index]}
+            parts[index].append(time_callable(fn, **timer))
+            if step is not None:
+                step(index)
+    return [
+        Measurement(tuple(t for m in measured for t in m.raw_times_s), measured[0].number, measured[0].device,
+                    measured[0].num_threads, names[index])
+        for index, measured in enumerate(parts)
+    ]
 
 
 # ---- allocator state -------------------------------------------------------------------------------

@@ -173,16 +173,34 @@ def test_unknown_device_and_bad_batch_sizes():
 
 def test_timer_gets_the_device(monkeypatch):
     """The device string reaches the one timer (which syncs and uses CUDA events for cuda)."""
+    from roofline import timing
+
     seen = []
-    real = measure_module.time_callable
+    real = timing.time_callable
 
     def recording(fn, device="cpu", **kwargs):
         seen.append(device)
         return real(fn, device=device, **kwargs)
 
-    monkeypatch.setattr(measure_module, "time_callable", recording)
-    result = _measure_quietly(Twice().eval(), [torch.randn(2, 16)], batch_sizes=[2], **FAST)
-    assert seen == ["cpu"] * (len(result.layers) + 1)
+    monkeypatch.setattr(timing, "time_callable", recording)
+    result = _measure_quietly(Twice().eval(), [torch.randn(2, 16)], batch_sizes=[2], rounds=2, **FAST)
+    assert seen == ["cpu"] * 2 * (len(result.layers) + 1)  # every layer and the batch, in each round
+
+
+def test_rounds_interleave_every_layer_and_merge_their_blocks():
+    from roofline.timing import time_interleaved
+
+    order = []
+    calls = [lambda i=i: order.append(i) for i in range(3)]
+    merged = time_interleaved(calls, rounds=2, repeats=5, warmup=0, labels=["a", "b", "c"])
+    # Each pass visits every callable before the next pass starts (blocks grow while sizing, so the
+    # number of calls per pass varies; the visiting order does not).
+    passes = [i for k, i in enumerate(order) if k == 0 or order[k - 1] != i]
+    assert passes == [0, 1, 2, 0, 1, 2]
+    assert [m.label for m in merged] == ["a", "b", "c"]
+    assert all(m.repeats == 10 for m in merged)  # 5 blocks per pass, both passes kept
+    with pytest.raises(RooflineError, match="rounds must be at least 1"):
+        time_interleaved(calls, rounds=0)
 
 
 def test_cuda_precision_checks_without_a_gpu(monkeypatch):

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from roofline.errors import RooflineError
 from roofline.hardware.detect import detect
 from roofline.hardware.profile import HardwareProfile, MemoryLevel
-from roofline.timing import Measurement, retained_heap, time_callable
+from roofline.timing import Measurement, retained_heap, time_callable, time_interleaved
 
 __all__ = ["FULL", "QUICK", "BenchConfig", "BandwidthPoint", "measure_profile"]
 
@@ -47,6 +47,7 @@ class BenchConfig:
     matmul_sizes: tuple[int, ...] = (512, 1024, 2048)
     efficiency_scale: float = 1.0  # scales the representative ops' sizes
     efficiency: bool = True
+    rounds: int = 3  # interleaved passes over the efficiency ops (timing.time_interleaved)
 
 
 FULL = BenchConfig()
@@ -363,13 +364,15 @@ def measure_efficiency(
     says how close ops of the class get to this device's own roofs, and the fixed part is what a
     call costs however small it is.
     """
+    ops = _representative_ops(device, config.efficiency_scale)
+    # Interleaved, so a slow spell of a shared machine does not land on one class and not another.
+    timed = time_interleaved([lambda fn=fn, inputs=inputs: fn(*inputs) for _, _, fn, inputs in ops], config.rounds,
+                             min_run_time_s=config.min_run_time_s, labels=[op[0] for op in ops],
+                             step=lambda index: progress.step(ops[index][0]), device=device)
     points: dict[str, list[tuple[float, float, str, str]]] = {}
-    for op_class, description, fn, inputs in _representative_ops(device, config.efficiency_scale):
+    for (op_class, description, fn, inputs), m in zip(ops, timed, strict=True):
         roofline_s, level = _roofline_s(fn, inputs, profile)
-        m = time_callable(lambda fn=fn, inputs=inputs: fn(*inputs), device=device,
-                          min_run_time_s=config.min_run_time_s, label=op_class)
         points.setdefault(op_class, []).append((roofline_s, m.median_s, level, description))
-        progress.step(op_class)
     efficiency: dict[str, float] = {}
     fixed: dict[str, float] = {}
     metadata: dict[str, str] = {}
@@ -418,7 +421,7 @@ def measure_profile(
     llc = next((level.capacity_bytes for level in reversed(levels[:-1]) if level.capacity_bytes), None)
     sizes = _sizes(config, llc)
     kernels_per_size = 5
-    total = 1 + len(sizes) * kernels_per_size + len(config.matmul_sizes) * 5 + (len(_representative_ops('meta', 0.01)) if config.efficiency else 0)
+    total = 1 + len(sizes) * kernels_per_size + len(config.matmul_sizes) * 5 + (config.rounds * len(_representative_ops('meta', 0.01)) if config.efficiency else 0)
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     load_before = " ".join(f"{x:.2f}" for x in load) if load else "unknown"
     cpus = os.cpu_count() or 1
