@@ -40,7 +40,7 @@ import platform
 import re
 import sys
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -56,7 +56,12 @@ from roofline.errors import RooflineError
 from roofline.formatting import format_markdown, format_table, format_time, json_records
 from roofline.models import LoadedModel
 from roofline.precision import MEASURABLE_DTYPES, get_precision
-from roofline.timing import Measurement, retained_heap, time_interleaved
+from roofline.timing import (
+    Measurement,
+    reference_matmul,
+    retained_heap,
+    time_interleaved,
+)
 from roofline.trace import LayerCall, ModuleCallTracker
 
 __all__ = ["ModelMeasurement", "NotMeasurable", "measure", "render"]
@@ -527,6 +532,10 @@ def _measure(loaded: LoadedModel, settings: _Settings, batch_sizes: Sequence[int
         fns.append(_forward(module, _at_batch(loaded.inputs, base, size)))
         labels.append(f"batch {size}")
         failures.append(f"the end-to-end forward pass at batch {size} (choose others with batch_sizes)")
+    reference, reference_flops = reference_matmul(device)  # the machine's speed during this run
+    fns.append(reference)
+    labels.append("(reference matmul)")
+    failures.append("the reference matmul")
     for fn, what in zip(fns, failures, strict=True):
         _named_failure(fn, what, device)  # one untimed call each: a failing layer is named before timing starts
 
@@ -542,20 +551,46 @@ def _measure(loaded: LoadedModel, settings: _Settings, batch_sizes: Sequence[int
     finally:
         bar.close()
     layer_rows = [_layer_row(row, m, precision, int8_paths) for row, m in zip(rows, timed, strict=False)]
-    e2e_rows = [_end_to_end_row(size, m) for size, m in zip(sizes, timed[len(rows):], strict=True)]
+    e2e_rows = [_end_to_end_row(size, m) for size, m in zip(sizes, timed[len(rows):-1], strict=True)]
+    reference_flops_per_s = reference_flops / timed[-1].median_s
     del rows, fns  # the captured activations
 
     layers = pd.DataFrame(layer_rows, columns=LAYER_COLUMNS + ["calls_per_block", "replayed_ops"])
     result = ModelMeasurement(
         model=loaded.name, device=device, precision=precision, layers=layers,
         end_to_end=pd.DataFrame(e2e_rows, columns=END_TO_END_COLUMNS),
-        metadata=_metadata(loaded, settings, base, sorted(int8_paths)),
+        metadata={**_metadata(loaded, settings, base, sorted(int8_paths)),
+                  "reference_flops_per_s": reference_flops_per_s},
     )
     if result.noisy_layers:
         shown = ", ".join(result.noisy_layers[:5]) + (", ..." if len(result.noisy_layers) > 5 else "")
         warnings.warn(f"{len(result.noisy_layers)} of {len(layers)} layers measured noisy (IQR > 10% of median): "
                       f"{shown}; close other programs or raise min_run_time_s", stacklevel=3)
     return result
+
+
+# A reference-matmul rate this far from the profile's means the machine ran at another speed.
+SPEED_CHANGE_NOTED = 0.10
+
+
+def speed_ratio(profile_metadata: Mapping[str, Any], measurement_metadata: Mapping[str, Any]) -> float | None:
+    """The machine's speed while measuring over its speed while its profile was measured (both from
+    the reference matmul timed among the items), or None when either lacks it."""
+    try:
+        return float(measurement_metadata["reference_flops_per_s"]) / float(profile_metadata["reference_flops_per_s"])
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return None
+
+
+def speed_note(profile_metadata: Mapping[str, Any], measurement_metadata: Mapping[str, Any]) -> str | None:
+    """A sentence when the machine ran at a different speed than when its profile was measured."""
+    ratio = speed_ratio(profile_metadata, measurement_metadata)
+    if ratio is None or abs(ratio - 1) <= SPEED_CHANGE_NOTED:
+        return None
+    return (f"The machine ran at {ratio:.0%} of the speed it had when the profile was measured (reference matmul "
+            f"timed among both): predictions from that profile read about {abs(1 / ratio - 1):.0%} "
+            f"{'fast' if ratio < 1 else 'slow'} for that reason alone. Other work on the machine, or a "
+            "shared VM, changes its speed.")
 
 
 def _named_failure(fn: Callable[[], object], what: str, device: str) -> None:

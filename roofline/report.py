@@ -30,6 +30,7 @@ from roofline.analysis import LAYER_COLUMNS, Analysis
 from roofline.errors import RooflineError
 from roofline.formatting import format_bytes, format_markdown, format_si, format_time
 from roofline.hardware.profile import HardwareProfile
+from roofline.measure import speed_note
 from roofline.predict import Prediction
 
 __all__ = ["REPORT_FORMAT_VERSION", "MeasurementLike", "ReportData", "joined_layers", "report", "type_table",
@@ -200,6 +201,9 @@ def write_report(prediction: Prediction, out: str | Path, *, measurement: Measur
     all_notes = list(notes)
     if measurement is not None:
         all_notes += [f"Measurement: {note}" for note in measurement.metadata.get("notes", [])]
+        speed = speed_note(prediction.profile.metadata, measurement.metadata)
+        if speed:
+            all_notes.append(speed)
         unmatched = set(measurement.layers["name"]) - set(layers["name"])
         if unmatched:
             all_notes.append(f"{len(unmatched)} measured layers have no analysed counterpart and are not shown: "

@@ -20,7 +20,7 @@ import torch
 
 from roofline.errors import RooflineError
 
-__all__ = ["Measurement", "retained_heap", "time_callable", "time_interleaved"]
+__all__ = ["Measurement", "reference_matmul", "retained_heap", "time_callable", "time_interleaved"]
 
 # A measurement whose IQR exceeds this fraction of its median is flagged (torch's Measurement does too).
 NOISY_IQR_FRACTION = 0.10
@@ -201,6 +201,20 @@ def time_interleaved(
                     measured[0].num_threads, names[index])
         for index, measured in enumerate(parts)
     ]
+
+
+def reference_matmul(device: str = "cpu") -> tuple[Callable[[], object], float]:
+    """(callable, FLOPs per call): a fixed fp32 matmul whose rate says how fast the machine is right now.
+
+    Timed among the items of a measurement and of a profile's efficiency ops, it shows whether the
+    machine ran at the same speed for both: on a shared VM it may not, and a calibrated prediction
+    can be no closer to a measurement than that change. 256 on a CPU (in cache, no DRAM traffic),
+    4096 on a GPU (long enough to hide launch cost).
+    """
+    n = 4096 if device.startswith("cuda") else 256
+    a = torch.randn(n, n, device=device)
+    out = torch.empty(n, n, device=device)
+    return (lambda: torch.mm(a, a, out=out)), 2.0 * n**3
 
 
 # ---- allocator state -------------------------------------------------------------------------------

@@ -85,6 +85,7 @@ def test_measure_cpu_profile_structure() -> None:
     assert {key.partition("@")[2] for key in p.efficiency if "@" in key} <= {p.memory_levels[-1].name}
     assert p.efficiency and all(0 < v <= 1.5 for v in p.efficiency.values())
     assert "time_calibrated" in p.notes["efficiency"]
+    assert float(p.metadata["reference_flops_per_s"]) > 1e8  # speed while the efficiency ops ran
     assert any(k.startswith("bandwidth.") for k in p.metadata) and "matmul.fp32" in p.metadata
 
 

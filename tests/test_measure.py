@@ -73,6 +73,7 @@ def test_metadata_and_json(mobile):
     assert meta["torch_version"] == torch.__version__ and meta["num_threads"] >= 1
     assert meta["device_name"] and meta["date"] and meta["batch"] == 1
     assert meta["allocator"]  # how freed memory was kept while timing
+    assert meta["reference_flops_per_s"] > 1e8  # the machine's speed during the run, from a real matmul
     data = json.loads(json.dumps(mobile.to_dict()))
     assert set(data) == {"model", "device", "precision", "metadata", "layers", "end_to_end"}
     assert (data["model"], data["device"], data["precision"]) == ("zoo:mobile-block", "cpu", "fp32")
@@ -184,7 +185,8 @@ def test_timer_gets_the_device(monkeypatch):
 
     monkeypatch.setattr(timing, "time_callable", recording)
     result = _measure_quietly(Twice().eval(), [torch.randn(2, 16)], batch_sizes=[2], rounds=2, **FAST)
-    assert seen == ["cpu"] * 2 * (len(result.layers) + 1)  # every layer and the batch, in each round
+    # every layer, the batch and the reference matmul, in each round
+    assert seen == ["cpu"] * 2 * (len(result.layers) + 2)
 
 
 def test_rounds_interleave_every_layer_and_merge_their_blocks():

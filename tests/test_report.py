@@ -1,6 +1,7 @@
 """Reports: every file written, the HTML embeds each chart and every layer, writing is atomic."""
 from __future__ import annotations
 
+import dataclasses
 import html
 import importlib
 import json
@@ -93,6 +94,27 @@ def test_measured_report_joins_on_name_and_adds_the_comparison_chart(prediction:
     totals = json.loads((out / "report.json").read_text())["totals"]["measurement"]
     assert totals["latency_s"] == 2e-3 and totals["batch"] == 1
     assert totals["sum_of_layers_s"] == pytest.approx(expected.sum())
+
+
+def test_a_change_in_machine_speed_since_profiling_is_noted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    profile = dataclasses.replace(_profile(), source="measured", metadata={"reference_flops_per_s": "8e10"})
+    measured_profile = predict(roofline.analyze("zoo:convnet"), profile)
+    measurement = _measurement(measured_profile)
+    notes: list[str] = []
+
+    def record(data: Any, directory: Path) -> dict[str, tuple[list[Path], str]]:
+        notes[:] = data.notes
+        return _quick_charts(data, directory)
+
+    monkeypatch.setattr(report_module, "_write_all", record)
+    for name, reference in (("slower", 6e10), ("same", 8.4e10)):
+        metadata = {**measurement.metadata, "reference_flops_per_s": reference}
+        report_module.write_report(measured_profile, tmp_path / name, measurement=dataclasses.replace(measurement, metadata=metadata))
+        speed = [note for note in notes if "of the speed" in note]
+        if name == "slower":  # 75% of the profile's speed: predictions read 1/0.75 - 1 = 33% fast
+            assert len(speed) == 1 and "ran at 75% of the speed" in speed[0] and "33% fast" in speed[0]
+        else:  # 5% apart: within noise, not noted
+            assert not speed
 
 
 def _snapshot(directory: Path) -> dict[str, bytes]:

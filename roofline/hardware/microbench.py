@@ -23,9 +23,15 @@ import torch.nn.functional as F
 from roofline.errors import RooflineError
 from roofline.hardware.detect import detect
 from roofline.hardware.profile import HardwareProfile, MemoryLevel
-from roofline.timing import Measurement, retained_heap, time_callable, time_interleaved
+from roofline.timing import (
+    Measurement,
+    reference_matmul,
+    retained_heap,
+    time_callable,
+    time_interleaved,
+)
 
-__all__ = ["FULL", "QUICK", "BenchConfig", "BandwidthPoint", "measure_profile"]
+__all__ = ["FULL", "QUICK", "BandwidthPoint", "BenchConfig", "measure_profile"]
 
 _KIB = 1024
 _MIB = 1024 * 1024
@@ -365,17 +371,19 @@ def measure_efficiency(
     call costs however small it is.
     """
     ops = _representative_ops(device, config.efficiency_scale)
+    reference, reference_flops = reference_matmul(device)  # the machine's speed while these ran
     # Interleaved, so a slow spell of a shared machine does not land on one class and not another.
-    timed = time_interleaved([lambda fn=fn, inputs=inputs: fn(*inputs) for _, _, fn, inputs in ops], config.rounds,
-                             min_run_time_s=config.min_run_time_s, labels=[op[0] for op in ops],
-                             step=lambda index: progress.step(ops[index][0]), device=device)
+    fns = [lambda fn=fn, inputs=inputs: fn(*inputs) for _, _, fn, inputs in ops] + [reference]
+    labels = [op[0] for op in ops] + ["reference"]
+    timed = time_interleaved(fns, config.rounds, min_run_time_s=config.min_run_time_s, labels=labels,
+                             step=lambda index: progress.step(labels[index]), device=device)
     points: dict[str, list[tuple[float, float, str, str]]] = {}
-    for (op_class, description, fn, inputs), m in zip(ops, timed, strict=True):
+    for (op_class, description, fn, inputs), m in zip(ops, timed[:-1], strict=True):
         roofline_s, level = _roofline_s(fn, inputs, profile)
         points.setdefault(op_class, []).append((roofline_s, m.median_s, level, description))
     efficiency: dict[str, float] = {}
     fixed: dict[str, float] = {}
-    metadata: dict[str, str] = {}
+    metadata: dict[str, str] = {"reference_flops_per_s": f"{reference_flops / timed[-1].median_s:.4g}"}
     last_level = profile.memory_levels[-1].name
     for op_class, samples in points.items():
         factors, fixed[op_class] = fit_class(samples, last_level)
@@ -421,7 +429,7 @@ def measure_profile(
     llc = next((level.capacity_bytes for level in reversed(levels[:-1]) if level.capacity_bytes), None)
     sizes = _sizes(config, llc)
     kernels_per_size = 5
-    total = 1 + len(sizes) * kernels_per_size + len(config.matmul_sizes) * 5 + (config.rounds * len(_representative_ops('meta', 0.01)) if config.efficiency else 0)
+    total = 1 + len(sizes) * kernels_per_size + len(config.matmul_sizes) * 5 + (config.rounds * (len(_representative_ops('meta', 0.01)) + 1) if config.efficiency else 0)
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     load_before = " ".join(f"{x:.2f}" for x in load) if load else "unknown"
     cpus = os.cpu_count() or 1
