@@ -17,7 +17,10 @@ the profile's ops and among each model's layers gives `speed`: the machine's spe
 the model over its speed while profiling. Where it is far from 1 (a shared VM), no prediction from
 that profile can be closer than the change, so the table also shows the calibrated error with the
 speed change taken out (`speed_adjusted_error` = calibrated / speed / measured - 1); the targets are
-judged on the raw error.
+judged on the raw error. `layers_ms` is the sum of the layers timed alone and `calibrated_vs_layers`
+the calibrated prediction against it: a layer repeated alone finds its data warm in cache, while in a
+full pass its output goes to memory last touched long ago, so `measured_ms / layers_ms` is the
+pass's cache cost (see benchmarks/pass_effects.py).
 
 --hw auto uses the measured profile of this machine saved by `roofline hw measure --save`, or
 measures one first (about 30 s with --quick-profile). Targets (calibrated, this CPU): end-to-end error
@@ -105,10 +108,12 @@ def evaluate(spec: str, profile: HardwareProfile, rounds: int, min_run_time_s: f
         "model": spec,
         "layers": len(layers),
         "measured_ms": 1e3 * e2e,
+        "layers_ms": 1e3 * float(layers["measured_s"].sum()),
         "plain_ms": 1e3 * plain.totals["predicted_latency_s"],
         "calibrated_ms": 1e3 * calibrated.totals["predicted_latency_s"],
         "plain_error": plain.totals["predicted_latency_s"] / e2e - 1,
         "calibrated_error": calibrated.totals["predicted_latency_s"] / e2e - 1,
+        "calibrated_vs_layers": calibrated.totals["predicted_latency_s"] / float(layers["measured_s"].sum()) - 1,
         "bound_agreement": agree,
         "speed": speed,
         "speed_adjusted_error": calibrated.totals["predicted_latency_s"] / speed / e2e - 1,

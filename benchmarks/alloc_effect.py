@@ -1,5 +1,6 @@
-"""End-to-end CPU forward time with glibc's default allocator settings and with its mmap threshold
-raised, same models, same run: the page-fault cost a full pass pays and isolated layers do not.
+"""End-to-end CPU forward time with glibc's default allocator settings and with freed memory kept in
+the process (roofline's own timing state, timing.retained_heap), each in a fresh process: the
+page-fault cost a pass pays when glibc hands its buffers back to the OS.
 
     .venv/bin/python benchmarks/alloc_effect.py [--models torchvision:mobilenet_v2,zoo:mobile-block]
 """
