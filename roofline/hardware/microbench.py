@@ -14,7 +14,7 @@ import os
 import platform
 import statistics
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -283,7 +283,11 @@ class _Call(torch.nn.Module):
         return self.fn(*inputs)
 
 
-def _representative_ops(device: str, scale: float) -> list[tuple[str, str, Callable[..., object], list[torch.Tensor]]]:
+# (op class, description, function, inputs)
+RepresentativeOp = tuple[str, str, Callable[..., object], list[torch.Tensor]]
+
+
+def representative_ops(device: str, scale: float) -> list[RepresentativeOp]:
     """(op class, description, function, inputs): per class, one or two fp32 ops at three sizes.
 
     Three sizes (small, cache-sized, large) separate a class's fixed per-call cost from its
@@ -296,7 +300,7 @@ def _representative_ops(device: str, scale: float) -> list[tuple[str, str, Calla
     def randn(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, device=device)
 
-    ops: list[tuple[str, str, Callable[..., object], list[torch.Tensor]]] = []
+    ops: list[RepresentativeOp] = []
     # Transformer-shaped products too (MLP up and down projections, an LM head whose weight does not
     # fit in cache): square products alone overstate what real layers reach.
     for m, k, n in ((dim(16), 256, 256), (dim(128), 768, 768), (dim(128), 768, 3072), (dim(128), 3072, 768),
@@ -370,20 +374,33 @@ def measure_efficiency(
     says how close ops of the class get to this device's own roofs, and the fixed part is what a
     call costs however small it is.
     """
-    ops = _representative_ops(device, config.efficiency_scale)
-    reference, reference_flops = reference_matmul(device)  # the machine's speed while these ran
+    ops = representative_ops(device, config.efficiency_scale)
+    fns, labels, reference_flops = efficiency_callables(ops, device)
     # Interleaved, so a slow spell of a shared machine does not land on one class and not another.
-    fns = [lambda fn=fn, inputs=inputs: fn(*inputs) for _, _, fn, inputs in ops] + [reference]
-    labels = [op[0] for op in ops] + ["reference"]
     timed = time_interleaved(fns, config.rounds, min_run_time_s=config.min_run_time_s, labels=labels,
                              step=lambda index: progress.step(labels[index]), device=device)
+    return fit_efficiency(profile, ops, [m.median_s for m in timed[:-1]], reference_flops / timed[-1].median_s)
+
+
+def efficiency_callables(ops: list[RepresentativeOp], device: str) -> tuple[list[Callable[[], object]], list[str], float]:
+    """What to time for `ops`: each op on its inputs, then the reference matmul (the machine's speed
+    while they ran); their labels; the reference's FLOPs per call."""
+    reference, reference_flops = reference_matmul(device)
+    fns = [lambda fn=fn, inputs=inputs: fn(*inputs) for _, _, fn, inputs in ops]
+    return [*fns, reference], [op[0] for op in ops] + ["reference"], reference_flops
+
+
+def fit_efficiency(
+    profile: HardwareProfile, ops: list[RepresentativeOp], medians_s: Sequence[float], reference_flops_per_s: float
+) -> tuple[dict[str, float], dict[str, float], dict[str, str]]:
+    """(efficiency, fixed_overhead_s, metadata) from the median time of each of `ops`, fitted per class."""
     points: dict[str, list[tuple[float, float, str, str]]] = {}
-    for (op_class, description, fn, inputs), m in zip(ops, timed[:-1], strict=True):
+    for (op_class, description, fn, inputs), median_s in zip(ops, medians_s, strict=True):
         roofline_s, level = _roofline_s(fn, inputs, profile)
-        points.setdefault(op_class, []).append((roofline_s, m.median_s, level, description))
+        points.setdefault(op_class, []).append((roofline_s, median_s, level, description))
     efficiency: dict[str, float] = {}
     fixed: dict[str, float] = {}
-    metadata: dict[str, str] = {"reference_flops_per_s": f"{reference_flops / timed[-1].median_s:.4g}"}
+    metadata: dict[str, str] = {"reference_flops_per_s": f"{reference_flops_per_s:.4g}"}
     last_level = profile.memory_levels[-1].name
     for op_class, samples in points.items():
         factors, fixed[op_class] = fit_class(samples, last_level)
@@ -429,7 +446,7 @@ def measure_profile(
     llc = next((level.capacity_bytes for level in reversed(levels[:-1]) if level.capacity_bytes), None)
     sizes = _sizes(config, llc)
     kernels_per_size = 5
-    total = 1 + len(sizes) * kernels_per_size + len(config.matmul_sizes) * 5 + (config.rounds * (len(_representative_ops('meta', 0.01)) + 1) if config.efficiency else 0)
+    total = 1 + len(sizes) * kernels_per_size + len(config.matmul_sizes) * 5 + (config.rounds * (len(representative_ops('meta', 0.01)) + 1) if config.efficiency else 0)
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     load_before = " ".join(f"{x:.2f}" for x in load) if load else "unknown"
     cpus = os.cpu_count() or 1
