@@ -46,6 +46,7 @@ from roofline.hardware import (
 from roofline.hardware.microbench import (
     FULL,
     QUICK,
+    BenchConfig,
     RepresentativeOp,
     efficiency_callables,
     fit_efficiency,
@@ -53,7 +54,7 @@ from roofline.hardware.microbench import (
 )
 from roofline.measure import speed_ratio
 from roofline.predict import batch_size, predict
-from roofline.timing import time_interleaved
+from roofline.timing import retained_heap, time_interleaved
 
 SATURATED = 0.3  # share of a roof a measured layer must reach to count as bound by it
 
@@ -82,6 +83,11 @@ def _profile(name: str, quick: bool, rounds: int) -> HardwareProfile:
     return measure_profile(device="cpu", quick=quick)
 
 
+def _config_of(profile: HardwareProfile) -> BenchConfig:
+    """The benchmark configuration a measured profile was made with (its sizes and timing)."""
+    return QUICK if profile.metadata.get("mode") == "quick" else FULL
+
+
 def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
     order = np.argsort(values)
     cumulative = np.cumsum(weights[order])
@@ -97,13 +103,15 @@ def _measure_in_window(spec: str, profile: HardwareProfile, batch: int, rounds: 
     Returns per-layer medians over the runs (measured_s, iqr_s), the end-to-end median, the metadata
     of the first run with the median reference rate, and the profile with the window's efficiency."""
     fns, _, reference_flops = efficiency_callables(ops, "cpu")
+    config = _config_of(profile)
     op_passes: list[list[float]] = []
     runs = []
-    for index in range(rounds + 1):
-        op_passes.append([m.median_s for m in time_interleaved(fns, 1, min_run_time_s=FULL.min_run_time_s)])
-        if index < rounds:
-            runs.append(roofline.measure(spec, device="cpu", progress=False, rounds=1, batch_sizes=[batch],
-                                         min_run_time_s=min_run_time_s / rounds))
+    with torch.inference_mode(), retained_heap():  # the conditions measure_profile timed them in
+        for index in range(rounds + 1):
+            op_passes.append([m.median_s for m in time_interleaved(fns, 1, min_run_time_s=config.min_run_time_s)])
+            if index < rounds:
+                runs.append(roofline.measure(spec, device="cpu", progress=False, rounds=1, batch_sizes=[batch],
+                                             min_run_time_s=min_run_time_s / rounds))
     medians = np.median(np.array(op_passes), axis=0)
     efficiency, fixed, metadata = fit_efficiency(profile, ops, list(medians[:-1]), reference_flops / medians[-1])
     window = dataclasses.replace(profile, efficiency=efficiency, fixed_overhead_s=fixed,
@@ -178,7 +186,7 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     if args.hw == "measure":  # the profile behind these predictions, kept beside the table
         save_profile(profile, Path(args.out).with_suffix(".profile.yaml"))
-    ops = representative_ops("cpu", FULL.efficiency_scale)
+    ops = representative_ops("cpu", _config_of(profile).efficiency_scale)
     rows, tables = [], []
     for spec in args.models.split(","):
         start = time.perf_counter()

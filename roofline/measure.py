@@ -21,8 +21,9 @@ How a model is measured:
    calling a module, which the model pays as well.
 4. The whole forward pass is timed at several batch sizes for latency and throughput.
 
-All timing runs inside `timing.retained_heap`: freed memory stays in the process, so neither the
-layers nor the whole pass pay page faults that depend on what the process ran before (recorded
+All timing runs inside `timing.retained_heap`: freed buffers of up to 32 MiB stay in the process,
+so neither the layers nor the whole pass pay page faults that depend on what the process ran before
+(larger buffers are mapped afresh and fault on every call, alone and in the pass alike) (recorded
 in metadata as "allocator"; benchmarks/alloc_effect.py measures what those faults cost).
 
 nn.MultiheadAttention's fused CPU fast path is switched off throughout, as the trace does, so its
@@ -38,6 +39,7 @@ import json
 import os
 import platform
 import re
+import statistics
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -524,36 +526,24 @@ def _measure(loaded: LoadedModel, settings: _Settings, batch_sizes: Sequence[int
     base = batch_of(loaded.inputs)
     sizes = [int(b) for b in batch_sizes] if batch_sizes is not None else [base, 2 * base, 4 * base]
 
-    # Every layer and every batch size is one timed item; all are interleaved over the rounds.
-    fns = [_layer_callable(row, modules) for row in rows]
-    labels = [row.call.name for row in rows]
-    failures = [f"timing layer '{row.call.name}'" for row in rows]
-    for size in sizes:
-        fns.append(_forward(module, _at_batch(loaded.inputs, base, size)))
-        labels.append(f"batch {size}")
-        failures.append(f"the end-to-end forward pass at batch {size} (choose others with batch_sizes)")
-    reference, reference_flops = reference_matmul(device)  # the machine's speed during this run
-    fns.append(reference)
-    labels.append("(reference matmul)")
-    failures.append("the reference matmul")
-    for fn, what in zip(fns, failures, strict=True):
-        _named_failure(fn, what, device)  # one untimed call each: a failing layer is named before timing starts
-
-    bar = tqdm(total=len(fns) * settings.rounds, desc=f"measure {loaded.name}", unit="step", file=sys.stderr,
-               disable=not progress, leave=False)
-
-    def step(index: int) -> None:
-        bar.set_postfix_str(labels[(index + 1) % len(labels)][-40:], refresh=False)
-        bar.update()
-
+    # Layers, then batch sizes, each set interleaved over the rounds with a reference matmul (the
+    # machine's speed meanwhile). Two sets, so the captured inputs are freed before the largest batch.
+    reference, reference_flops = reference_matmul(device)
+    reference_item = ("(reference matmul)", "the reference matmul", reference)
+    layer_items = [(row.call.name, f"timing layer '{row.call.name}'", _layer_callable(row, modules)) for row in rows]
+    batch_items = [(f"batch {size}", f"the end-to-end forward pass at batch {size} (choose others with batch_sizes)",
+                    _forward(module, _at_batch(loaded.inputs, base, size))) for size in sizes]
+    bar = tqdm(total=(len(rows) + len(sizes) + 2) * settings.rounds, desc=f"measure {loaded.name}", unit="step",
+               file=sys.stderr, disable=not progress, leave=False)
     try:
-        timed = time_interleaved(fns, settings.rounds, labels=labels, step=step, device=device, **settings.timer)
+        *layer_times, layer_reference = _time_items([*layer_items, reference_item], settings, bar)
+        layer_rows = [_layer_row(row, m, precision, int8_paths) for row, m in zip(rows, layer_times, strict=True)]
+        del rows, layer_items  # the captured activations
+        *batch_times, batch_reference = _time_items([*batch_items, reference_item], settings, bar)
     finally:
         bar.close()
-    layer_rows = [_layer_row(row, m, precision, int8_paths) for row, m in zip(rows, timed, strict=False)]
-    e2e_rows = [_end_to_end_row(size, m) for size, m in zip(sizes, timed[len(rows):-1], strict=True)]
-    reference_flops_per_s = reference_flops / timed[-1].median_s
-    del rows, fns  # the captured activations
+    e2e_rows = [_end_to_end_row(size, m) for size, m in zip(sizes, batch_times, strict=True)]
+    reference_flops_per_s = reference_flops / statistics.median(layer_reference.raw_times_s + batch_reference.raw_times_s)
 
     layers = pd.DataFrame(layer_rows, columns=LAYER_COLUMNS + ["calls_per_block", "replayed_ops"])
     result = ModelMeasurement(
@@ -569,17 +559,52 @@ def _measure(loaded: LoadedModel, settings: _Settings, batch_sizes: Sequence[int
     return result
 
 
+def _time_items(items: list[tuple[str, str, Callable[[], object]]], settings: _Settings, bar: Any) -> list[Measurement]:
+    """Time (label, what, fn) items interleaved over settings.rounds; a failure names its item in one line."""
+    labels = [label for label, _, _ in items]
+    for _, what, fn in items:
+        _named_failure(fn, what, settings.device)  # an untimed call each: a failing layer is named at once
+    upcoming = [0]
+
+    def step(index: int) -> None:
+        upcoming[0] = (index + 1) % len(items)
+        bar.set_postfix_str(labels[upcoming[0]][-40:], refresh=False)
+        bar.update()
+
+    try:
+        return time_interleaved([fn for _, _, fn in items], settings.rounds, labels=labels, step=step,
+                                device=settings.device, **settings.timer)
+    except RooflineError:
+        raise
+    except Exception as error:  # one that fails only when repeated (state, memory): still one line
+        raise _failure(items[upcoming[0]][1], error) from error
+
+
+def _failure(what: str, error: Exception) -> RooflineError:
+    message = (str(error).strip().splitlines() or [""])[0]
+    return RooflineError(f"{what} failed: {type(error).__name__}: {message}")
+
+
 # A reference-matmul rate this far from the profile's means the machine ran at another speed.
 SPEED_CHANGE_NOTED = 0.10
 
 
 def speed_ratio(profile_metadata: Mapping[str, Any], measurement_metadata: Mapping[str, Any]) -> float | None:
     """The machine's speed while measuring over its speed while its profile was measured (both from
-    the reference matmul timed among the items), or None when either lacks it."""
+    the reference matmul timed among the items); None when either lacks it, or when they ran on
+    another device kind or thread count (the reference then runs at another rate by design)."""
     try:
-        return float(measurement_metadata["reference_flops_per_s"]) / float(profile_metadata["reference_flops_per_s"])
+        ratio = float(measurement_metadata["reference_flops_per_s"]) / float(profile_metadata["reference_flops_per_s"])
     except (KeyError, TypeError, ValueError, ZeroDivisionError):
         return None
+    # Another thread count or device runs the reference at another rate: not a change of speed.
+    threads = profile_metadata.get("threads"), measurement_metadata.get("num_threads")
+    if None not in threads and str(threads[0]) != str(threads[1]):
+        return None
+    devices = profile_metadata.get("device"), measurement_metadata.get("device")
+    if None not in devices and str(devices[0]).split(":")[0] != str(devices[1]).split(":")[0]:
+        return None
+    return ratio
 
 
 def speed_note(profile_metadata: Mapping[str, Any], measurement_metadata: Mapping[str, Any]) -> str | None:
@@ -602,8 +627,7 @@ def _named_failure(fn: Callable[[], object], what: str, device: str) -> None:
     except RooflineError:
         raise
     except Exception as error:
-        message = (str(error).strip().splitlines() or [""])[0]
-        raise RooflineError(f"{what} failed: {type(error).__name__}: {message}") from error
+        raise _failure(what, error) from error
 
 
 def _layer_row(row: _Row, timed: Measurement, precision: str, int8_paths: set[str]) -> dict[str, Any]:
@@ -636,6 +660,7 @@ def _metadata(loaded: LoadedModel, settings: _Settings, batch: int, int8_layers:
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
         "platform": platform.platform(),
+        "device": device,
         "device_name": _device_name(device),
         "cpu_name": _cpu_info()[0],
         "num_threads": torch.get_num_threads(),

@@ -99,7 +99,8 @@ class Prediction:
                 f"profile {self.profile.name!r} has no efficiency factors for calibrated prediction;"
                 " make a measured profile with: roofline hw measure --save FILE"
             )
-        default = float(np.median(list(factors.values())))
+        # A class the profile has no factor for gets the median class (in-cache factors only).
+        default = float(np.median([value for key, value in factors.items() if "@" not in key] or list(factors.values())))
         found = [self.profile.efficiency_for(c, lvl) for c, lvl in zip(op_class, level, strict=True)]
         return pd.Series([default if f is None else f for f in found], index=op_class.index, dtype=float)
 

@@ -181,9 +181,11 @@ def time_interleaved(
     A shared machine changes speed over seconds (other tenants on the core, frequency): timed one
     after another, a callable that ran during a slow spell looks slow next to one that did not.
     Interleaved, every callable samples the whole run alike, so their ratios hold (Google
-    Benchmark's random interleaving, for the same reason). Each pass times a callable for
-    `min_run_time_s / rounds`; the result's median and IQR are over all its blocks from all passes.
-    `step(index)` is called after each timing, for progress; options go to time_callable.
+    Benchmark's random interleaving, for the same reason; the order here is fixed). Each pass times
+    a callable for `min_run_time_s / rounds`; the result's median and IQR are over all its blocks
+    from all passes.
+    `step(index)` is called after each timing, for progress; options go to time_callable. The merged
+    Measurement's `number` is the first pass's block size (later passes size their own blocks).
     """
     if rounds < 1:
         raise RooflineError(f"rounds must be at least 1, got {rounds}")
@@ -214,7 +216,18 @@ def reference_matmul(device: str = "cpu") -> tuple[Callable[[], object], float]:
     n = 4096 if device.startswith("cuda") else 256
     a = torch.randn(n, n, device=device)
     out = torch.empty(n, n, device=device)
-    return (lambda: torch.mm(a, a, out=out)), 2.0 * n**3
+    if not device.startswith("cuda"):
+        return (lambda: torch.mm(a, a, out=out)), 2.0 * n**3
+
+    def fp32_mm() -> object:  # plain fp32 even inside a measurement that turned TF32 on
+        previous = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            return torch.mm(a, a, out=out)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = previous
+
+    return fp32_mm, 2.0 * n**3
 
 
 # ---- allocator state -------------------------------------------------------------------------------
@@ -251,7 +264,13 @@ def retained_heap() -> Iterator[str]:
         yield "system default (glibc mallopt unavailable): freed memory may return to the OS between calls"
         return
     mallopt(_M_TRIM_THRESHOLD, _TIMING_TRIM_THRESHOLD)
+    _retained_depth[0] += 1
     try:
         yield "glibc heap retained while timing (M_MMAP_THRESHOLD 32 MiB, M_TRIM_THRESHOLD 1 GiB)"
     finally:
-        mallopt(_M_TRIM_THRESHOLD, _GLIBC_DYNAMIC_TRIM_MAX)
+        _retained_depth[0] -= 1
+        if not _retained_depth[0]:  # the outermost exit restores; an inner one keeps the outer's state
+            mallopt(_M_TRIM_THRESHOLD, _GLIBC_DYNAMIC_TRIM_MAX)
+
+
+_retained_depth = [0]  # open retained_heap contexts in this process

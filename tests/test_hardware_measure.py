@@ -1,16 +1,21 @@
 """The shared timer and the CPU measurement path, on tiny sizes: structure only, never absolute times."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from roofline import cli
-from roofline.hardware import EFFICIENCY_CLASSES, load_profile, measure_profile
-from roofline.hardware import microbench
+from roofline import cli, timing
+from roofline.hardware import (
+    EFFICIENCY_CLASSES,
+    load_profile,
+    measure_profile,
+    microbench,
+)
 from roofline.hardware.microbench import BenchConfig
-from roofline import timing
 from roofline.timing import Measurement, retained_heap, time_callable
 
 pytestmark = pytest.mark.filterwarnings("ignore:the machine is busy")
@@ -37,21 +42,40 @@ def test_time_callable_blocks_threads_and_callback() -> None:
     assert len(time_callable(lambda: None, repeats=3).raw_times_s) == 3
 
 
-def _resident_bytes() -> int:
+_RETENTION_SCRIPT = """
+import contextlib, os, torch
+from roofline.timing import retained_heap
+def resident():
     with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * 4096
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+for context in (contextlib.nullcontext, retained_heap):  # a fresh process first: glibc's defaults
+    with context():
+        buffer = torch.ones(6 * 1024 * 1024)  # 24 MiB
+        before = resident()
+        del buffer
+        print(context.__name__, (before - resident()) // (1024 * 1024))
+"""
 
 
 @pytest.mark.skipif(not Path("/proc/self/statm").exists() or timing._mallopt() is None, reason="needs Linux and glibc")
 def test_retained_heap_keeps_freed_buffers_resident() -> None:
-    size = 24 * 1024 * 1024  # above glibc's default and dynamic trim thresholds of a fresh process
-    with retained_heap() as allocator:
-        assert "retained" in allocator
-        buffer = torch.ones(size // 4)
-        resident = _resident_bytes()
-        del buffer
-        # freed but kept: the next pass reuses these pages instead of faulting in fresh ones
-        assert _resident_bytes() > resident - size // 2
+    # In a fresh process (a known allocator state) glibc hands a freed 24 MiB buffer back to the OS;
+    # inside retained_heap it keeps it, so the next pass reuses those pages instead of faulting.
+    done = subprocess.run([sys.executable, "-c", _RETENTION_SCRIPT], capture_output=True, text=True, check=True)
+    returned = dict(line.split() for line in done.stdout.splitlines())
+    assert int(returned["nullcontext"]) >= 16 and int(returned["retained_heap"]) == 0
+
+
+def test_retained_heap_sets_and_restores_glibc_thresholds(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(timing, "_mallopt", lambda: lambda param, value: calls.append((param, value)) or 1)
+    with retained_heap():
+        assert calls == [(-3, 32 * 1024 * 1024), (-1, 1 << 30)]  # mmap threshold, trim threshold
+    assert calls[-1] == (-1, 64 * 1024 * 1024)  # back to the most glibc's own rule reaches
+    calls.clear()
+    with retained_heap(), retained_heap():
+        pass
+    assert calls.count((-1, 64 * 1024 * 1024)) == 1  # only the outermost exit restores
 
 
 def test_retained_heap_without_mallopt_says_so(monkeypatch: pytest.MonkeyPatch) -> None:

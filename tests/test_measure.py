@@ -185,8 +185,8 @@ def test_timer_gets_the_device(monkeypatch):
 
     monkeypatch.setattr(timing, "time_callable", recording)
     result = _measure_quietly(Twice().eval(), [torch.randn(2, 16)], batch_sizes=[2], rounds=2, **FAST)
-    # every layer, the batch and the reference matmul, in each round
-    assert seen == ["cpu"] * 2 * (len(result.layers) + 2)
+    # in each round: every layer and the reference matmul, then the batch and the reference again
+    assert seen == ["cpu"] * 2 * (len(result.layers) + 3)
 
 
 def test_rounds_interleave_every_layer_and_merge_their_blocks():
@@ -268,3 +268,34 @@ def test_a_module_already_in_place_is_measured_without_a_copy(monkeypatch):
     assert copies == []
     _measure_quietly(model, [torch.randn(2, 16)], precision="bf16", batch_sizes=[2], **FAST)
     assert copies == [model]  # casting to bf16 needs a copy
+
+
+class FailsWhenRepeated(nn.Module):
+    """Runs once (the capture pass and the untimed check), then raises: a stateful layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls > 2:
+            raise RuntimeError("state exhausted\nsecond line")
+        return x + 1
+
+
+def test_a_layer_failing_while_timed_is_named_in_one_line():
+    model = nn.Sequential(nn.Linear(4, 4), FailsWhenRepeated()).eval()
+    with pytest.raises(RooflineError) as info:
+        _measure_quietly(model, [torch.randn(1, 4)], batch_sizes=[1], **FAST)
+    assert str(info.value) == "timing layer '1' failed: RuntimeError: state exhausted"
+
+
+def test_speed_ratio_compares_like_with_like():
+    from roofline.measure import speed_ratio
+
+    profile = {"reference_flops_per_s": "8e10", "threads": "1", "device": "cpu"}
+    assert speed_ratio(profile, {"reference_flops_per_s": 6e10, "num_threads": 1, "device": "cpu"}) == pytest.approx(0.75)
+    assert speed_ratio(profile, {"reference_flops_per_s": 6e10, "num_threads": 2, "device": "cpu"}) is None
+    assert speed_ratio(profile, {"reference_flops_per_s": 6e12, "num_threads": 1, "device": "cuda"}) is None
+    assert speed_ratio({}, {"reference_flops_per_s": 6e10}) is None

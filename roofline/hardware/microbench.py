@@ -426,7 +426,11 @@ def fit_class(samples: list[tuple[float, float, str, str]], last_level: str) -> 
         fixed, factor = fit_line([r for r, _, _, _ in samples], [t for _, t, _, _ in samples])
         return {None: factor}, fixed
     fixed, factor = fit_line([r for r, _ in cached], [t for _, t in cached])
-    streamed_factor = min(_MAX_FITTED_EFFICIENCY, statistics.median(r / max(t - fixed, 1e-12) for r, t in streamed))
+    # A streamed size no slower than the fixed cost says nothing about its rate: left out.
+    ratios = [r / (t - fixed) for r, t in streamed if t > fixed]
+    if not ratios:
+        return {None: factor}, fixed
+    streamed_factor = min(_MAX_FITTED_EFFICIENCY, max(1e-6, statistics.median(ratios)))
     return {None: factor, last_level: streamed_factor}, fixed
 
 
