@@ -8,6 +8,7 @@ leaves either no report or the previous complete one. report.json carries REPORT
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime
 import html
 import json
@@ -220,6 +221,9 @@ def write_report(prediction: Prediction, out: str | Path, *, measurement: Measur
         all_notes.append("Ops with no cost rule (FLOPs not counted, bytes counted): "
                          + ", ".join(f"{u['op']} x{u['count']}" for u in unsupported))
     data = ReportData(prediction, layers, type_table(layers), measurement, tuple(all_notes))
+    pass_note = _pass_note(_measured_totals(data))
+    if pass_note:
+        data = dataclasses.replace(data, notes=(*data.notes, pass_note))
     return _write_atomically(Path(out), lambda directory: _write_all(data, directory))
 
 
@@ -363,6 +367,24 @@ def _measured_totals(data: ReportData) -> dict[str, Any] | None:
         "throughput_samples_per_s": float(row["throughput_samples_per_s"]) if row is not None else None,
         "sum_of_layers_s": float(data.layers["measured_s"].sum()),
     }
+
+
+# A whole pass this much slower than its layers timed alone gets a note on why.
+PASS_GAP_NOTED = 1.2
+
+
+def _pass_note(totals: dict[str, Any] | None) -> str | None:
+    """Why the whole pass took longer than the sum of its layers, when it took much longer."""
+    if not totals or not totals["latency_s"] or not totals["sum_of_layers_s"]:
+        return None
+    ratio = totals["latency_s"] / totals["sum_of_layers_s"]
+    if ratio < PASS_GAP_NOTED:
+        return None
+    return (f"The whole pass took {ratio:.2g}x the sum of its layers timed alone ({format_time(totals['latency_s'])}"
+            f" against {format_time(totals['sum_of_layers_s'])}). Each layer is timed repeated on its own inputs, "
+            "with its data and code warm in cache; in a full pass each runs once and finds them colder. Predictions "
+            "model layers as when repeated, so they read low against the whole pass by about that factor "
+            "(benchmarks/pass_effects.py measures the effect).")
 
 
 # ---- words --------------------------------------------------------------------------------------------

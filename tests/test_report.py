@@ -117,6 +117,25 @@ def test_a_change_in_machine_speed_since_profiling_is_noted(tmp_path: Path, monk
             assert not speed
 
 
+def test_a_pass_much_slower_than_its_layers_is_explained(prediction: Prediction, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    measurement = _measurement(prediction)
+    layers_sum = float(measurement.layers["measured_s"].sum())
+    notes: list[str] = []
+
+    def record(data: Any, directory: Path) -> dict[str, tuple[list[Path], str]]:
+        notes[:] = data.notes
+        return _quick_charts(data, directory)
+
+    monkeypatch.setattr(report_module, "_write_all", record)
+    for name, factor in (("slow pass", 2.0), ("like its layers", 1.05)):
+        end_to_end = measurement.end_to_end.assign(latency_s=[factor * layers_sum, 3 * layers_sum])
+        report_module.write_report(prediction, tmp_path / name.replace(" ", "-"),
+                                   measurement=dataclasses.replace(measurement, end_to_end=end_to_end))
+        gap = [note for note in notes if "sum of its layers timed alone" in note]
+        assert (len(gap) == 1 and "took 2x the sum" in gap[0]) if factor == 2.0 else not gap
+
+
 def _snapshot(directory: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in directory.iterdir()}
 
