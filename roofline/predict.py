@@ -7,8 +7,9 @@ The model is an eager, unfused roofline, op by op (as PyTorch runs it in eager m
 - time = max(compute, memory) + the profile's per-op overhead (dispatch or kernel launch) on a CPU,
   where dispatch and execution take turns; max(compute, memory, overhead) on a GPU, where the host
   queues kernel launches while earlier kernels run, so launch cost hides behind long kernels.
-A layer's time is the sum of its ops. Its bound is whichever of compute, memory or overhead is the
-largest part of that time.
+A layer's time is the sum of its ops, plus on a CPU the profile's measured cost of one Python
+module call (`module_call_s`), which even a layer with no op pays. Its bound is whichever of
+compute, memory or overhead is the largest part of that time.
 
 Calibrated mode uses, per op class, the line fitted by `roofline hw measure` on the device: time =
 fixed per-call cost + roofline time / efficiency (profile.fixed_overhead_s, profile.efficiency), so
@@ -32,6 +33,7 @@ from roofline.formatting import (
 )
 from roofline.hardware.profile import HardwareProfile
 from roofline.precision import Precision, get_precision
+from roofline.trace import UNUSED_NAME
 
 __all__ = ["Prediction", "predict", "render"]
 
@@ -122,6 +124,11 @@ class Prediction:
         for column in ("compute_s", "memory_s", "overhead_s", "predicted_s"):
             layers[column] = layers[column].fillna(0.0)
         layers["memory_level"] = layers["memory_level"].fillna(self.profile.memory_levels[-1].name)
+        if self.profile.kind == "cpu" and self.profile.module_call_s:
+            # Every row is one module call, which a CPU pays in Python before its ops run.
+            calls = layers["name"] != UNUSED_NAME
+            layers.loc[calls, "overhead_s"] += self.profile.module_call_s
+            layers.loc[calls, "predicted_s"] += self.profile.module_call_s
         level_bandwidth = {level.name: level.bandwidth_bytes_per_s for level in self.profile.memory_levels}
         bandwidth = layers["memory_level"].map(level_bandwidth).astype(float)
         layers["ridge_point"] = self.peak_flops_per_s / bandwidth

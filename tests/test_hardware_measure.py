@@ -105,6 +105,7 @@ def test_measure_cpu_profile_structure() -> None:
     capacities = [level.capacity_bytes for level in p.memory_levels if level.capacity_bytes]
     assert capacities == sorted(capacities)
     assert 0 < p.overhead_s < 1e-2
+    assert p.module_call_s is not None and 0 < p.module_call_s < 1e-2
     assert {key.partition("@")[0] for key in p.efficiency} <= set(EFFICIENCY_CLASSES)
     assert {key.partition("@")[2] for key in p.efficiency if "@" in key} <= {p.memory_levels[-1].name}
     assert p.efficiency and all(0 < v <= 1.5 for v in p.efficiency.values())

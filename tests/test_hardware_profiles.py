@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 from pathlib import Path
 
@@ -9,7 +10,13 @@ import pytest
 
 from roofline import cli
 from roofline.errors import RooflineError
-from roofline.hardware import HardwareProfile, MemoryLevel, list_profiles, load_profile, save_profile
+from roofline.hardware import (
+    HardwareProfile,
+    MemoryLevel,
+    list_profiles,
+    load_profile,
+    save_profile,
+)
 from roofline.hardware.profile import hwprofiles_dir, load_profile_file
 from roofline.precision import COMPUTE_TYPES
 
@@ -75,6 +82,8 @@ def test_save_and_reload_round_trip(tmp_path: Path) -> None:
     target = save_profile(original, tmp_path / "copy.yaml")
     again = load_profile(str(target))
     assert again.to_dict() == original.to_dict()
+    measured = dataclasses.replace(original, module_call_s=1.3e-6)  # the optional field survives a round trip
+    assert load_profile(str(save_profile(measured, tmp_path / "measured.yaml"))).module_call_s == 1.3e-6
 
 
 def test_unknown_name_suggests_close_matches() -> None:
@@ -119,6 +128,7 @@ MALFORMED = [
     ("bad kind", GOOD.replace("kind: gpu", "kind: tpu"), "field 'kind': must be one of gpu, cpu"),
     ("levels out of order", GOOD.replace("capacity_bytes: 4e6", "capacity_bytes: 40e9"), r"memory_levels\[1\]\.capacity_bytes"),
     ("bad efficiency", GOOD + "efficiency: {gemm: 2.5}\n", r"field 'efficiency\.gemm'"),
+    ("bad module call", GOOD + "module_call_s: -1\n", r"field 'module_call_s': must be a positive number in seconds"),
     ("efficiency for an unknown level", GOOD + "efficiency: {gemm: 0.8, gemm@DRAM: 0.5}\n",
      r"field 'efficiency\.gemm@DRAM': unknown memory level.*this profile's levels: L2, HBM"),
     ("efficiency for an unknown class at a level", GOOD + "efficiency: {gemn@HBM: 0.5}\n",

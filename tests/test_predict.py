@@ -92,6 +92,21 @@ def test_calibrated_uses_the_factor_of_the_level_the_op_streams_from():
         assert row["predicted_s"] - OVERHEAD == pytest.approx(roof / factor)
 
 
+def test_cpu_layers_pay_one_module_call_each():
+    import dataclasses
+
+    model = nn.Sequential(nn.Linear(64, 64), nn.Dropout(0.1), nn.ReLU()).to("meta").eval()
+    analysis = roofline.analyze(model, inputs=[torch.randn(8, 64, device="meta")], warn_unsupported=False)
+    plain = predict(analysis, synthetic()).layers.set_index("name")
+    called = predict(analysis, dataclasses.replace(synthetic(), module_call_s=2e-6)).layers.set_index("name")
+    assert called.loc["1", "predicted_s"] == pytest.approx(2e-6)  # Dropout in eval runs no op, yet costs a call
+    assert (called["predicted_s"] - plain["predicted_s"]).loc[["0", "1", "2"]].tolist() == pytest.approx([2e-6] * 3)
+    assert called.loc["1", "bound"] == "overhead"
+    # A GPU's host runs ahead of the device: the module call is not added there.
+    gpu = predict(analysis, dataclasses.replace(synthetic("gpu"), module_call_s=2e-6)).layers.set_index("name")
+    assert gpu.loc["1", "predicted_s"] == 0
+
+
 def test_precision_selects_peak_and_bytes():
     batch, width = 512, 1024
     row = layer_row(nn.Linear(width, width), torch.randn(batch, width, device="meta"), synthetic(), precision="fp16")

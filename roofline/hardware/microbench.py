@@ -145,6 +145,14 @@ class _Progress:
             self._bar.close()
 
 
+def measure_module_call(device: str, config: BenchConfig) -> Measurement:
+    """Latency of calling an nn.Identity: Python's module call alone, which every layer pays on top
+    of its ops (and a leaf with no op, such as eval-mode Dropout, pays alone)."""
+    x = torch.zeros(1, device=device)
+    identity = torch.nn.Identity()
+    return time_callable(lambda: identity(x), device=device, min_run_time_s=config.min_run_time_s, label="module call")
+
+
 def measure_overhead(device: str, config: BenchConfig) -> Measurement:
     """Latency of a tiny op (1-element add): the dispatch (CPU) or launch (CUDA) cost per op."""
     x = torch.zeros(1, device=device)
@@ -464,6 +472,7 @@ def measure_profile(
     try:
         with torch.inference_mode(), retained_heap() as allocator:
             overhead = measure_overhead(device, config)
+            module_call = measure_module_call(device, config)
             bar.step("overhead")
             points: list[BandwidthPoint] = []
             for size in sizes:
@@ -478,6 +487,7 @@ def measure_profile(
             notes = {
                 **peak_notes,
                 "overhead_s": f"measured: median latency of a 1-element torch.add (dispatch/launch cost), IQR {100 * overhead.iqr_s / overhead.median_s:.1f}%",
+                "module_call_s": f"measured: median latency of calling an nn.Identity (Python module call), IQR {100 * module_call.iqr_s / module_call.median_s:.1f}%",
                 "memory_levels": "capacities detected; bandwidths measured: STREAM copy/scale/add/triad (+ an in-cache read) swept "
                 f"over {len(sizes)} working sets from {sizes[0]} to {sizes[-1]} B; each level = best kernel among sizes that fit it",
             }
@@ -507,6 +517,7 @@ def measure_profile(
                 peak_flops_per_s=peaks,
                 memory_levels=tuple(measured_levels),
                 overhead_s=overhead.median_s,
+                module_call_s=module_call.median_s,
                 notes=notes,
                 metadata=metadata,
             )

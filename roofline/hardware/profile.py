@@ -53,7 +53,7 @@ _MAX_OVERHEAD_S = 1.0
 _MAX_EFFICIENCY = 1.5
 
 _REQUIRED = ("name", "kind", "vendor", "source", "reference", "peak_flops_per_s", "memory_levels", "overhead_s")
-_OPTIONAL = ("format_version", "efficiency", "fixed_overhead_s", "notes", "aliases", "metadata")
+_OPTIONAL = ("format_version", "module_call_s", "efficiency", "fixed_overhead_s", "notes", "aliases", "metadata")
 _LEVEL_REQUIRED = ("name", "capacity_bytes", "bandwidth_bytes_per_s")
 _LEVEL_OPTIONAL = ("note",)
 
@@ -95,6 +95,8 @@ class HardwareProfile:
     peak_flops_per_s: Mapping[str, float]
     memory_levels: tuple[MemoryLevel, ...]
     overhead_s: float
+    # Host cost of calling an nn.Module (Python __call__), measured; each layer row pays it on a CPU.
+    module_call_s: float | None = None
     efficiency: Mapping[str, float] = field(default_factory=dict)
     fixed_overhead_s: Mapping[str, float] = field(default_factory=dict)  # op class -> seconds per call
     notes: Mapping[str, str] = field(default_factory=dict)  # field path -> where the figure came from
@@ -187,12 +189,13 @@ class HardwareProfile:
                 for level in self.memory_levels
             ],
             "overhead_s": self.overhead_s,
+            "module_call_s": self.module_call_s,
             "efficiency": dict(self.efficiency),
             "fixed_overhead_s": dict(self.fixed_overhead_s),
             "notes": dict(self.notes),
             "metadata": dict(self.metadata),
         }
-        return {k: v for k, v in data.items() if v != [] and v != {}}
+        return {k: v for k, v in data.items() if v != [] and v != {} and v is not None}
 
     def summary(self) -> str:
         """A few lines for people: peaks, levels, overhead, source."""
@@ -207,6 +210,8 @@ class HardwareProfile:
             )
             lines.append(f"  {level.name}: {capacity} at {bandwidth}")
         lines.append(f"  per-op overhead: {format_time(self.overhead_s)}")
+        if self.module_call_s:
+            lines.append(f"  module call: {format_time(self.module_call_s)}")
         if self.efficiency:
             lines.append("  efficiency: " + ", ".join(f"{k} {v:.2f}" for k, v in self.efficiency.items()))
         return "\n".join(lines)
@@ -266,6 +271,7 @@ def _check_values(profile: HardwareProfile) -> None:
                 raise _fail(where, f"memory_levels[{i}].capacity_bytes", "levels go from fastest (smallest) to slowest (largest); this one is not larger than the one before")
             previous = level.capacity_bytes
     _number(where, "overhead_s", profile.overhead_s, "seconds", 1e-9, _MAX_OVERHEAD_S)
+    _number(where, "module_call_s", profile.module_call_s, "seconds", 1e-9, _MAX_OVERHEAD_S, allow_none=True)
     level_names = [level.name for level in profile.memory_levels]
     for key, value in profile.efficiency.items():
         op_class, _, level = key.partition("@")
@@ -332,6 +338,7 @@ def profile_from_dict(data: object, where: str, path: str | None = None) -> Hard
         peak_flops_per_s=data["peak_flops_per_s"],
         memory_levels=tuple(levels),
         overhead_s=data["overhead_s"],
+        module_call_s=data.get("module_call_s"),
         efficiency=data.get("efficiency", {}),
         fixed_overhead_s=data.get("fixed_overhead_s", {}),
         notes=notes,

@@ -87,6 +87,8 @@ def render_profile(profile: HardwareProfile, fmt: str) -> str:
         lines.append(f"    {level.name:6s} {capacity:>10s} {bandwidth:>14s}" + (f"   [{level.note}]" if level.note else ""))
     note = profile.notes.get("overhead_s", "")
     lines.append(f"  per-op overhead: {format_time(profile.overhead_s)}" + (f"   [{note}]" if note else ""))
+    if profile.module_call_s:
+        lines.append(f"  module call: {format_time(profile.module_call_s)}   [{profile.notes.get('module_call_s', '')}]")
     if profile.efficiency:
         lines.append("  efficiency (achieved / roofline, time_calibrated = time_roofline / factor):")
         for op_class, factor in profile.efficiency.items():
