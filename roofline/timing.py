@@ -216,18 +216,22 @@ def reference_matmul(device: str = "cpu") -> tuple[Callable[[], object], float]:
     n = 4096 if device.startswith("cuda") else 256
     a = torch.randn(n, n, device=device)
     out = torch.empty(n, n, device=device)
-    if not device.startswith("cuda"):
-        return (lambda: torch.mm(a, a, out=out)), 2.0 * n**3
+    # plain fp32 even inside a measurement that turned TF32 on
+    return with_matmul_tf32(lambda: torch.mm(a, a, out=out), enabled=False), 2.0 * n**3
 
-    def fp32_mm() -> object:  # plain fp32 even inside a measurement that turned TF32 on
+
+def with_matmul_tf32(fn: Callable[[], object], enabled: bool) -> Callable[[], object]:
+    """`fn` with CUDA matmul TF32 set to `enabled` for each call and restored after it."""
+
+    def call() -> object:
         previous = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = enabled
         try:
-            return torch.mm(a, a, out=out)
+            return fn()
         finally:
             torch.backends.cuda.matmul.allow_tf32 = previous
 
-    return fp32_mm, 2.0 * n**3
+    return call
 
 
 # ---- allocator state -------------------------------------------------------------------------------

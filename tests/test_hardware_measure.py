@@ -124,3 +124,15 @@ def test_cli_measure_saves_and_auto_uses_it(tmp_path: Path, monkeypatch: pytest.
     assert again.source == "measured"
     if not torch.cuda.is_available():
         assert load_profile("auto").source == "measured"  # auto prefers this machine's saved measurement
+
+
+def test_with_matmul_tf32_sets_the_flag_per_call_and_restores_it() -> None:
+    before = torch.backends.cuda.matmul.allow_tf32  # a cuBLAS property, not a plain attribute
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        seen: list[bool] = []
+        call = timing.with_matmul_tf32(lambda: seen.append(torch.backends.cuda.matmul.allow_tf32), enabled=False)
+        call()
+        assert seen == [False] and torch.backends.cuda.matmul.allow_tf32 is True
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before

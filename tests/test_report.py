@@ -96,10 +96,8 @@ def test_measured_report_joins_on_name_and_adds_the_comparison_chart(prediction:
     assert totals["sum_of_layers_s"] == pytest.approx(expected.sum())
 
 
-def test_a_change_in_machine_speed_since_profiling_is_noted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    profile = dataclasses.replace(_profile(), source="measured", metadata={"reference_flops_per_s": "8e10"})
-    measured_profile = predict(roofline.analyze("zoo:convnet"), profile)
-    measurement = _measurement(measured_profile)
+def _written_notes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The notes of the last report written, kept up to date; charts replaced by stand-ins."""
     notes: list[str] = []
 
     def record(data: Any, directory: Path) -> dict[str, tuple[list[Path], str]]:
@@ -107,6 +105,14 @@ def test_a_change_in_machine_speed_since_profiling_is_noted(tmp_path: Path, monk
         return _quick_charts(data, directory)
 
     monkeypatch.setattr(report_module, "_write_all", record)
+    return notes
+
+
+def test_a_change_in_machine_speed_since_profiling_is_noted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    profile = dataclasses.replace(_profile(), source="measured", metadata={"reference_flops_per_s": "8e10"})
+    measured_profile = predict(roofline.analyze("zoo:convnet"), profile)
+    measurement = _measurement(measured_profile)
+    notes = _written_notes(monkeypatch)
     for name, reference in (("slower", 6e10), ("same", 8.4e10)):
         metadata = {**measurement.metadata, "reference_flops_per_s": reference}
         report_module.write_report(measured_profile, tmp_path / name, measurement=dataclasses.replace(measurement, metadata=metadata))
@@ -121,13 +127,7 @@ def test_a_pass_much_slower_than_its_layers_is_explained(prediction: Prediction,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     measurement = _measurement(prediction)
     layers_sum = float(measurement.layers["measured_s"].sum())
-    notes: list[str] = []
-
-    def record(data: Any, directory: Path) -> dict[str, tuple[list[Path], str]]:
-        notes[:] = data.notes
-        return _quick_charts(data, directory)
-
-    monkeypatch.setattr(report_module, "_write_all", record)
+    notes = _written_notes(monkeypatch)
     for name, factor in (("slow pass", 2.0), ("like its layers", 1.05)):
         end_to_end = measurement.end_to_end.assign(latency_s=[factor * layers_sum, 3 * layers_sum])
         report_module.write_report(prediction, tmp_path / name.replace(" ", "-"),

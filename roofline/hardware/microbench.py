@@ -29,6 +29,7 @@ from roofline.timing import (
     retained_heap,
     time_callable,
     time_interleaved,
+    with_matmul_tf32,
 )
 
 __all__ = ["FULL", "QUICK", "BandwidthPoint", "BenchConfig", "measure_profile"]
@@ -228,16 +229,7 @@ def _matmul(compute_type: str, n: int, device: str) -> Callable[[], object] | No
         return lambda: torch._int_mm(a, b)
     if compute_type == "tf32":
         x = torch.randn(n, n, device=device)
-
-        def tf32_mm() -> object:
-            previous = torch.backends.cuda.matmul.allow_tf32
-            torch.backends.cuda.matmul.allow_tf32 = True
-            try:
-                return torch.mm(x, x)
-            finally:
-                torch.backends.cuda.matmul.allow_tf32 = previous
-
-        return tf32_mm
+        return with_matmul_tf32(lambda: torch.mm(x, x), enabled=True)
     dtype = _MATMUL_TYPES[compute_type]
     x, y = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     out = torch.empty(n, n, device=device, dtype=dtype)
