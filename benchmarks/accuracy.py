@@ -15,10 +15,13 @@ Each model is measured in `--rounds` runs, each preceded (and the last followed)
 profile's efficiency ops: besides the profile's own calibration (`calibrated`), the table shows one
 refitted from those passes (`window`), made in the same minutes as the measurement. On a shared VM
 whose speed drifts over minutes, the gap between the two is the drift. `speed` is the reference
-matmul's rate while measuring over its rate while profiling. `layers_ms` is the sum of the layers
-timed alone and `calibrated_vs_layers` the calibrated prediction against it: a layer repeated alone
-finds its data warm in cache, while in a full pass its output goes to memory last touched long
-ago, so `measured_ms / layers_ms` is the pass's cache cost (see benchmarks/pass_effects.py).
+matmul's rate while measuring over its rate while profiling.
+
+End to end, the calibrated prediction is a full pass: each layer with its ops' line as timed once
+per cycle over all the profile's ops (profile.pass_efficiency), since in a pass a layer's code,
+weights and output buffer are cold. Per layer it is the layer alone, as measured: `layers_ms` is
+the sum of the layers timed alone and `calibrated_vs_layers` the prediction of that sum against it
+(benchmarks/pass_effects.py measures the pass against its layers).
 
 --hw auto uses the measured profile of this machine saved by `roofline hw measure --save`, or
 measures one first (about 30 s with --quick-profile). Targets (calibrated, this CPU): end-to-end error
@@ -50,11 +53,12 @@ from roofline.hardware.microbench import (
     RepresentativeOp,
     efficiency_callables,
     fit_efficiency,
+    input_readers,
     representative_ops,
 )
 from roofline.measure import speed_ratio
 from roofline.predict import batch_size, predict
-from roofline.timing import retained_heap, time_interleaved
+from roofline.timing import retained_heap, time_in_sequence, time_interleaved
 
 SATURATED = 0.3  # share of a roof a measured layer must reach to count as bound by it
 
@@ -104,11 +108,15 @@ def _measure_in_window(spec: str, profile: HardwareProfile, batch: int, rounds: 
     of the first run with the median reference rate, and the profile with the window's efficiency."""
     fns, _, reference_flops = efficiency_callables(ops, "cpu")
     config = _config_of(profile)
+    cycles = max(3, config.sequence_cycles // (rounds + 1))
     op_passes: list[list[float]] = []
+    in_pass: list[list[tuple[float, ...]]] = []  # per slot, per op: the time of every call
     runs = []
     with torch.inference_mode(), retained_heap():  # the conditions measure_profile timed them in
         for index in range(rounds + 1):
             op_passes.append([m.median_s for m in time_interleaved(fns, 1, min_run_time_s=config.min_run_time_s)])
+            if profile.pass_efficiency:
+                in_pass.append([m.raw_times_s for m in time_in_sequence(fns[:-1], cycles, before=input_readers(ops))])
             if index < rounds:
                 runs.append(roofline.measure(spec, device="cpu", progress=False, rounds=1, batch_sizes=[batch],
                                              min_run_time_s=min_run_time_s / rounds))
@@ -116,6 +124,10 @@ def _measure_in_window(spec: str, profile: HardwareProfile, batch: int, rounds: 
     efficiency, fixed, metadata = fit_efficiency(profile, ops, list(medians[:-1]), reference_flops / medians[-1])
     window = dataclasses.replace(profile, efficiency=efficiency, fixed_overhead_s=fixed,
                                  metadata={**profile.metadata, **metadata})
+    if in_pass:
+        pass_medians = [float(np.median([t for slot in in_pass for t in slot[i]])) for i in range(len(ops))]
+        pass_efficiency, pass_fixed, _ = fit_efficiency(profile, ops, pass_medians, name="pass_efficiency")
+        window = dataclasses.replace(window, pass_efficiency=pass_efficiency, pass_fixed_overhead_s=pass_fixed)
     layers = pd.concat([run.layers for run in runs]).groupby("name", sort=False)[["measured_s", "iqr_s"]].median()
     e2e = float(np.median([run.end_to_end["latency_s"].iloc[0] for run in runs]))
     reference = float(np.median([run.metadata["reference_flops_per_s"] for run in runs]))
@@ -158,8 +170,8 @@ def evaluate(spec: str, profile: HardwareProfile, rounds: int, min_run_time_s: f
         "plain_error": plain.totals["predicted_latency_s"] / e2e - 1,
         "calibrated_error": calibrated.totals["predicted_latency_s"] / e2e - 1,
         "window_error": window.totals["predicted_latency_s"] / e2e - 1,
-        "calibrated_vs_layers": calibrated.totals["predicted_latency_s"] / float(layers["measured_s"].sum()) - 1,
-        "window_vs_layers": window.totals["predicted_latency_s"] / float(layers["measured_s"].sum()) - 1,
+        "calibrated_vs_layers": calibrated.totals["sum_of_layers_s"] / float(layers["measured_s"].sum()) - 1,
+        "window_vs_layers": window.totals["sum_of_layers_s"] / float(layers["measured_s"].sum()) - 1,
         "bound_agreement": agree,
         "speed": speed,
     }

@@ -15,6 +15,12 @@ Calibrated mode uses, per op class, the line fitted by `roofline hw measure` on 
 fixed per-call cost + roofline time / efficiency (profile.fixed_overhead_s, profile.efficiency), so
 it still explains itself: "conv at 62% of the attainable rate plus 90 us per call, as convolutions
 measure on this machine".
+
+Two times per layer. `predicted_s` is the layer alone, repeated, as `measure` times it: its code,
+weights and output buffer stay warm in cache. `in_pass_s` is the layer inside a full forward pass,
+where the layers before it have evicted them; calibrated on a profile that timed its ops that way
+(profile.pass_efficiency: on a CPU, each op called once per cycle over all of them), it uses that
+line, and otherwise equals `predicted_s`. The end-to-end latency is the sum of `in_pass_s`.
 """
 from __future__ import annotations
 
@@ -79,23 +85,37 @@ class Prediction:
         records["bandwidth_bytes_per_s"] = bandwidth
         records["compute_s"] = records["flops"] / self.peak_flops_per_s
         records["memory_s"] = records["bytes"] / bandwidth
+        roofline_s = np.maximum(records["compute_s"], records["memory_s"])
         records["efficiency"] = self._efficiency(records["op_class"], records["memory_level"])
-        roofline_s = np.maximum(records["compute_s"], records["memory_s"]) / records["efficiency"]
         records["overhead_s"] = self._overhead(records["op_class"])
-        if self.profile.kind == "gpu":
-            records["predicted_s"] = np.maximum(roofline_s, records["overhead_s"])
+        records["predicted_s"] = self._op_time(roofline_s / records["efficiency"], records["overhead_s"])
+        if self.in_pass:
+            efficiency = self._efficiency(records["op_class"], records["memory_level"], in_pass=True)
+            overhead = self._overhead(records["op_class"], in_pass=True)
+            records["in_pass_s"] = self._op_time(roofline_s / efficiency, overhead)
         else:
-            records["predicted_s"] = roofline_s + records["overhead_s"]
+            records["in_pass_s"] = records["predicted_s"]
         records["ridge_point"] = self.peak_flops_per_s / bandwidth
         records["attainable_flops_per_s"] = np.minimum(
             self.peak_flops_per_s, records["arithmetic_intensity"] * bandwidth
         )
         return records
 
-    def _efficiency(self, op_class: pd.Series, level: pd.Series) -> pd.Series:
+    @property
+    def in_pass(self) -> bool:
+        """Whether times inside a full pass differ from times alone: calibrated, on a profile that
+        measured its ops as in a pass (HardwareProfile.pass_efficiency)."""
+        return self.calibrated and bool(self.profile.pass_efficiency)
+
+    def _op_time(self, roofline_s: pd.Series, overhead_s: pd.Series) -> pd.Series:
+        if self.profile.kind == "gpu":
+            return np.maximum(roofline_s, overhead_s)
+        return roofline_s + overhead_s
+
+    def _efficiency(self, op_class: pd.Series, level: pd.Series, in_pass: bool = False) -> pd.Series:
         if not self.calibrated:
             return pd.Series(1.0, index=op_class.index)
-        factors = self.profile.efficiency
+        factors = self.profile.pass_efficiency if in_pass else self.profile.efficiency
         if not factors:
             raise RooflineError(
                 f"profile {self.profile.name!r} has no efficiency factors for calibrated prediction;"
@@ -103,32 +123,33 @@ class Prediction:
             )
         # A class the profile has no factor for gets the median class (in-cache factors only).
         default = float(np.median([value for key, value in factors.items() if "@" not in key] or list(factors.values())))
-        found = [self.profile.efficiency_for(c, lvl) for c, lvl in zip(op_class, level, strict=True)]
+        found = [self.profile.efficiency_for(c, lvl, in_pass) for c, lvl in zip(op_class, level, strict=True)]
         return pd.Series([default if f is None else f for f in found], index=op_class.index, dtype=float)
 
-    def _overhead(self, op_class: pd.Series) -> pd.Series:
+    def _overhead(self, op_class: pd.Series, in_pass: bool = False) -> pd.Series:
         """Per-op overhead: the class's fitted fixed cost when calibrated, else the profile's one figure."""
-        fixed = dict(self.profile.fixed_overhead_s) if self.calibrated else {}
+        fixed = dict(self.profile.pass_fixed_overhead_s if in_pass else self.profile.fixed_overhead_s) if self.calibrated else {}
         return op_class.map(lambda c: fixed.get(c, self.profile.overhead_s)).astype(float)
 
     @cached_property
     def layers(self) -> pd.DataFrame:
         """Per layer (rows join the analysis and measurement on `name`)."""
         ops = self.ops
-        sums = ops.groupby("layer", sort=False)[["compute_s", "memory_s", "overhead_s", "predicted_s"]].sum()
+        times = ["compute_s", "memory_s", "overhead_s", "predicted_s", "in_pass_s"]
+        sums = ops.groupby("layer", sort=False)[times].sum()
         # The level that carries most of the layer's bytes names its memory bound.
         main_level = ops.sort_values("bytes", ascending=False).groupby("layer", sort=False)["memory_level"].first()
         layers = self.analysis.layers[["name", "type", "macs", "flops", "params", "weight_bytes", "bytes",
                                        "fused_bytes", "arithmetic_intensity", "ops"]].copy()
         layers = layers.join(sums, on="name").join(main_level, on="name")
-        for column in ("compute_s", "memory_s", "overhead_s", "predicted_s"):
+        for column in times:
             layers[column] = layers[column].fillna(0.0)
         layers["memory_level"] = layers["memory_level"].fillna(self.profile.memory_levels[-1].name)
         if self.profile.kind == "cpu" and self.profile.module_call_s:
             # Every row is one module call, which a CPU pays in Python before its ops run.
             calls = layers["name"] != UNUSED_NAME
             layers.loc[calls, "overhead_s"] += self.profile.module_call_s
-            layers.loc[calls, "predicted_s"] += self.profile.module_call_s
+            layers.loc[calls, ["predicted_s", "in_pass_s"]] += self.profile.module_call_s
         level_bandwidth = {level.name: level.bandwidth_bytes_per_s for level in self.profile.memory_levels}
         bandwidth = layers["memory_level"].map(level_bandwidth).astype(float)
         layers["ridge_point"] = self.peak_flops_per_s / bandwidth
@@ -145,20 +166,22 @@ class Prediction:
     @cached_property
     def totals(self) -> dict[str, Any]:
         layers = self.layers
-        latency = float(layers["predicted_s"].sum())
+        latency = float(layers["in_pass_s"].sum())  # a forward pass: each layer once, after the others
+        alone = float(layers["predicted_s"].sum())
         batch = batch_size(self.analysis)
         memory_time = float(layers.loc[layers["bound"].str.startswith("memory"), "predicted_s"].sum())
         compute_time = float(layers.loc[layers["bound"] == "compute", "predicted_s"].sum())
         return {
             "predicted_latency_s": latency,
+            "sum_of_layers_s": alone,  # each layer timed alone, as `measure` times them
             "batch": batch,
             "throughput_samples_per_s": batch / latency if latency else float("inf"),
             "compute_s": float(layers["compute_s"].sum()),
             "memory_s": float(layers["memory_s"].sum()),
             "overhead_s": float(layers["overhead_s"].sum()),
-            "memory_bound_time_fraction": memory_time / latency if latency else 0.0,
-            "compute_bound_time_fraction": compute_time / latency if latency else 0.0,
-            "overhead_bound_time_fraction": max(0.0, 1.0 - (memory_time + compute_time) / latency) if latency else 0.0,
+            "memory_bound_time_fraction": memory_time / alone if alone else 0.0,
+            "compute_bound_time_fraction": compute_time / alone if alone else 0.0,
+            "overhead_bound_time_fraction": max(0.0, 1.0 - (memory_time + compute_time) / alone) if alone else 0.0,
             "peak_flops_per_s": self.peak_flops_per_s,
             "dram_bandwidth_bytes_per_s": self.profile.memory_levels[-1].bandwidth_bytes_per_s,
             "ridge_point": self.peak_flops_per_s / self.profile.memory_levels[-1].bandwidth_bytes_per_s,
@@ -184,7 +207,7 @@ class Prediction:
 
     def to_dict(self) -> dict[str, Any]:
         columns = ["name", "type", "flops", "bytes", "arithmetic_intensity", "compute_s", "memory_s", "overhead_s",
-                   "predicted_s", "bound", "memory_level", "ridge_point", "attainable_flops_per_s"]
+                   "predicted_s", "in_pass_s", "bound", "memory_level", "ridge_point", "attainable_flops_per_s"]
         return {
             "model": self.analysis.model_name,
             "hardware": self.profile.name,
@@ -197,9 +220,10 @@ class Prediction:
     def summary(self) -> str:
         t = self.totals
         mode = "calibrated" if self.calibrated else "roofline"
+        alone = f" (layers alone: {format_time(t['sum_of_layers_s'])})" if self.in_pass else ""
         return (
             f"{self.analysis.model_name} on {self.profile.name} @ {self.precision.name} ({mode}): "
-            f"{format_time(t['predicted_latency_s'])} per batch of {t['batch']}, "
+            f"{format_time(t['predicted_latency_s'])} per batch of {t['batch']}{alone}, "
             f"{t['throughput_samples_per_s']:.4g} samples/s; peak {format_si(t['peak_flops_per_s'], 'FLOP/s')}, "
             f"DRAM {format_si(t['dram_bandwidth_bytes_per_s'], 'B/s')}\n  {self.bound_summary()}"
         )
@@ -235,7 +259,7 @@ def predict(analysis: Analysis, profile: HardwareProfile | str, precision: str |
 _FORMATTERS = {
     "macs": format_si, "flops": format_si, "params": format_si, "bytes": format_bytes, "fused_bytes": format_bytes,
     "compute_s": format_time, "memory_s": format_time, "overhead_s": format_time, "predicted_s": format_time,
-    "attainable_flops_per_s": lambda v: format_si(v, "FLOP/s"),
+    "in_pass_s": format_time, "attainable_flops_per_s": lambda v: format_si(v, "FLOP/s"),
 }
 
 
@@ -243,7 +267,7 @@ def render(prediction: Prediction, fmt: str = "table") -> str:
     if fmt == "json":
         return json.dumps(prediction.to_dict(), indent=2)
     columns = ["name", "type", "flops", "bytes", "arithmetic_intensity", "compute_s", "memory_s", "overhead_s",
-               "predicted_s", "bound"]
+               "predicted_s", *(["in_pass_s"] if prediction.in_pass else []), "bound"]
     table = prediction.layers[columns]
     if fmt == "csv":
         return table.to_csv(index=False).rstrip("\n")

@@ -221,7 +221,7 @@ def write_report(prediction: Prediction, out: str | Path, *, measurement: Measur
         all_notes.append("Ops with no cost rule (FLOPs not counted, bytes counted): "
                          + ", ".join(f"{u['op']} x{u['count']}" for u in unsupported))
     data = ReportData(prediction, layers, type_table(layers), measurement, tuple(all_notes))
-    pass_note = _pass_note(_measured_totals(data))
+    pass_note = _pass_note(_measured_totals(data), prediction)
     if pass_note:
         data = dataclasses.replace(data, notes=(*data.notes, pass_note))
     return _write_atomically(Path(out), lambda directory: _write_all(data, directory))
@@ -373,18 +373,23 @@ def _measured_totals(data: ReportData) -> dict[str, Any] | None:
 PASS_GAP_NOTED = 1.2
 
 
-def _pass_note(totals: dict[str, Any] | None) -> str | None:
+def _pass_note(totals: dict[str, Any] | None, prediction: Prediction) -> str | None:
     """Why the whole pass took longer than the sum of its layers, when it took much longer."""
     if not totals or not totals["latency_s"] or not totals["sum_of_layers_s"]:
         return None
     ratio = totals["latency_s"] / totals["sum_of_layers_s"]
     if ratio < PASS_GAP_NOTED:
         return None
-    return (f"The whole pass took {ratio:.2g}x the sum of its layers timed alone ({format_time(totals['latency_s'])}"
-            f" against {format_time(totals['sum_of_layers_s'])}). Each layer is timed repeated on its own inputs, "
-            "with its data and code warm in cache; in a full pass each runs once and finds them colder. Predictions "
-            "model layers as when repeated, so they read low against the whole pass by about that factor "
-            "(benchmarks/pass_effects.py measures the effect).")
+    why = (f"The whole pass took {ratio:.2g}x the sum of its layers timed alone ({format_time(totals['latency_s'])}"
+           f" against {format_time(totals['sum_of_layers_s'])}). Each layer is timed repeated on its own inputs, "
+           "with its data and code warm in cache; in a full pass each runs once and finds them colder.")
+    t = prediction.totals
+    if prediction.in_pass:
+        return (f"{why} The prediction models this with the profile's ops timed as in a pass: "
+                f"{format_time(t['predicted_latency_s'])} for the pass against {format_time(t['sum_of_layers_s'])} "
+                "for its layers alone.")
+    return (f"{why} This prediction models layers as when repeated, so it reads low against the whole pass; a "
+            "calibrated prediction on a profile from `roofline hw measure` models the pass too.")
 
 
 # ---- words --------------------------------------------------------------------------------------------
@@ -427,7 +432,8 @@ def _key_figures(data: ReportData) -> list[tuple[str, str]]:
         ("arithmetic intensity", f"{t['arithmetic_intensity']:.3g} FLOP/B"),
         ("model size", ", ".join(f"{name} {format_bytes(size)}" for name, size in data.analysis.model_size_bytes().items())),
         ("predicted latency", f"{format_time(pt['predicted_latency_s'])} per batch of {pt['batch']}"
-                              + (" (calibrated)" if data.prediction.calibrated else "")),
+                              + (" (calibrated)" if data.prediction.calibrated else "")
+                              + (f" (sum of layers alone {format_time(pt['sum_of_layers_s'])})" if data.prediction.in_pass else "")),
         ("predicted throughput", f"{pt['throughput_samples_per_s']:.4g} samples/s"),
     ]
     measured = _measured_totals(data)

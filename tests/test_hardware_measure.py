@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from roofline import cli, timing
+from roofline.errors import RooflineError
 from roofline.hardware import (
     EFFICIENCY_CLASSES,
     load_profile,
@@ -21,7 +22,7 @@ from roofline.timing import Measurement, retained_heap, time_callable
 pytestmark = pytest.mark.filterwarnings("ignore:the machine is busy")
 
 TINY = BenchConfig(min_bytes=16 * 1024, max_bytes=1024 * 1024, past_llc=False, size_step=4.0, min_run_time_s=0.002,
-                   matmul_sizes=(64, 128), efficiency_scale=0.1)
+                   matmul_sizes=(64, 128), efficiency_scale=0.1, sequence_cycles=3)
 
 
 def test_measurement_statistics() -> None:
@@ -29,6 +30,20 @@ def test_measurement_statistics() -> None:
     assert m.median_s == 3.0 and m.iqr_s == 2.0 and m.noisy and "IQR" in (m.warning or "")
     steady = Measurement((1.0, 1.01, 1.0, 0.99, 1.0), number=1, device="cpu", num_threads=1)
     assert not steady.noisy and steady.warning is None
+
+
+def test_time_in_sequence_calls_each_once_per_cycle_after_its_reader() -> None:
+    calls: list[str] = []
+    cycles: list[int] = []
+    timed = timing.time_in_sequence(
+        [lambda: calls.append("a"), lambda: calls.append("b")], cycles=3,
+        before=[lambda: calls.append("read a"), lambda: calls.append("read b")], labels=["a", "b"], step=cycles.append,
+    )
+    assert calls == ["read a", "a", "read b", "b"] * 4  # one untimed warm-up cycle, then three timed
+    assert cycles == [0, 1, 2]
+    assert [m.label for m in timed] == ["a", "b"] and all(m.number == 1 and m.repeats == 3 for m in timed)
+    with pytest.raises(RooflineError, match="cycles must be at least 1"):
+        timing.time_in_sequence([lambda: None], cycles=0)
 
 
 def test_time_callable_blocks_threads_and_callback() -> None:
@@ -110,6 +125,10 @@ def test_measure_cpu_profile_structure() -> None:
     assert {key.partition("@")[2] for key in p.efficiency if "@" in key} <= {p.memory_levels[-1].name}
     assert p.efficiency and all(0 < v <= 1.5 for v in p.efficiency.values())
     assert "time_calibrated" in p.notes["efficiency"]
+    # The same ops timed as in a pass: a factor and a fixed cost for every class timed alone.
+    assert set(p.pass_efficiency) <= set(p.efficiency) and set(p.pass_fixed_overhead_s) == set(p.fixed_overhead_s)
+    assert {key.partition("@")[0] for key in p.pass_efficiency} == {key.partition("@")[0] for key in p.efficiency}
+    assert "3 cycles" in p.notes["pass_efficiency"] and "pass_efficiency.gemm" in p.metadata
     assert float(p.metadata["reference_flops_per_s"]) > 1e8  # speed while the efficiency ops ran
     assert any(k.startswith("bandwidth.") for k in p.metadata) and "matmul.fp32" in p.metadata
 

@@ -133,6 +133,10 @@ MALFORMED = [
      r"field 'efficiency\.gemm@DRAM': unknown memory level.*this profile's levels: L2, HBM"),
     ("efficiency for an unknown class at a level", GOOD + "efficiency: {gemn@HBM: 0.5}\n",
      r"field 'efficiency\.gemn@HBM': unknown op class \(did you mean: gemm"),
+    ("bad pass efficiency", GOOD + "pass_efficiency: {conv: 0}\n", r"field 'pass_efficiency\.conv'"),
+    ("pass fixed cost of an unknown class", GOOD + "pass_fixed_overhead_s: {convv: 1e-5}\n",
+     r"field 'pass_fixed_overhead_s\.convv': unknown op class \(did you mean: conv"),
+    ("pass efficiency not a mapping", GOOD + "pass_efficiency: 0.5\n", "field 'pass_efficiency': must be a mapping"),
 ]
 
 
@@ -150,6 +154,21 @@ def test_efficiency_per_memory_level_falls_back_to_the_class(tmp_path: Path) -> 
     assert profile.efficiency_for("gemm", "HBM") == 0.5
     assert profile.efficiency_for("gemm", "L2") == 0.8
     assert profile.efficiency_for("conv", "HBM") is None
+
+
+def test_pass_factors_are_read_apart_and_survive_a_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "pass.yaml"
+    path.write_text(GOOD + "efficiency: {gemm: 0.8}\npass_efficiency: {gemm: 0.6, gemm@HBM: 0.3}\n"
+                           "fixed_overhead_s: {gemm: 1.0e-5}\npass_fixed_overhead_s: {gemm: 4.0e-5}\n")
+    profile = load_profile(str(path))
+    assert profile.efficiency_for("gemm", "L2") == 0.8
+    assert profile.efficiency_for("gemm", "L2", in_pass=True) == 0.6
+    assert profile.efficiency_for("gemm", "HBM", in_pass=True) == 0.3
+    saved = tmp_path / "saved.yaml"
+    save_profile(profile, str(saved))
+    again = load_profile(str(saved))
+    assert dict(again.pass_efficiency) == {"gemm": 0.6, "gemm@HBM": 0.3}
+    assert dict(again.pass_fixed_overhead_s) == {"gemm": 4.0e-5}
 
 
 @pytest.mark.parametrize(("case", "text", "message"), MALFORMED, ids=[m[0] for m in MALFORMED])

@@ -136,15 +136,36 @@ def test_uncalibrated_profile_refuses_calibrated_mode():
         predict(roofline.analyze("zoo:mlp"), synthetic(), calibrated=True).layers
 
 
-def test_calibrated_uses_the_class_fixed_cost_instead_of_the_generic_overhead():
-    n = 4_000_000
-    hw = HardwareProfile(
+def elementwise_line(**pass_line):
+    """A DRAM-only CPU profile whose elementwise ops reach half their roof and pay 30 us per call."""
+    return HardwareProfile(
         name="synthetic", kind="cpu", vendor="test", source="measured", reference="written in the test",
         peak_flops_per_s={"fp32": PEAK}, memory_levels=(MemoryLevel("DRAM", 64e9, DRAM_BW),), overhead_s=OVERHEAD,
-        efficiency={"elementwise": 0.5}, fixed_overhead_s={"elementwise": 3e-5},
+        efficiency={"elementwise": 0.5}, fixed_overhead_s={"elementwise": 3e-5}, **pass_line,
     )
-    row = layer_row(nn.ReLU(), torch.randn(n, device="meta"), hw, calibrated=True)
+
+
+def test_calibrated_uses_the_class_fixed_cost_instead_of_the_generic_overhead():
+    n = 4_000_000
+    row = layer_row(nn.ReLU(), torch.randn(n, device="meta"), elementwise_line(), calibrated=True)
     assert row["predicted_s"] == pytest.approx(3e-5 + (8 * n / DRAM_BW) / 0.5)
+
+
+def test_in_pass_time_uses_the_pass_line_and_sets_the_latency():
+    n = 4_000_000
+    hw = elementwise_line(pass_efficiency={"elementwise": 0.25}, pass_fixed_overhead_s={"elementwise": 8e-5})
+    analysis = roofline.analyze(nn.Sequential(nn.ReLU(), nn.ReLU()).to("meta"), inputs=[torch.randn(n, device="meta")])
+    calibrated = predict(analysis, hw, calibrated=True)
+    roof = 8 * n / DRAM_BW  # read n floats, write n floats
+    layers = calibrated.layers[calibrated.layers["ops"] > 0]
+    assert list(layers["predicted_s"]) == pytest.approx([3e-5 + roof / 0.5] * 2)  # alone, as measure times it
+    assert list(layers["in_pass_s"]) == pytest.approx([8e-5 + roof / 0.25] * 2)
+    totals = calibrated.totals
+    assert totals["predicted_latency_s"] == pytest.approx(2 * (8e-5 + roof / 0.25))
+    assert totals["sum_of_layers_s"] == pytest.approx(2 * (3e-5 + roof / 0.5))
+    assert totals["throughput_samples_per_s"] == pytest.approx(n / totals["predicted_latency_s"])
+    plain = predict(analysis, hw).layers  # the plain roofline has no pass line: both times agree
+    assert list(plain["in_pass_s"]) == list(plain["predicted_s"])
 
 
 def test_fit_line_recovers_fixed_cost_and_efficiency():

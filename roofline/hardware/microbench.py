@@ -28,6 +28,7 @@ from roofline.timing import (
     reference_matmul,
     retained_heap,
     time_callable,
+    time_in_sequence,
     time_interleaved,
     with_matmul_tf32,
 )
@@ -55,10 +56,12 @@ class BenchConfig:
     efficiency_scale: float = 1.0  # scales the representative ops' sizes
     efficiency: bool = True
     rounds: int = 3  # interleaved passes over the efficiency ops (timing.time_interleaved)
+    sequence_cycles: int = 15  # cycles over the efficiency ops timed as in a pass (CPU; 0: not measured)
 
 
 FULL = BenchConfig()
-QUICK = BenchConfig(max_bytes=128 * _MIB, size_step=4.0, min_run_time_s=0.01, matmul_sizes=(256, 512, 1024), efficiency_scale=0.5)
+QUICK = BenchConfig(max_bytes=128 * _MIB, size_step=4.0, min_run_time_s=0.01, matmul_sizes=(256, 512, 1024), efficiency_scale=0.5,
+                    sequence_cycles=9)
 
 
 @dataclass(frozen=True)
@@ -367,19 +370,32 @@ def fit_line(roofline_s: list[float], measured_s: list[float]) -> tuple[float, f
 
 def measure_efficiency(
     profile: HardwareProfile, device: str, config: BenchConfig, progress: _Progress
-) -> tuple[dict[str, float], dict[str, float], dict[str, str]]:
+) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
     """Per op class: efficiency and fixed per-call cost, fitted to measured = fixed + roofline / eff.
 
     Roofline times come from the measured profile itself and roofline's own cost rules, so a factor
     says how close ops of the class get to this device's own roofs, and the fixed part is what a
-    call costs however small it is.
+    call costs however small it is. Returns the profile fields (efficiency, fixed_overhead_s and, on
+    a CPU, pass_efficiency and pass_fixed_overhead_s from the same ops timed as in a pass) and
+    metadata. On a GPU the host queues kernels ahead of the device, so a per-call timing in a
+    cycle would time synchronisation, not the kernel: no pass factors there.
     """
     ops = representative_ops(device, config.efficiency_scale)
     fns, labels, reference_flops = efficiency_callables(ops, device)
     # Interleaved, so a slow spell of a shared machine does not land on one class and not another.
     timed = time_interleaved(fns, config.rounds, min_run_time_s=config.min_run_time_s, labels=labels,
                              step=lambda index: progress.step(labels[index]), device=device)
-    return fit_efficiency(profile, ops, [m.median_s for m in timed[:-1]], reference_flops / timed[-1].median_s)
+    efficiency, fixed, metadata = fit_efficiency(profile, ops, [m.median_s for m in timed[:-1]],
+                                                 reference_flops / timed[-1].median_s)
+    fields = {"efficiency": efficiency, "fixed_overhead_s": fixed}
+    if device == "cpu" and config.sequence_cycles:
+        in_pass = time_in_sequence(fns[:-1], config.sequence_cycles, before=input_readers(ops), labels=labels[:-1],
+                                   device=device, step=lambda cycle: progress.step(f"in sequence, cycle {cycle + 1}"))
+        pass_efficiency, pass_fixed, pass_metadata = fit_efficiency(
+            profile, ops, [m.median_s for m in in_pass], name="pass_efficiency")
+        fields |= {"pass_efficiency": pass_efficiency, "pass_fixed_overhead_s": pass_fixed}
+        metadata |= pass_metadata
+    return fields, metadata
 
 
 def efficiency_callables(ops: list[RepresentativeOp], device: str) -> tuple[list[Callable[[], object]], list[str], float]:
@@ -390,22 +406,32 @@ def efficiency_callables(ops: list[RepresentativeOp], device: str) -> tuple[list
     return [*fns, reference], [op[0] for op in ops] + ["reference"], reference_flops
 
 
+def input_readers(ops: list[RepresentativeOp]) -> list[Callable[[], object]]:
+    """Per op, a call that reads its inputs: run just before it in a cycle, it leaves them in cache
+    as a pass does, where the layer before has just written them."""
+    return [lambda inputs=inputs: [t.sum() for t in inputs] for _, _, _, inputs in ops]
+
+
 def fit_efficiency(
-    profile: HardwareProfile, ops: list[RepresentativeOp], medians_s: Sequence[float], reference_flops_per_s: float
+    profile: HardwareProfile, ops: list[RepresentativeOp], medians_s: Sequence[float],
+    reference_flops_per_s: float | None = None, name: str = "efficiency",
 ) -> tuple[dict[str, float], dict[str, float], dict[str, str]]:
-    """(efficiency, fixed_overhead_s, metadata) from the median time of each of `ops`, fitted per class."""
+    """(efficiency, fixed_overhead_s, metadata) from the median time of each of `ops`, fitted per class;
+    metadata keys start with `name`."""
     points: dict[str, list[tuple[float, float, str, str]]] = {}
     for (op_class, description, fn, inputs), median_s in zip(ops, medians_s, strict=True):
         roofline_s, level = _roofline_s(fn, inputs, profile)
         points.setdefault(op_class, []).append((roofline_s, median_s, level, description))
     efficiency: dict[str, float] = {}
     fixed: dict[str, float] = {}
-    metadata: dict[str, str] = {"reference_flops_per_s": f"{reference_flops_per_s:.4g}"}
+    metadata: dict[str, str] = {}
+    if reference_flops_per_s is not None:
+        metadata["reference_flops_per_s"] = f"{reference_flops_per_s:.4g}"
     last_level = profile.memory_levels[-1].name
     for op_class, samples in points.items():
         factors, fixed[op_class] = fit_class(samples, last_level)
         efficiency.update({op_class if level is None else f"{op_class}@{level}": f for level, f in factors.items()})
-        metadata[f"efficiency.{op_class}"] = "; ".join(
+        metadata[f"{name}.{op_class}"] = "; ".join(
             f"{description}: roofline {r:.3g} s, measured {t:.3g} s ({level})" for r, t, level, description in samples
         )
     return efficiency, fixed, metadata
@@ -450,7 +476,8 @@ def measure_profile(
     llc = next((level.capacity_bytes for level in reversed(levels[:-1]) if level.capacity_bytes), None)
     sizes = _sizes(config, llc)
     kernels_per_size = 5
-    total = 1 + len(sizes) * kernels_per_size + len(config.matmul_sizes) * 5 + (config.rounds * (len(representative_ops('meta', 0.01)) + 1) if config.efficiency else 0)
+    efficiency_steps = config.rounds * (len(representative_ops("meta", 0.01)) + 1) + (config.sequence_cycles if device == "cpu" else 0)
+    total = 1 + len(sizes) * kernels_per_size + len(config.matmul_sizes) * 5 + (efficiency_steps if config.efficiency else 0)
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     load_before = " ".join(f"{x:.2f}" for x in load) if load else "unknown"
     cpus = os.cpu_count() or 1
@@ -514,13 +541,17 @@ def measure_profile(
                 metadata=metadata,
             )
             if config.efficiency and any(level.bandwidth_bytes_per_s for level in profile.memory_levels):
-                factors, fixed, eff_metadata = measure_efficiency(profile, device, config, bar)
+                fields, eff_metadata = measure_efficiency(profile, device, config, bar)
                 notes["efficiency"] = (
                     "fitted per op class over fp32 ops at three sizes (in metadata): "
                     "time_measured = fixed_overhead_s + time_roofline / efficiency; time_calibrated uses that line"
                 )
-                profile = dataclasses.replace(profile, efficiency=factors, fixed_overhead_s=fixed, notes=notes,
-                                              metadata={**profile.metadata, **eff_metadata})
+                if "pass_efficiency" in fields:
+                    notes["pass_efficiency"] = (
+                        f"the same line fitted to the same ops called once each per cycle over all of them "
+                        f"({config.sequence_cycles} cycles, inputs read just before each call), as layers run in a pass"
+                    )
+                profile = dataclasses.replace(profile, **fields, notes=notes, metadata={**profile.metadata, **eff_metadata})
     finally:
         bar.close()
     return profile

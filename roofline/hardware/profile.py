@@ -53,7 +53,10 @@ _MAX_OVERHEAD_S = 1.0
 _MAX_EFFICIENCY = 1.5
 
 _REQUIRED = ("name", "kind", "vendor", "source", "reference", "peak_flops_per_s", "memory_levels", "overhead_s")
-_OPTIONAL = ("format_version", "module_call_s", "efficiency", "fixed_overhead_s", "notes", "aliases", "metadata")
+_OPTIONAL = ("format_version", "module_call_s", "efficiency", "fixed_overhead_s", "pass_efficiency",
+             "pass_fixed_overhead_s", "notes", "aliases", "metadata")
+_FACTOR_FIELDS = ("efficiency", "pass_efficiency")  # op class (or CLASS@LEVEL) -> fraction of the roofline
+_FIXED_FIELDS = ("fixed_overhead_s", "pass_fixed_overhead_s")  # op class -> seconds per call
 _LEVEL_REQUIRED = ("name", "capacity_bytes", "bandwidth_bytes_per_s")
 _LEVEL_OPTIONAL = ("note",)
 
@@ -85,6 +88,12 @@ class HardwareProfile:
     holds the factor for the class's ops whose working set streams from that memory level, where
     it differs from the in-cache one (a GEMM whose weights stream from DRAM is slower per FLOP);
     other levels use the class's own factor (`efficiency_for`).
+
+    `pass_efficiency` and `pass_fixed_overhead_s` are the same line fitted to the same ops timed
+    once each in a cycle over all of them, as layers run in a full forward pass: each op finds its
+    code, weights and output buffer cold, having been evicted by the others, while an op repeated
+    alone finds them warm. A layer's predicted time alone uses the first pair; its time inside a
+    pass (and so the end-to-end latency) uses the second where the profile has it.
     """
 
     name: str
@@ -99,6 +108,8 @@ class HardwareProfile:
     module_call_s: float | None = None
     efficiency: Mapping[str, float] = field(default_factory=dict)
     fixed_overhead_s: Mapping[str, float] = field(default_factory=dict)  # op class -> seconds per call
+    pass_efficiency: Mapping[str, float] = field(default_factory=dict)  # the same, timed as in a pass
+    pass_fixed_overhead_s: Mapping[str, float] = field(default_factory=dict)
     notes: Mapping[str, str] = field(default_factory=dict)  # field path -> where the figure came from
     aliases: tuple[str, ...] = ()  # names the device reports (NVML name, CPU brand) for detection
     metadata: Mapping[str, str] = field(default_factory=dict)
@@ -106,7 +117,7 @@ class HardwareProfile:
 
     def __post_init__(self) -> None:
         # Freeze the mappings too, so a loaded profile cannot drift from its validated state.
-        for name in ("peak_flops_per_s", "efficiency", "fixed_overhead_s"):
+        for name in ("peak_flops_per_s", *_FACTOR_FIELDS, *_FIXED_FIELDS):
             object.__setattr__(self, name, types.MappingProxyType(dict(getattr(self, name))))
         for name in ("notes", "metadata"):  # plain str, so YAML/JSON writers never meet a str subclass
             text = {str(k): str(v) for k, v in getattr(self, name).items()}
@@ -164,9 +175,11 @@ class HardwareProfile:
                 return level
         return self.dram
 
-    def efficiency_for(self, op_class: str, level: str) -> float | None:
-        """The calibrated factor for `op_class` streaming from `level`: CLASS@LEVEL, else CLASS, else None."""
-        return self.efficiency.get(f"{op_class}@{level}", self.efficiency.get(op_class))
+    def efficiency_for(self, op_class: str, level: str, in_pass: bool = False) -> float | None:
+        """The calibrated factor for `op_class` streaming from `level`: CLASS@LEVEL, else CLASS, else None.
+        `in_pass` reads the factors timed as in a full pass (pass_efficiency)."""
+        factors = self.pass_efficiency if in_pass else self.efficiency
+        return factors.get(f"{op_class}@{level}", factors.get(op_class))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data in file order, ready for YAML or JSON (path left out: it is where, not what)."""
@@ -192,6 +205,8 @@ class HardwareProfile:
             "module_call_s": self.module_call_s,
             "efficiency": dict(self.efficiency),
             "fixed_overhead_s": dict(self.fixed_overhead_s),
+            "pass_efficiency": dict(self.pass_efficiency),
+            "pass_fixed_overhead_s": dict(self.pass_fixed_overhead_s),
             "notes": dict(self.notes),
             "metadata": dict(self.metadata),
         }
@@ -214,6 +229,8 @@ class HardwareProfile:
             lines.append(f"  module call: {format_time(self.module_call_s)}")
         if self.efficiency:
             lines.append("  efficiency: " + ", ".join(f"{k} {v:.2f}" for k, v in self.efficiency.items()))
+        if self.pass_efficiency:
+            lines.append("  in a pass: " + ", ".join(f"{k} {v:.2f}" for k, v in self.pass_efficiency.items()))
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -273,17 +290,19 @@ def _check_values(profile: HardwareProfile) -> None:
     _number(where, "overhead_s", profile.overhead_s, "seconds", 1e-9, _MAX_OVERHEAD_S)
     _number(where, "module_call_s", profile.module_call_s, "seconds", 1e-9, _MAX_OVERHEAD_S, allow_none=True)
     level_names = [level.name for level in profile.memory_levels]
-    for key, value in profile.efficiency.items():
-        op_class, _, level = key.partition("@")
-        if op_class not in EFFICIENCY_CLASSES:
-            raise _fail(where, f"efficiency.{key}", f"unknown op class{close_matches(op_class, EFFICIENCY_CLASSES)}; accepted: {', '.join(EFFICIENCY_CLASSES)}")
-        if "@" in key and level not in level_names:
-            raise _fail(where, f"efficiency.{key}", f"unknown memory level{close_matches(level, level_names)}; this profile's levels: {', '.join(level_names)}")
-        _number(where, f"efficiency.{key}", value, "fraction of the roofline", 1e-6, _MAX_EFFICIENCY)
-    for key, value in profile.fixed_overhead_s.items():
-        if key not in EFFICIENCY_CLASSES:
-            raise _fail(where, f"fixed_overhead_s.{key}", f"unknown op class{close_matches(key, EFFICIENCY_CLASSES)}; accepted: {', '.join(EFFICIENCY_CLASSES)}")
-        _number(where, f"fixed_overhead_s.{key}", value, "seconds", 1e-9, _MAX_OVERHEAD_S)
+    for name in _FACTOR_FIELDS:
+        for key, value in getattr(profile, name).items():
+            op_class, _, level = key.partition("@")
+            if op_class not in EFFICIENCY_CLASSES:
+                raise _fail(where, f"{name}.{key}", f"unknown op class{close_matches(op_class, EFFICIENCY_CLASSES)}; accepted: {', '.join(EFFICIENCY_CLASSES)}")
+            if "@" in key and level not in level_names:
+                raise _fail(where, f"{name}.{key}", f"unknown memory level{close_matches(level, level_names)}; this profile's levels: {', '.join(level_names)}")
+            _number(where, f"{name}.{key}", value, "fraction of the roofline", 1e-6, _MAX_EFFICIENCY)
+    for name in _FIXED_FIELDS:
+        for key, value in getattr(profile, name).items():
+            if key not in EFFICIENCY_CLASSES:
+                raise _fail(where, f"{name}.{key}", f"unknown op class{close_matches(key, EFFICIENCY_CLASSES)}; accepted: {', '.join(EFFICIENCY_CLASSES)}")
+            _number(where, f"{name}.{key}", value, "seconds", 1e-9, _MAX_OVERHEAD_S)
 
 
 def profile_from_dict(data: object, where: str, path: str | None = None) -> HardwareProfile:
@@ -303,7 +322,7 @@ def profile_from_dict(data: object, where: str, path: str | None = None) -> Hard
     for key in ("name", "kind", "vendor", "source", "reference"):
         if not isinstance(data[key], str) or not data[key].strip():
             raise _fail(where, key, f"must be a non-empty string, got {data[key]!r}")
-    for key in ("peak_flops_per_s", "efficiency", "fixed_overhead_s", "notes", "metadata"):
+    for key in ("peak_flops_per_s", *_FACTOR_FIELDS, *_FIXED_FIELDS, "notes", "metadata"):
         if not isinstance(data.get(key, {}), dict):
             raise _fail(where, key, f"must be a mapping, got {type(data[key]).__name__}")
     aliases = data.get("aliases", [])
@@ -341,6 +360,8 @@ def profile_from_dict(data: object, where: str, path: str | None = None) -> Hard
         module_call_s=data.get("module_call_s"),
         efficiency=data.get("efficiency", {}),
         fixed_overhead_s=data.get("fixed_overhead_s", {}),
+        pass_efficiency=data.get("pass_efficiency", {}),
+        pass_fixed_overhead_s=data.get("pass_fixed_overhead_s", {}),
         notes=notes,
         aliases=tuple(aliases),
         metadata={str(k): str(v) for k, v in data.get("metadata", {}).items()},

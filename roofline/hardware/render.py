@@ -90,9 +90,14 @@ def render_profile(profile: HardwareProfile, fmt: str) -> str:
     if profile.module_call_s:
         lines.append(f"  module call: {format_time(profile.module_call_s)}   [{profile.notes.get('module_call_s', '')}]")
     if profile.efficiency:
-        lines.append("  efficiency (achieved / roofline, time_calibrated = time_roofline / factor):")
-        for op_class, factor in profile.efficiency.items():
-            lines.append(f"    {op_class:18s} {factor:.3f}")
+        lines.append("  efficiency (time_calibrated = fixed + time_roofline / factor; alone, and in a pass):")
+        for key, factor in profile.efficiency.items():
+            op_class = key.partition("@")[0]
+            row = f"    {key:18s} {factor:6.3f}  fixed {format_time(profile.fixed_overhead_s.get(op_class, profile.overhead_s)):>9s}"
+            if key in profile.pass_efficiency:
+                fixed = profile.pass_fixed_overhead_s.get(op_class, profile.overhead_s)
+                row += f"   in a pass {profile.pass_efficiency[key]:6.3f}  fixed {format_time(fixed):>9s}"
+            lines.append(row)
     other = {k: v for k, v in profile.notes.items() if not k.startswith("peak_flops_per_s.") and k != "overhead_s"}
     for key, text in other.items():
         lines.append(f"  note {key}: {text}")
