@@ -21,7 +21,9 @@ End to end, the calibrated prediction is a full pass: each layer with its ops' l
 per cycle over all the profile's ops (profile.pass_efficiency), since in a pass a layer's code,
 weights and output buffer are cold. Per layer it is the layer alone, as measured: `layers_ms` is
 the sum of the layers timed alone and `calibrated_vs_layers` the prediction of that sum against it
-(benchmarks/pass_effects.py measures the pass against its layers).
+(benchmarks/pass_effects.py measures the pass against its layers). `in_pass_ms` is the sum of the
+layers timed inside the real pass (hooks around each module), and the `in pass` rows of the per-layer
+table compare those times with each layer's in-pass prediction.
 
 --hw auto uses the measured profile of this machine saved by `roofline hw measure --save`, or
 measures one first (about 30 s with --quick-profile). Targets (calibrated, this CPU): end-to-end error
@@ -128,7 +130,7 @@ def _measure_in_window(spec: str, profile: HardwareProfile, batch: int, rounds: 
         pass_medians = [float(np.median([t for slot in in_pass for t in slot[i]])) for i in range(len(ops))]
         pass_efficiency, pass_fixed, _ = fit_efficiency(profile, ops, pass_medians, name="pass_efficiency")
         window = dataclasses.replace(window, pass_efficiency=pass_efficiency, pass_fixed_overhead_s=pass_fixed)
-    layers = pd.concat([run.layers for run in runs]).groupby("name", sort=False)[["measured_s", "iqr_s"]].median()
+    layers = pd.concat([run.layers for run in runs]).groupby("name", sort=False)[["measured_s", "iqr_s", "in_pass_s"]].median()
     e2e = float(np.median([run.end_to_end["latency_s"].iloc[0] for run in runs]))
     reference = float(np.median([run.metadata["reference_flops_per_s"] for run in runs]))
     return layers, e2e, {**runs[0].metadata, "reference_flops_per_s": reference}, window
@@ -145,8 +147,8 @@ def evaluate(spec: str, profile: HardwareProfile, rounds: int, min_run_time_s: f
     layers = plain.layers[["name", "type", "flops", "bytes", "arithmetic_intensity", "bound", "memory_level",
                            "predicted_s"]].rename(columns={"predicted_s": "plain_s", "bound": "plain_bound"})
     for mode, prediction in (("calibrated", calibrated), ("window", window)):
-        layers = layers.join(prediction.layers.set_index("name")[["predicted_s"]].rename(columns={"predicted_s": f"{mode}_s"}),
-                             on="name")
+        columns = {"predicted_s": f"{mode}_s", "in_pass_s": f"{mode}_in_pass_s"}
+        layers = layers.join(prediction.layers.set_index("name")[list(columns)].rename(columns=columns), on="name")
     layers = layers.join(measured, on="name").dropna(subset=["measured_s"])
     layers.insert(0, "model", spec)
     speed = speed_ratio(profile.metadata, metadata) or float("nan")
@@ -164,6 +166,7 @@ def evaluate(spec: str, profile: HardwareProfile, rounds: int, min_run_time_s: f
         "layers": len(layers),
         "measured_ms": 1e3 * e2e,
         "layers_ms": 1e3 * float(layers["measured_s"].sum()),
+        "in_pass_ms": 1e3 * float(layers["in_pass_s"].sum()),
         "plain_ms": 1e3 * plain.totals["predicted_latency_s"],
         "calibrated_ms": 1e3 * calibrated.totals["predicted_latency_s"],
         "window_ms": 1e3 * window.totals["predicted_latency_s"],
@@ -218,6 +221,11 @@ def main() -> None:
         error = (joined[f"{mode}_s"] / joined["measured_s"] - 1).abs().to_numpy()
         print(f"{mode + ' |per-layer error|':28} {np.median(error):8.1%} {np.percentile(error, 90):8.1%} "
               f"{_weighted_median(error, weights):22.1%}")
+    inside = joined.dropna(subset=["in_pass_s"])  # each layer timed inside the pass against its in-pass prediction
+    for mode in ("calibrated", "window"):
+        error = (inside[f"{mode}_in_pass_s"] / inside["in_pass_s"] - 1).abs().to_numpy()
+        print(f"{mode + ' in pass':28} {np.median(error):8.1%} {np.percentile(error, 90):8.1%} "
+              f"{_weighted_median(error, inside['in_pass_s'].to_numpy()):22.1%}")
     within = (summary["calibrated_error"].abs() <= 0.10).sum()
     in_window = (summary["window_error"].abs() <= 0.10).sum()
     near_layers = (summary["calibrated_vs_layers"].abs() <= 0.10).sum()

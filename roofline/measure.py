@@ -20,6 +20,12 @@ How a model is measured:
    CPU), in `rounds` interleaved passes over all rows and batch sizes (`timing.time_interleaved`). A leaf that runs no op (Identity, eval-mode Dropout) is timed too: its time is the cost of
    calling a module, which the model pays as well.
 4. The whole forward pass is timed at several batch sizes for latency and throughput.
+5. On a CPU, every row is also timed inside the real pass (`in_pass_s`, `_PassTimer`): from its
+   module's forward pre-hook to its forward hook, less the time of the modules it calls, over the
+   passes of a hooked forward interleaved with the batch sizes. Alone, a layer repeats with its
+   code, weights and output buffer warm in cache; in the pass the layers before it have evicted
+   them, so the two differ, and the in-pass times add up to the pass. Not on a GPU, where a host
+   clock around a module times the kernel launches, not the kernels.
 
 All timing runs inside `timing.retained_heap`: freed buffers of up to 32 MiB stay in the process,
 so neither the layers nor the whole pass pay page faults that depend on what the process ran before
@@ -41,6 +47,7 @@ import platform
 import re
 import statistics
 import sys
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -64,12 +71,12 @@ from roofline.timing import (
     retained_heap,
     time_interleaved,
 )
-from roofline.trace import LayerCall, ModuleCallTracker
+from roofline.trace import ROOT_NAME, LayerCall, ModuleCallTracker
 
 __all__ = ["ModelMeasurement", "NotMeasurable", "measure", "render"]
 
 JSON_FORMAT_VERSION = 1
-LAYER_COLUMNS = ["name", "type", "measured_s", "iqr_s", "repeats", "noisy", "timed_as", "ran_as"]
+LAYER_COLUMNS = ["name", "type", "measured_s", "iqr_s", "repeats", "noisy", "in_pass_s", "timed_as", "ran_as"]
 END_TO_END_COLUMNS = ["batch", "latency_s", "iqr_s", "repeats", "noisy", "throughput_samples_per_s"]
 
 # Module types torch's dynamic quantisation turns into int8 kernels (its default qconfig_spec).
@@ -130,6 +137,9 @@ class ModelMeasurement:
              f"threads {meta.get('num_threads', '?')}, torch {meta.get('torch_version', '?')}, {meta.get('date', '')}"),
             f"  sum of {len(self.layers)} layers {format_time(self.sum_of_layers_s)} at batch {meta.get('batch', '?')}",
         ]
+        if self.layers["in_pass_s"].notna().any():
+            hooked = f" (the hooked pass took {format_time(meta['hooked_pass_s'])})" if "hooked_pass_s" in meta else ""
+            lines.append(f"  the same layers inside the pass: {format_time(float(self.layers['in_pass_s'].sum()))}{hooked}")
         for row in json_records(self.end_to_end):
             flag = "  (! noisy)" if row["noisy"] else ""
             lines.append(
@@ -416,6 +426,70 @@ def _layer_callable(row: _Row, modules: dict[str, nn.Module]) -> Callable[[], ob
     return replay
 
 
+class _PassTimer:
+    """Times every row inside real forward passes: a call's own time is from its module's pre-hook
+    to its forward hook, less the time of the module calls inside it (a non-leaf row owns only its
+    own ops and Python). Calling it runs one hooked forward pass.
+
+    Global hooks cost a few microseconds per module call, outside the callee's clock reads, so that
+    cost would land in the caller's own time (a block of eight layers would gain 60 us): `leak_s`,
+    what one call leaks to its caller, is measured on a probe (a Sequential of Identity modules)
+    unless given, and taken off the caller once per child call."""
+
+    def __init__(self, model: nn.Module, forward: Callable[[], object],
+                 clock: Callable[[], float] = time.perf_counter, leak_s: float | None = None) -> None:
+        self.paths = ModuleCallTracker(model).paths  # named as the trace names them
+        self.forward = forward
+        self.clock = clock
+        self.leak_s = _hook_leak_s() if leak_s is None else leak_s
+        self.times: dict[str, list[float]] = {}
+        self._open: list[list[Any]] = []  # per running call: [name, start, time of its child calls, child calls]
+        self._calls: dict[int, int] = {}
+
+    def __call__(self) -> None:
+        self._open, self._calls = [], {}
+        pre = nn.modules.module.register_module_forward_pre_hook(self._enter)
+        post = nn.modules.module.register_module_forward_hook(self._exit)
+        try:
+            self.forward()
+        finally:
+            pre.remove()
+            post.remove()
+
+    def _enter(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        key = id(module)
+        if key in self.paths:
+            index = self._calls[key] = self._calls.get(key, -1) + 1
+            base = self.paths[key] or ROOT_NAME
+            self._open.append([base if index == 0 else f"{base}#{index}", self.clock(), 0.0, 0])
+
+    def _exit(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        end = self.clock()
+        if id(module) not in self.paths or not self._open:
+            return
+        name, start, children, child_calls = self._open.pop()
+        if self._open:
+            self._open[-1][2] += end - start
+            self._open[-1][3] += 1
+        own = end - start - children - self.leak_s * child_calls
+        self.times.setdefault(name, []).append(max(own, 0.0))
+
+    def medians(self, skip: int) -> dict[str, float]:
+        """Per call name, the median own time over the passes after the first `skip` (warm-up)."""
+        return {name: statistics.median(times[skip:] or times) for name, times in self.times.items()}
+
+
+def _hook_leak_s(calls: int = 64, passes: int = 25) -> float:
+    """Seconds each hooked module call adds to its caller's own time: a Sequential of `calls` Identity
+    modules owns only its loop, so its own time per child is that leak (plus the loop's step)."""
+    probe = nn.Sequential(*[nn.Identity() for _ in range(calls)])
+    x = torch.zeros(1)
+    timer = _PassTimer(probe, lambda: probe(x), leak_s=0.0)
+    for _ in range(passes):
+        timer()
+    return timer.medians(skip=5)[ROOT_NAME] / calls
+
+
 # ---- end to end ------------------------------------------------------------------------------------
 
 def batch_of(inputs: list[Any] | dict[str, Any]) -> int:
@@ -533,7 +607,10 @@ def _measure(loaded: LoadedModel, settings: _Settings, batch_sizes: Sequence[int
     layer_items = [(row.call.name, f"timing layer '{row.call.name}'", _layer_callable(row, modules)) for row in rows]
     batch_items = [(f"batch {size}", f"the end-to-end forward pass at batch {size} (choose others with batch_sizes)",
                     _forward(module, _at_batch(loaded.inputs, base, size))) for size in sizes]
-    bar = tqdm(total=(len(rows) + len(sizes) + 2) * settings.rounds, desc=f"measure {loaded.name}", unit="step",
+    pass_timer = _PassTimer(module, _forward(module, loaded.inputs)) if device == "cpu" else None
+    if pass_timer is not None:
+        batch_items.append(("(layers in the pass)", "the forward pass timed layer by layer", pass_timer))
+    bar = tqdm(total=(len(rows) + len(batch_items) + 2) * settings.rounds, desc=f"measure {loaded.name}", unit="step",
                file=sys.stderr, disable=not progress, leave=False)
     try:
         *layer_times, layer_reference = _time_items([*layer_items, reference_item], settings, bar)
@@ -542,6 +619,11 @@ def _measure(loaded: LoadedModel, settings: _Settings, batch_sizes: Sequence[int
         *batch_times, batch_reference = _time_items([*batch_items, reference_item], settings, bar)
     finally:
         bar.close()
+    batch_times, hooked = batch_times[:len(sizes)], batch_times[len(sizes):]
+    # The untimed failure check and the first round's warm-up calls ran the hooked pass too.
+    in_pass = pass_timer.medians(skip=1 + settings.timer["warmup"]) if pass_timer is not None else {}
+    for row in layer_rows:
+        row["in_pass_s"] = in_pass.get(row["name"], float("nan"))
     e2e_rows = [_end_to_end_row(size, m) for size, m in zip(sizes, batch_times, strict=True)]
     reference_flops_per_s = reference_flops / statistics.median(layer_reference.raw_times_s + batch_reference.raw_times_s)
 
@@ -550,7 +632,9 @@ def _measure(loaded: LoadedModel, settings: _Settings, batch_sizes: Sequence[int
         model=loaded.name, device=device, precision=precision, layers=layers,
         end_to_end=pd.DataFrame(e2e_rows, columns=END_TO_END_COLUMNS),
         metadata={**_metadata(loaded, settings, base, sorted(int8_paths)),
-                  "reference_flops_per_s": reference_flops_per_s},
+                  "reference_flops_per_s": reference_flops_per_s,
+                  # The hooked pass behind in_pass_s, whole: what the hooks add against the plain pass.
+                  **({"hooked_pass_s": hooked[0].median_s} if hooked else {})},
     )
     if result.noisy_layers:
         shown = ", ".join(result.noisy_layers[:5]) + (", ..." if len(result.noisy_layers) > 5 else "")
@@ -689,7 +773,7 @@ def _metadata(loaded: LoadedModel, settings: _Settings, batch: int, int8_layers:
 # ---- output ----------------------------------------------------------------------------------------
 
 _FORMATTERS: dict[str, object] = {
-    "measured_s": format_time, "iqr_s": format_time, "latency_s": format_time,
+    "measured_s": format_time, "iqr_s": format_time, "in_pass_s": format_time, "latency_s": format_time,
     "noisy": lambda v: "!" if v else "", "throughput_samples_per_s": lambda v: f"{v:.4g}",
 }
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import pandas as pd
 
 import roofline
@@ -40,10 +41,10 @@ __all__ = ["REPORT_FORMAT_VERSION", "MeasurementLike", "ReportData", "joined_lay
 # Version of report.json; bump on an incompatible change to its fields (pyperf's _JSON_VERSION habit).
 REPORT_FORMAT_VERSION = 1
 
-_PREDICTED_COLUMNS = ["compute_s", "memory_s", "overhead_s", "predicted_s", "bound", "memory_level", "ridge_point",
-                      "attainable_flops_per_s", "predicted_flops_per_s", "share"]
+_PREDICTED_COLUMNS = ["compute_s", "memory_s", "overhead_s", "predicted_s", "in_pass_s", "bound", "memory_level",
+                      "ridge_point", "attainable_flops_per_s", "predicted_flops_per_s", "share"]
 _MEASURED_COLUMNS = {"measured_s": "measured_s", "iqr_s": "measured_iqr_s", "repeats": "repeats", "noisy": "noisy",
-                     "timed_as": "timed_as", "ran_as": "ran_as"}
+                     "in_pass_s": "measured_in_pass_s", "timed_as": "timed_as", "ran_as": "ran_as"}
 _CHART_TITLES = {
     "roofline": "Roofline",
     "predicted_vs_measured": "Predicted against measured",
@@ -94,8 +95,8 @@ def joined_layers(prediction: Prediction, measured: pd.DataFrame | None = None) 
     """Analysis, prediction and measurement side by side, one row per layer, joined on `name`."""
     analysis_layers = prediction.analysis.layers
     extra = [c for c in ("bytes", "ops", "path", "call_index") if c in analysis_layers]
-    table = analysis_layers[LAYER_COLUMNS + extra].merge(
-        prediction.layers[["name", *_PREDICTED_COLUMNS]], on="name", how="left", validate="one_to_one")
+    predicted = prediction.layers[["name", *_PREDICTED_COLUMNS]].rename(columns={"in_pass_s": "predicted_in_pass_s"})
+    table = analysis_layers[LAYER_COLUMNS + extra].merge(predicted, on="name", how="left", validate="one_to_one")
     if measured is not None and len(measured):
         timed = measured[[c for c in ("name", *_MEASURED_COLUMNS) if c in measured]].rename(columns=_MEASURED_COLUMNS)
         table = table.merge(timed, on="name", how="left", validate="one_to_one")
@@ -103,6 +104,7 @@ def joined_layers(prediction: Prediction, measured: pd.DataFrame | None = None) 
         if column not in table:
             table[column] = float("nan") if column.endswith("_s") else pd.NA
     table["measured_s"] = table["measured_s"].astype(float)
+    table["measured_in_pass_s"] = table["measured_in_pass_s"].astype(float)
     table["measured_flops_per_s"] = table["flops"] / table["measured_s"].where(table["measured_s"] > 0)
     table["measured_over_predicted"] = table["measured_s"] / table["predicted_s"].where(table["predicted_s"] > 0)
     return table
@@ -366,6 +368,7 @@ def _measured_totals(data: ReportData) -> dict[str, Any] | None:
         "latency_iqr_s": float(row["iqr_s"]) if row is not None and "iqr_s" in row else None,
         "throughput_samples_per_s": float(row["throughput_samples_per_s"]) if row is not None else None,
         "sum_of_layers_s": float(data.layers["measured_s"].sum()),
+        "sum_in_pass_s": float(data.layers["measured_in_pass_s"].sum(min_count=1)),  # NaN where not timed
     }
 
 
@@ -415,6 +418,23 @@ def summary_lines(data: ReportData, top: int = 3) -> list[str]:
             lines.append("Most time lost against the prediction: " + "; ".join(
                 f"{name} ({format_time(seconds)} measured, {ratio:.3g}x predicted)" for name, seconds, ratio
                 in zip(worst["name"], worst["measured_s"], worst["measured_over_predicted"])) + ".")
+        lines.extend(_in_pass_lines(layers, measured, top))
+    return lines
+
+
+def _in_pass_lines(layers: pd.DataFrame, measured: dict[str, Any], top: int) -> list[str]:
+    """Which layers lose the most time inside the full pass against alone (both measured)."""
+    if math.isnan(measured["sum_in_pass_s"]):  # not timed in the pass (a GPU, an older measurement)
+        return []
+    gain = (layers["measured_in_pass_s"] - layers["measured_s"]).dropna().sort_values(ascending=False, kind="stable")
+    lines = [f"Inside the full pass the layers took {format_time(measured['sum_in_pass_s'])} against "
+             f"{format_time(measured['sum_of_layers_s'])} timed alone"]
+    slower = layers.loc[gain.index[:top][gain.iloc[:top] > 0]]
+    if len(slower):
+        lines[0] += "; most slower in the pass: " + "; ".join(
+            f"{name} ({format_time(inside)} against {format_time(alone)})"
+            for name, inside, alone in zip(slower["name"], slower["measured_in_pass_s"], slower["measured_s"]))
+    lines[0] += "."
     return lines
 
 
@@ -466,7 +486,16 @@ def _display_table(layers: pd.DataFrame) -> pd.DataFrame:
         "share": each("share", lambda v: f"{v:.1%}"),
         "measured": each("measured_s", format_time),
         "meas/pred": each("measured_over_predicted", lambda v: f"{v:.3g}x"),
+        # Inside a full pass, where a layer's code and data are colder than when repeated alone.
+        **({"predicted in pass": each("predicted_in_pass_s", format_time),
+            "measured in pass": each("measured_in_pass_s", format_time)} if _has_in_pass(layers) else {}),
     })
+
+
+def _has_in_pass(layers: pd.DataFrame) -> bool:
+    """Whether the in-pass columns say anything the others do not (measured, or predicted apart)."""
+    return bool(layers["measured_in_pass_s"].notna().any()
+                or not np.allclose(layers["predicted_in_pass_s"], layers["predicted_s"]))
 
 
 def _type_display(types: pd.DataFrame) -> pd.DataFrame:

@@ -58,6 +58,65 @@ def test_one_positive_median_per_layer_with_spread(mobile):
     blocks = layers[layers["name"].isin(["blocks.0", "blocks.1"])]
     assert list(blocks["timed_as"]) == ["own ops", "own ops"] and (blocks["replayed_ops"] >= 1).all()
     assert set(layers.loc[~layers["name"].isin(["blocks.0", "blocks.1"]), "timed_as"]) == {"module"}
+    # Inside the pass too: every row timed, and their own times partition the hooked pass.
+    assert (layers["in_pass_s"] > 0).all()
+    assert layers["in_pass_s"].sum() <= 1.5 * mobile.metadata["hooked_pass_s"]
+
+
+class _Clock:
+    """A perf_counter that moves only when a module says it worked."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _Work(nn.Module):
+    def __init__(self, clock: _Clock, seconds: float) -> None:
+        super().__init__()
+        self.clock, self.seconds = clock, seconds
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.clock.now += self.seconds
+        return x
+
+
+class _Block(nn.Module):
+    """1 s of its own work around two children of 2 s and 3 s, the second called twice."""
+
+    def __init__(self, clock: _Clock) -> None:
+        super().__init__()
+        self.clock, self.a, self.b = clock, _Work(clock, 2.0), _Work(clock, 3.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.clock.now += 1.0
+        return self.b(self.b(self.a(x)))
+
+
+def test_in_pass_time_is_each_call_less_its_children():
+    clock = _Clock()
+    model = _Block(clock)
+    timer = measure_module._PassTimer(model, lambda: model(torch.zeros(1)), clock=clock, leak_s=0.0)
+    for _ in range(3):
+        timer()
+    assert timer.medians(skip=1) == {"(model)": 1.0, "a": 2.0, "b": 3.0, "b#1": 3.0}
+    assert clock.now == 3 * 9.0  # the clock moved only by the work, so nothing else was counted
+    # What the hooks leak per call to the caller comes off the caller once per child call.
+    leaky = measure_module._PassTimer(model, lambda: model(torch.zeros(1)), clock=clock, leak_s=0.25)
+    leaky()
+    assert leaky.medians(skip=0)["(model)"] == 1.0 - 3 * 0.25
+
+
+def test_hook_leak_is_measured_small_and_positive():
+    leak = measure_module._hook_leak_s()
+    identity = nn.Identity()
+    x = torch.zeros(1)
+    from roofline.timing import time_callable
+
+    call = time_callable(lambda: identity(x), min_run_time_s=0.02).median_s
+    assert 0 < leak < 20 * call  # microseconds, of the order of a module call (never absolute times)
 
 
 def test_end_to_end_latency_and_throughput(mobile):
@@ -185,8 +244,8 @@ def test_timer_gets_the_device(monkeypatch):
 
     monkeypatch.setattr(timing, "time_callable", recording)
     result = _measure_quietly(Twice().eval(), [torch.randn(2, 16)], batch_sizes=[2], rounds=2, **FAST)
-    # in each round: every layer and the reference matmul, then the batch and the reference again
-    assert seen == ["cpu"] * 2 * (len(result.layers) + 3)
+    # in each round: every layer and the reference matmul, then the batch, the hooked pass and the reference
+    assert seen == ["cpu"] * 2 * (len(result.layers) + 4)
 
 
 def test_rounds_interleave_every_layer_and_merge_their_blocks():

@@ -95,6 +95,24 @@ def test_measured_report_joins_on_name_and_adds_the_comparison_chart(prediction:
     totals = json.loads((out / "report.json").read_text())["totals"]["measurement"]
     assert totals["latency_s"] == 2e-3 and totals["batch"] == 1
     assert totals["sum_of_layers_s"] == pytest.approx(expected.sum())
+    assert "measured in pass" not in (out / "report.md").read_text()  # not timed inside the pass: no column
+
+
+def test_layers_timed_inside_the_pass_are_shown_and_the_most_slowed_named(prediction: Prediction, tmp_path: Path) -> None:
+    measurement = _measurement(prediction)
+    alone = measurement.layers["measured_s"]
+    slowed = alone.idxmin()  # the fastest layer alone takes 100x longer inside the pass
+    inside = alone.where(alone.index != slowed, 100 * alone)
+    timed = dataclasses.replace(measurement, layers=measurement.layers.assign(in_pass_s=inside))
+    out = report_module.write_report(prediction, tmp_path / "in-pass", measurement=timed)
+    csv = pd.read_csv(out / "layers.csv").set_index("name")
+    pd.testing.assert_series_equal(csv["measured_in_pass_s"], inside.set_axis(timed.layers["name"]), check_names=False)
+    assert "measured in pass" in (out / "report.md").read_text()
+    data = report_module.ReportData(prediction, report_module.joined_layers(prediction, timed.layers),
+                                    pd.DataFrame(), timed)
+    line = next(line for line in report_module.summary_lines(data) if line.startswith("Inside the full pass"))
+    name = timed.layers.loc[slowed, "name"]
+    assert f"most slower in the pass: {name} ({format_time(inside[slowed])} against {format_time(alone[slowed])})" in line
 
 
 def _written_notes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
