@@ -55,7 +55,6 @@ from roofline.hardware.microbench import (
     RepresentativeOp,
     efficiency_callables,
     fit_efficiency,
-    input_readers,
     representative_ops,
 )
 from roofline.measure import speed_ratio
@@ -118,7 +117,7 @@ def _measure_in_window(spec: str, profile: HardwareProfile, batch: int, rounds: 
         for index in range(rounds + 1):
             op_passes.append([m.median_s for m in time_interleaved(fns, 1, min_run_time_s=config.min_run_time_s)])
             if profile.pass_efficiency:
-                in_pass.append([m.raw_times_s for m in time_in_sequence(fns[:-1], cycles, before=input_readers(ops))])
+                in_pass.append([m.raw_times_s for m in time_in_sequence(fns[:-1], cycles)])
             if index < rounds:
                 runs.append(roofline.measure(spec, device="cpu", progress=False, rounds=1, batch_sizes=[batch],
                                              min_run_time_s=min_run_time_s / rounds))

@@ -208,7 +208,6 @@ def time_interleaved(
 def time_in_sequence(
     fns: Sequence[Callable[[], object]],
     cycles: int,
-    before: Sequence[Callable[[], object]] | None = None,
     labels: Sequence[str] | None = None,
     device: str = "cpu",
     step: Callable[[int], None] | None = None,
@@ -216,10 +215,9 @@ def time_in_sequence(
     """Call each callable once per cycle, in order, and time every call on its own.
 
     This is how layers run in a forward pass: between two calls of one op, all the others run and
-    evict its code, weights and output buffer from cache, so it pays what a repeated op does not
-    (time_callable repeats one op and finds them warm). `before[i]()` runs untimed just before each
-    call of `fns[i]` (reading its inputs, as the layer before would have written them). One
-    untimed cycle warms up first; `step(cycle)` is called after each timed cycle, for progress.
+    evict its code, inputs, weights and output buffer from cache, so it pays what a repeated op
+    does not (time_callable repeats one op and finds them warm). One untimed cycle warms up first;
+    `step(cycle)` is called after each timed cycle, for progress.
     """
     if cycles < 1:
         raise RooflineError(f"cycles must be at least 1, got {cycles}")
@@ -227,8 +225,6 @@ def time_in_sequence(
     times: list[list[float]] = [[] for _ in fns]
     for cycle in range(-1, cycles):
         for index, fn in enumerate(fns):
-            if before is not None:
-                before[index]()
             _synchronize(device)
             elapsed = _time_block(fn, 1, device)
             if cycle >= 0:

@@ -32,14 +32,12 @@ def test_measurement_statistics() -> None:
     assert not steady.noisy and steady.warning is None
 
 
-def test_time_in_sequence_calls_each_once_per_cycle_after_its_reader() -> None:
+def test_time_in_sequence_calls_each_once_per_cycle() -> None:
     calls: list[str] = []
     cycles: list[int] = []
-    timed = timing.time_in_sequence(
-        [lambda: calls.append("a"), lambda: calls.append("b")], cycles=3,
-        before=[lambda: calls.append("read a"), lambda: calls.append("read b")], labels=["a", "b"], step=cycles.append,
-    )
-    assert calls == ["read a", "a", "read b", "b"] * 4  # one untimed warm-up cycle, then three timed
+    timed = timing.time_in_sequence([lambda: calls.append("a"), lambda: calls.append("b")], cycles=3,
+                                    labels=["a", "b"], step=cycles.append)
+    assert calls == ["a", "b"] * 4  # one untimed warm-up cycle, then three timed
     assert cycles == [0, 1, 2]
     assert [m.label for m in timed] == ["a", "b"] and all(m.number == 1 and m.repeats == 3 for m in timed)
     with pytest.raises(RooflineError, match="cycles must be at least 1"):

@@ -389,7 +389,7 @@ def measure_efficiency(
                                                  reference_flops / timed[-1].median_s)
     fields = {"efficiency": efficiency, "fixed_overhead_s": fixed}
     if device == "cpu" and config.sequence_cycles:
-        in_pass = time_in_sequence(fns[:-1], config.sequence_cycles, before=input_readers(ops), labels=labels[:-1],
+        in_pass = time_in_sequence(fns[:-1], config.sequence_cycles, labels=labels[:-1],
                                    device=device, step=lambda cycle: progress.step(f"in sequence, cycle {cycle + 1}"))
         pass_efficiency, pass_fixed, pass_metadata = fit_efficiency(
             profile, ops, [m.median_s for m in in_pass], name="pass_efficiency")
@@ -404,12 +404,6 @@ def efficiency_callables(ops: list[RepresentativeOp], device: str) -> tuple[list
     reference, reference_flops = reference_matmul(device)
     fns = [lambda fn=fn, inputs=inputs: fn(*inputs) for _, _, fn, inputs in ops]
     return [*fns, reference], [op[0] for op in ops] + ["reference"], reference_flops
-
-
-def input_readers(ops: list[RepresentativeOp]) -> list[Callable[[], object]]:
-    """Per op, a call that reads its inputs: run just before it in a cycle, it leaves them in cache
-    as a pass does, where the layer before has just written them."""
-    return [lambda inputs=inputs: [t.sum() for t in inputs] for _, _, _, inputs in ops]
 
 
 def fit_efficiency(
@@ -549,7 +543,7 @@ def measure_profile(
                 if "pass_efficiency" in fields:
                     notes["pass_efficiency"] = (
                         f"the same line fitted to the same ops called once each per cycle over all of them "
-                        f"({config.sequence_cycles} cycles, inputs read just before each call), as layers run in a pass"
+                        f"({config.sequence_cycles} cycles), as layers run in a pass"
                     )
                 profile = dataclasses.replace(profile, **fields, notes=notes, metadata={**profile.metadata, **eff_metadata})
     finally:
