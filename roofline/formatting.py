@@ -85,8 +85,10 @@ def _default_cell(value: object) -> str:
 
 
 def json_value(value: Any) -> Any:
-    """numpy and pandas scalars -> plain Python values, so json.dumps accepts them."""
-    return value.item() if hasattr(value, "item") else value
+    """numpy and pandas scalars -> plain Python values, so json.dumps accepts them; NaN (not
+    measured) -> null, since strict JSON has no NaN."""
+    value = value.item() if hasattr(value, "item") else value
+    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 def json_records(df: pd.DataFrame) -> list[dict[str, Any]]:

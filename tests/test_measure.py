@@ -3,6 +3,7 @@
 Time budgets are tiny (FAST) so the file runs in well under a minute; the checks are about structure
 (one positive median per layer, the names join, throughput = batch / latency), not speed.
 """
+import dataclasses
 import json
 import sys
 import warnings
@@ -117,6 +118,12 @@ def test_hook_leak_is_measured_small_and_positive():
 
     call = time_callable(lambda: identity(x), min_run_time_s=0.02).median_s
     assert 0 < leak < 20 * call  # microseconds, of the order of a module call (never absolute times)
+
+
+def test_a_layer_not_timed_in_the_pass_is_null_in_json(mobile):
+    untimed = dataclasses.replace(mobile, layers=mobile.layers.assign(in_pass_s=float("nan")))  # as on a GPU
+    rows = json.loads(json.dumps(untimed.to_dict(), allow_nan=False))["layers"]
+    assert all(row["in_pass_s"] is None for row in rows)
 
 
 def test_end_to_end_latency_and_throughput(mobile):
