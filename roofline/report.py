@@ -418,16 +418,17 @@ def summary_lines(data: ReportData, top: int = 3) -> list[str]:
             lines.append("Most time lost against the prediction: " + "; ".join(
                 f"{name} ({format_time(seconds)} measured, {ratio:.3g}x predicted)" for name, seconds, ratio
                 in zip(worst["name"], worst["measured_s"], worst["measured_over_predicted"])) + ".")
-        lines.extend(_in_pass_lines(layers, measured, top))
+        lines.extend(_in_pass_lines(layers, measured, data.measurement.metadata.get("hooked_pass_s"), top))
     return lines
 
 
-def _in_pass_lines(layers: pd.DataFrame, measured: dict[str, Any], top: int) -> list[str]:
+def _in_pass_lines(layers: pd.DataFrame, measured: dict[str, Any], hooked_pass_s: float | None, top: int) -> list[str]:
     """Which layers lose the most time inside the full pass against alone (both measured)."""
     if math.isnan(measured["sum_in_pass_s"]):  # not timed in the pass (a GPU, an older measurement)
         return []
     gain = (layers["measured_in_pass_s"] - layers["measured_s"]).dropna().sort_values(ascending=False, kind="stable")
-    lines = [f"Inside the full pass the layers took {format_time(measured['sum_in_pass_s'])} against "
+    hooked = f" (medians over passes timed with hooks, which took {format_time(hooked_pass_s)} each)" if hooked_pass_s else ""
+    lines = [f"Inside the full pass the layers took {format_time(measured['sum_in_pass_s'])}{hooked} against "
              f"{format_time(measured['sum_of_layers_s'])} timed alone"]
     slower = layers.loc[gain.index[:top][gain.iloc[:top] > 0]]
     if len(slower):
@@ -452,8 +453,8 @@ def _key_figures(data: ReportData) -> list[tuple[str, str]]:
         ("arithmetic intensity", f"{t['arithmetic_intensity']:.3g} FLOP/B"),
         ("model size", ", ".join(f"{name} {format_bytes(size)}" for name, size in data.analysis.model_size_bytes().items())),
         ("predicted latency", f"{format_time(pt['predicted_latency_s'])} per batch of {pt['batch']}"
-                              + (" (calibrated)" if data.prediction.calibrated else "")
-                              + (f" (sum of layers alone {format_time(pt['sum_of_layers_s'])})" if data.prediction.in_pass else "")),
+                              + (f" (calibrated; sum of layers alone {format_time(pt['sum_of_layers_s'])})"
+                                 if data.prediction.in_pass else " (calibrated)" if data.prediction.calibrated else "")),
         ("predicted throughput", f"{pt['throughput_samples_per_s']:.4g} samples/s"),
     ]
     measured = _measured_totals(data)
