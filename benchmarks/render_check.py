@@ -133,8 +133,8 @@ def check(page: Path, screenshot: Path | None, *, width: int = 1300, height: int
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("page", type=Path, help="the report's index.html")
-    parser.add_argument("--screenshot", type=Path, default=Path("render_check.png"),
-                        help="where to save the screenshot (default: ./render_check.png)")
+    parser.add_argument("--screenshot", type=Path, default=Path(tempfile.gettempdir()) / "render_check.png",
+                        help="where to save the screenshot (default: render_check.png in the temp dir, never the repo)")
     parser.add_argument("--min-images", type=int, default=1, help="fail with fewer embedded images (default 1)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per Chromium run (default 120)")
     args = parser.parse_args(argv)
