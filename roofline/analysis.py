@@ -62,7 +62,7 @@ class Analysis:
         t = self.trace
 
         def scale(value: int) -> int:
-            return int(round(value * factor))
+            return round(value * factor)
 
         records = [
             dataclasses.replace(
@@ -209,11 +209,11 @@ class Analysis:
         t = self.totals
         lines = [
             f"{self.model_name} @ {self.precision.name}, inputs {self.trace.inputs}",
-            f"  MACs {format_si(t['macs'])}  FLOPs {format_si(t['flops'])}  params {format_si(t['params'])}"
-            f"  model size {format_bytes(t['model_size_bytes'])}",
-            f"  bytes read {format_bytes(t['bytes_read'])}  written {format_bytes(t['bytes_written'])}"
-            f"  peak activations {format_bytes(t['peak_activation_bytes'])}"
-            f"  intensity {t['arithmetic_intensity']:.3g} FLOP/B",
+            (f"  MACs {format_si(t['macs'])}  FLOPs {format_si(t['flops'])}  params {format_si(t['params'])}"
+             f"  model size {format_bytes(t['model_size_bytes'])}"),
+            (f"  bytes read {format_bytes(t['bytes_read'])}  written {format_bytes(t['bytes_written'])}"
+             f"  peak activations {format_bytes(t['peak_activation_bytes'])}"
+             f"  intensity {t['arithmetic_intensity']:.3g} FLOP/B"),
         ]
         if self.unsupported_ops:
             listed = ", ".join(f"{u['op']} x{u['count']}" for u in self.unsupported_ops)

@@ -6,6 +6,7 @@ one line on stderr and exit code 2, in `main` only.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -211,10 +212,10 @@ def _run_compare(args: argparse.Namespace) -> int:
         print(format_markdown(table))
     else:
         def maybe(fmt: str) -> Callable[[float], str]:
-            return lambda v: "-" if v != v else format(v, fmt)  # NaN: the device has no peak for it
+            return lambda v: "-" if math.isnan(v) else format(v, fmt)  # NaN: the device has no peak for it
 
         print(format_table(table, {"predicted_latency_s": format_time, "memory_bound_fraction": maybe(".0%"),
-                                   "speedup": lambda v: "-" if v != v else f"{v:.2f}x",
+                                   "speedup": lambda v: "-" if math.isnan(v) else f"{v:.2f}x",
                                    "bound_changes": maybe(".0f")}))
     return 0
 

@@ -38,14 +38,14 @@ class Explanation:
         f = self.facts
         lines = [
             f"{self.layer} ({f['type']}) on {f['hardware']} @ {f['precision']}",
-            f"  work: {format_si(f['flops'])}FLOP ({format_si(f['macs'])} MACs); bytes: "
-            f"{format_bytes(f['bytes'])} eager ({format_bytes(f['weight_bytes'])} weights, "
-            f"{format_bytes(f['activation_bytes'])} activations), {format_bytes(f['fused_bytes'])} if fused",
-            f"  intensity {f['arithmetic_intensity']:.3g} FLOP/B vs ridge point {f['ridge_point']:.3g} FLOP/B "
-            f"({f['memory_level']}); bound: {f['bound']}",
-            f"  predicted {format_time(f['predicted_s'])} = max(compute {format_time(f['compute_s'])}, memory "
-            f"{format_time(f['memory_s'])}) + overhead {format_time(f['overhead_s'])}; attainable "
-            f"{format_si(f['attainable_flops_per_s'], 'FLOP/s')} of {format_si(f['peak_flops_per_s'], 'FLOP/s')} peak",
+            (f"  work: {format_si(f['flops'])}FLOP ({format_si(f['macs'])} MACs); bytes: "
+             f"{format_bytes(f['bytes'])} eager ({format_bytes(f['weight_bytes'])} weights, "
+             f"{format_bytes(f['activation_bytes'])} activations), {format_bytes(f['fused_bytes'])} if fused"),
+            (f"  intensity {f['arithmetic_intensity']:.3g} FLOP/B vs ridge point {f['ridge_point']:.3g} FLOP/B "
+             f"({f['memory_level']}); bound: {f['bound']}"),
+            (f"  predicted {format_time(f['predicted_s'])} = max(compute {format_time(f['compute_s'])}, memory "
+             f"{format_time(f['memory_s'])}) + overhead {format_time(f['overhead_s'])}; attainable "
+             f"{format_si(f['attainable_flops_per_s'], 'FLOP/s')} of {format_si(f['peak_flops_per_s'], 'FLOP/s')} peak"),
         ]
         if f.get("measured_s"):
             lines.append(

@@ -207,11 +207,11 @@ class LLMReport:
         m = self.metrics
         turn = self.compute_bound_batch()
         lines = [
-            f"{self.model} on {self.profile.name} @ {self.precision.name}, attention {self.attention}: "
-            f"batch {self.batch}, prompt {self.prompt_len}, generate {self.gen_len}",
-            f"  time to first token {format_time(m['time_to_first_token_s'])}; per output token "
-            f"{format_time(m['time_per_output_token_s'])}; decode {m['decode_tokens_per_s']:.4g} tokens/s; "
-            f"end to end {format_time(m['end_to_end_s'])}",
+            (f"{self.model} on {self.profile.name} @ {self.precision.name}, attention {self.attention}: "
+             f"batch {self.batch}, prompt {self.prompt_len}, generate {self.gen_len}"),
+            (f"  time to first token {format_time(m['time_to_first_token_s'])}; per output token "
+             f"{format_time(m['time_per_output_token_s'])}; decode {m['decode_tokens_per_s']:.4g} tokens/s; "
+             f"end to end {format_time(m['end_to_end_s'])}"),
             f"  memory: weights {format_bytes(m['weights_bytes'])} + KV cache {format_bytes(m['kv_cache_bytes'])} + "
             f"activations {format_bytes(m['peak_activation_bytes'])} = {format_bytes(m['memory_footprint_bytes'])} "
             f"of {format_bytes(m['device_memory_bytes'])}"

@@ -35,7 +35,13 @@ import pandas as pd
 from roofline.analysis import Analysis
 from roofline.errors import RooflineError
 from roofline.formatting import (
-    format_bytes, format_markdown, format_si, format_table, format_time, json_records, json_value,
+    format_bytes,
+    format_markdown,
+    format_si,
+    format_table,
+    format_time,
+    json_records,
+    json_value,
 )
 from roofline.hardware.profile import HardwareProfile
 from roofline.precision import Precision, get_precision

@@ -428,8 +428,8 @@ def _in_pass_lines(layers: pd.DataFrame, measured: dict[str, Any], hooked_pass_s
         return []
     gain = (layers["measured_in_pass_s"] - layers["measured_s"]).dropna().sort_values(ascending=False, kind="stable")
     hooked = f" (medians over passes timed with hooks, which took {format_time(hooked_pass_s)} each)" if hooked_pass_s else ""
-    lines = [f"Inside the full pass the layers took {format_time(measured['sum_in_pass_s'])}{hooked} against "
-             f"{format_time(measured['sum_of_layers_s'])} timed alone"]
+    lines = [(f"Inside the full pass the layers took {format_time(measured['sum_in_pass_s'])}{hooked} against "
+              f"{format_time(measured['sum_of_layers_s'])} timed alone")]
     slower = layers.loc[gain.index[:top][gain.iloc[:top] > 0]]
     if len(slower):
         lines[0] += "; most slower in the pass: " + "; ".join(

@@ -460,7 +460,7 @@ def trace(model: nn.Module, inputs: Sequence[Any] | dict[str, Any], *, model_nam
     if attention not in ATTENTION_MODES:
         raise RooflineError(f"unknown attention mode {attention!r}; choose one of: {', '.join(ATTENTION_MODES)}")
     tracer = _Tracer(model)
-    args, kwargs = (tuple(), dict(inputs)) if isinstance(inputs, dict) else (tuple(inputs), {})
+    args, kwargs = ((), dict(inputs)) if isinstance(inputs, dict) else (tuple(inputs), {})
     for tensor in _tensors((args, kwargs)):
         tracer.register_input(tensor)
     for tensor in kv_tensors:

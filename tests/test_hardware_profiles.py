@@ -22,7 +22,7 @@ from roofline.precision import COMPUTE_TYPES
 
 FIXTURES = Path(__file__).parent / "fixtures"
 # Reference figures (copied from the project's datasheet tables, with the column each came from).
-REFERENCE = list(csv.DictReader(open(FIXTURES / "reference_figures.csv", encoding="utf-8")))
+REFERENCE = list(csv.DictReader((FIXTURES / "reference_figures.csv").read_text(encoding="utf-8").splitlines()))
 
 REQUIRED_DEVICES = [
     "v100-sxm2-32gb", "t4", "a10", "a100-40gb-sxm", "a100-80gb-sxm", "a100-80gb-pcie", "l4", "l40s", "h100-sxm",

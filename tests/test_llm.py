@@ -3,8 +3,8 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from roofline import llm  # noqa: E402
-from roofline.hardware.profile import HardwareProfile, MemoryLevel  # noqa: E402
+from roofline import llm
+from roofline.hardware.profile import HardwareProfile, MemoryLevel
 
 LAYERS, HIDDEN, HEADS, KV_HEADS, HEAD_DIM, FFN, VOCAB = 2, 256, 8, 2, 32, 512, 1000
 SPEC = (f"hf:llama?num_hidden_layers={LAYERS}&hidden_size={HIDDEN}&intermediate_size={FFN}"

@@ -133,7 +133,7 @@ def test_missing_peak_names_the_field():
 
 def test_uncalibrated_profile_refuses_calibrated_mode():
     with pytest.raises(RooflineError, match="no efficiency factors"):
-        predict(roofline.analyze("zoo:mlp"), synthetic(), calibrated=True).layers
+        _ = predict(roofline.analyze("zoo:mlp"), synthetic(), calibrated=True).layers
 
 
 def elementwise_line(**pass_line):

@@ -3,7 +3,7 @@ import pytest
 
 torchvision = pytest.importorskip("torchvision")
 
-import roofline  # noqa: E402
+import roofline
 
 
 def _published():

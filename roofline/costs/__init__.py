@@ -22,11 +22,11 @@ from typing import Any
 import torch
 
 __all__ = [
-    "Cost",
-    "OpClass",
-    "RULES",
     "ALIAS_OPS",
     "FREE_OPS",
+    "RULES",
+    "Cost",
+    "OpClass",
     "is_alias",
     "is_free",
     "lookup",
@@ -160,4 +160,4 @@ def tensor_inputs(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[torch.T
 
 
 # Import the rule modules so their @register calls fill RULES.
-from roofline.costs import conv, elementwise, matmul, memory, norm, reduce, rnn  # noqa: E402,F401
+from roofline.costs import conv, elementwise, matmul, memory, norm, reduce, rnn  # noqa: F401

@@ -10,7 +10,6 @@ from typing import Any
 
 from roofline.costs import Cost, OpClass, aten, numel, register
 
-
 GROUPED_CHANNELS_PER_GROUP = 16
 
 

@@ -288,7 +288,7 @@ def _nvml_value(call: Any, *args: Any) -> Any:
     """One NVML query, or None when the device or driver does not support it."""
     try:
         return call(*args)
-    except Exception:  # pynvml raises NVMLError subclasses (NOT_SUPPORTED on MIG, Jetson)
+    except Exception:  # noqa: BLE001  # pynvml raises NVMLError subclasses (NOT_SUPPORTED on MIG, Jetson)
         return None
 
 
@@ -300,7 +300,7 @@ def detect_gpus() -> tuple[list[HardwareProfile], str]:
         return [], "no GPU detected: nvidia-ml-py (pynvml) is not installed"
     try:
         pynvml.nvmlInit()
-    except Exception as error:  # library present but no driver / no libnvidia-ml.so
+    except Exception as error:  # noqa: BLE001  # library present but no driver / no libnvidia-ml.so
         return [], f"no GPU detected: NVML did not initialise ({error})"
     try:
         count = int(pynvml.nvmlDeviceGetCount())

@@ -411,7 +411,7 @@ def load_profile_file(path: str | os.PathLike[str]) -> HardwareProfile:
     except OSError as error:
         raise RooflineError(f"{where}: cannot read hardware profile ({error.strerror or error})") from error
     try:
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader subclass
+        data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""

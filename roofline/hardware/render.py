@@ -53,8 +53,8 @@ def render_list(profiles: Sequence[HardwareProfile], fmt: str) -> str:
             "dram_bytes_per_s": "DRAM B/s", "ridge_fp32": "ridge fp32", "ridge_fp16": "ridge fp16", "ridge_int8": "ridge int8",
         }
     )
-    peak = lambda v: format_si(v, "FLOP/s") if not math.isnan(v) else "-"  # noqa: E731
-    ridge = lambda v: f"{v:.1f}" if not math.isnan(v) else "-"  # noqa: E731
+    peak = lambda v: format_si(v, "FLOP/s") if not math.isnan(v) else "-"
+    ridge = lambda v: f"{v:.1f}" if not math.isnan(v) else "-"
     formatters: dict[str, object] = {
         "fp32": peak, "fp16": peak, "int8": peak,
         "DRAM B/s": lambda v: format_si(v, "B/s") if not math.isnan(v) else "not measured",
