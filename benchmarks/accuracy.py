@@ -105,8 +105,9 @@ def _measure_in_window(spec: str, profile: HardwareProfile, batch: int, rounds: 
     the profile's efficiency ops; refit the efficiency from those passes: a calibration made in the
     same minutes as the measurement, beside the one made when the profile was.
 
-    Returns per-layer medians over the runs (measured_s, iqr_s), the end-to-end median, the metadata
-    of the first run with the median reference rate, and the profile with the window's efficiency."""
+    Returns per-layer medians over the runs (measured_s, iqr_s, in_pass_s), the end-to-end median, the
+    metadata of the first run with the median reference rate, and the profile with the window's
+    efficiency (and pass line, where the profile has one)."""
     fns, _, reference_flops = efficiency_callables(ops, "cpu")
     config = _config_of(profile)
     cycles = max(3, config.sequence_cycles // (rounds + 1))
@@ -220,8 +221,8 @@ def main() -> None:
         error = (joined[f"{mode}_s"] / joined["measured_s"] - 1).abs().to_numpy()
         print(f"{mode + ' |per-layer error|':28} {np.median(error):8.1%} {np.percentile(error, 90):8.1%} "
               f"{_weighted_median(error, weights):22.1%}")
-    inside = joined.dropna(subset=["in_pass_s"])  # each layer timed inside the pass against its in-pass prediction
-    for mode in ("calibrated", "window"):
+    inside = joined[joined["in_pass_s"] > 0]  # each layer timed inside the pass against its in-pass prediction
+    for mode in ("calibrated", "window") if len(inside) else ():
         error = (inside[f"{mode}_in_pass_s"] / inside["in_pass_s"] - 1).abs().to_numpy()
         print(f"{mode + ' in pass':28} {np.median(error):8.1%} {np.percentile(error, 90):8.1%} "
               f"{_weighted_median(error, inside['in_pass_s'].to_numpy()):22.1%}")

@@ -86,9 +86,9 @@ def _default_cell(value: object) -> str:
 
 def json_value(value: Any) -> Any:
     """numpy and pandas scalars -> plain Python values, so json.dumps accepts them; NaN (not
-    measured) -> null, since strict JSON has no NaN."""
+    measured) and infinities -> null, since strict JSON has neither."""
     value = value.item() if hasattr(value, "item") else value
-    return None if isinstance(value, float) and math.isnan(value) else value
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def json_records(df: pd.DataFrame) -> list[dict[str, Any]]:

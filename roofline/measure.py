@@ -104,6 +104,8 @@ class ModelMeasurement:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if "in_pass_s" not in self.layers.columns:  # not timed inside the pass (older results)
+            object.__setattr__(self, "layers", self.layers.assign(in_pass_s=float("nan")))
         missing = [c for c in LAYER_COLUMNS if c not in self.layers.columns]
         if missing:
             raise ValueError(f"layers table lacks columns {missing}")
@@ -138,7 +140,9 @@ class ModelMeasurement:
             f"  sum of {len(self.layers)} layers {format_time(self.sum_of_layers_s)} at batch {meta.get('batch', '?')}",
         ]
         if self.layers["in_pass_s"].notna().any():
-            hooked = f" (the hooked pass took {format_time(meta['hooked_pass_s'])})" if "hooked_pass_s" in meta else ""
+            hooked = (f" (timed with hooks: {format_time(meta['hooked_pass_s'])} per pass against "
+                      f"{format_time(meta['plain_pass_s'])} without, {format_time(meta['hook_cost_per_call_s'])} "
+                      "per module call taken off)") if "hooked_pass_s" in meta else ""
             lines.append(f"  the same layers inside the pass: {format_time(float(self.layers['in_pass_s'].sum()))}{hooked}")
         for row in json_records(self.end_to_end):
             flag = "  (! noisy)" if row["noisy"] else ""
@@ -431,19 +435,21 @@ class _PassTimer:
     to its forward hook, less the time of the module calls inside it (a non-leaf row owns only its
     own ops and Python). Calling it runs one hooked forward pass.
 
-    Global hooks cost a few microseconds per module call, outside the callee's clock reads, so that
-    cost would land in the caller's own time (a block of eight layers would gain 60 us): `leak_s`,
-    what one call leaks to its caller, is measured on a probe (a Sequential of Identity modules)
-    unless given, and taken off the caller once per child call."""
+    Global hooks cost microseconds per module call, and in a pass that code is as cold as the
+    layers', so what they add lands in each caller's own time. `medians(leak_s=...)` takes it off:
+    the caller of `n` module calls loses `n * leak_s`, where leak_s is (hooked pass - plain pass) /
+    calls per pass, both timed in the same interleaved rounds.
+    """
 
     def __init__(self, model: nn.Module, forward: Callable[[], object],
-                 clock: Callable[[], float] = time.perf_counter, leak_s: float | None = None) -> None:
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         self.paths = ModuleCallTracker(model).paths  # named as the trace names them
         self.forward = forward
         self.clock = clock
-        self.leak_s = _hook_leak_s() if leak_s is None else leak_s
-        self.times: dict[str, list[float]] = {}
-        self._open: list[list[Any]] = []  # per running call: [name, start, time of its child calls, child calls]
+        self.times: dict[str, list[float]] = {}  # own time per call name, hooks' cost included
+        self.child_calls: dict[str, int] = {}
+        self.calls_per_pass = 0
+        self._open: list[list[Any]] = []  # per running call: [module id, name, start, children's time, children]
         self._calls: dict[int, int] = {}
 
     def __call__(self) -> None:
@@ -455,39 +461,38 @@ class _PassTimer:
         finally:
             pre.remove()
             post.remove()
+        self.calls_per_pass = sum(self._calls.values()) + len(self._calls)
 
     def _enter(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         key = id(module)
         if key in self.paths:
             index = self._calls[key] = self._calls.get(key, -1) + 1
             base = self.paths[key] or ROOT_NAME
-            self._open.append([base if index == 0 else f"{base}#{index}", self.clock(), 0.0, 0])
+            self._open.append([key, base if index == 0 else f"{base}#{index}", self.clock(), 0.0, 0])
 
     def _exit(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         end = self.clock()
-        if id(module) not in self.paths or not self._open:
+        key = id(module)
+        if key not in self.paths or not any(entry[0] == key for entry in self._open):
             return
-        name, start, children, child_calls = self._open.pop()
+        # A call that raised never reaches its forward hook: its time stays with its caller, and the
+        # calls made while it looked open were the caller's.
+        while self._open[-1][0] != key:
+            *_, children, child_calls = self._open.pop()
+            self._open[-1][3] += children
+            self._open[-1][4] += child_calls
+        _, name, start, children, child_calls = self._open.pop()
         if self._open:
-            self._open[-1][2] += end - start
-            self._open[-1][3] += 1
-        own = end - start - children - self.leak_s * child_calls
-        self.times.setdefault(name, []).append(max(own, 0.0))
+            self._open[-1][3] += end - start
+            self._open[-1][4] += 1
+        self.times.setdefault(name, []).append(end - start - children)
+        self.child_calls[name] = child_calls
 
-    def medians(self, skip: int) -> dict[str, float]:
-        """Per call name, the median own time over the passes after the first `skip` (warm-up)."""
-        return {name: statistics.median(times[skip:] or times) for name, times in self.times.items()}
-
-
-def _hook_leak_s(calls: int = 64, passes: int = 25) -> float:
-    """Seconds each hooked module call adds to its caller's own time: a Sequential of `calls` Identity
-    modules owns only its loop, so its own time per child is that leak (plus the loop's step)."""
-    probe = nn.Sequential(*[nn.Identity() for _ in range(calls)])
-    x = torch.zeros(1)
-    timer = _PassTimer(probe, lambda: probe(x), leak_s=0.0)
-    for _ in range(passes):
-        timer()
-    return timer.medians(skip=5)[ROOT_NAME] / calls
+    def medians(self, skip: int, leak_s: float = 0.0) -> dict[str, float]:
+        """Per call name, the median own time over the passes after the first `skip` (warm-up), less
+        `leak_s` per module call it made."""
+        return {name: max(statistics.median(times[skip:] or times) - leak_s * self.child_calls[name], 0.0)
+                for name, times in self.times.items()}
 
 
 # ---- end to end ------------------------------------------------------------------------------------
@@ -543,7 +548,8 @@ def measure(model: Any, inputs: Any = None, device: str = "cpu", precision: str 
             batch_sizes: Sequence[int] | None = None, progress: bool = True, *, min_run_time_s: float = 0.05,
             warmup: int = 2, max_repeats: int = 1000, num_threads: int | None = None, rounds: int = 3,
             **load_options: Any) -> ModelMeasurement:
-    """Time every layer alone and the whole forward pass on a real device.
+    """Time every layer alone and the whole forward pass on a real device (on a CPU, every layer
+    inside the pass as well: the `in_pass_s` column).
 
     model: a MODEL spec string (built with random weights on `device`), a LoadedModel, or an nn.Module
     with `inputs`. batch_sizes: end-to-end batch sizes (default: the inputs' batch, 2x and 4x).
@@ -608,8 +614,9 @@ def _measure(loaded: LoadedModel, settings: _Settings, batch_sizes: Sequence[int
     batch_items = [(f"batch {size}", f"the end-to-end forward pass at batch {size} (choose others with batch_sizes)",
                     _forward(module, _at_batch(loaded.inputs, base, size))) for size in sizes]
     pass_timer = _PassTimer(module, _forward(module, loaded.inputs)) if device == "cpu" else None
-    if pass_timer is not None:
-        batch_items.append(("(layers in the pass)", "the forward pass timed layer by layer", pass_timer))
+    if pass_timer is not None:  # and a plain pass at the same batch, for what the hooks add
+        plain = [] if base in sizes else [("(plain pass)", "the end-to-end forward pass", _forward(module, loaded.inputs))]
+        batch_items += [*plain, ("(layers in the pass)", "the forward pass timed layer by layer", pass_timer)]
     bar = tqdm(total=(len(rows) + len(batch_items) + 2) * settings.rounds, desc=f"measure {loaded.name}", unit="step",
                file=sys.stderr, disable=not progress, leave=False)
     try:
@@ -619,9 +626,16 @@ def _measure(loaded: LoadedModel, settings: _Settings, batch_sizes: Sequence[int
         *batch_times, batch_reference = _time_items([*batch_items, reference_item], settings, bar)
     finally:
         bar.close()
-    batch_times, hooked = batch_times[:len(sizes)], batch_times[len(sizes):]
-    # The untimed failure check and the first round's warm-up calls ran the hooked pass too.
-    in_pass = pass_timer.medians(skip=1 + settings.timer["warmup"]) if pass_timer is not None else {}
+    batch_times, extra = batch_times[:len(sizes)], batch_times[len(sizes):]
+    hook_metadata: dict[str, float] = {}
+    in_pass: dict[str, float] = {}
+    if pass_timer is not None:
+        plain_s = (batch_times[sizes.index(base)] if base in sizes else extra[0]).median_s
+        hooked_s = extra[-1].median_s
+        leak_s = max(hooked_s - plain_s, 0.0) / max(pass_timer.calls_per_pass, 1)
+        # The untimed failure check and the first round's warm-up calls ran the hooked pass too.
+        in_pass = pass_timer.medians(skip=1 + settings.timer["warmup"], leak_s=leak_s)
+        hook_metadata = {"hooked_pass_s": hooked_s, "plain_pass_s": plain_s, "hook_cost_per_call_s": leak_s}
     for row in layer_rows:
         row["in_pass_s"] = in_pass.get(row["name"], float("nan"))
     e2e_rows = [_end_to_end_row(size, m) for size, m in zip(sizes, batch_times, strict=True)]
@@ -633,8 +647,8 @@ def _measure(loaded: LoadedModel, settings: _Settings, batch_sizes: Sequence[int
         end_to_end=pd.DataFrame(e2e_rows, columns=END_TO_END_COLUMNS),
         metadata={**_metadata(loaded, settings, base, sorted(int8_paths)),
                   "reference_flops_per_s": reference_flops_per_s,
-                  # The hooked pass behind in_pass_s, whole: what the hooks add against the plain pass.
-                  **({"hooked_pass_s": hooked[0].median_s} if hooked else {})},
+                  # The hooked pass behind in_pass_s against the plain one: what the hooks cost, taken off.
+                  **hook_metadata},
     )
     if result.noisy_layers:
         shown = ", ".join(result.noisy_layers[:5]) + (", ..." if len(result.noisy_layers) > 5 else "")

@@ -175,8 +175,9 @@ class Prediction:
         latency = float(layers["in_pass_s"].sum())  # a forward pass: each layer once, after the others
         alone = float(layers["predicted_s"].sum())
         batch = batch_size(self.analysis)
-        memory_time = float(layers.loc[layers["bound"].str.startswith("memory"), "predicted_s"].sum())
-        compute_time = float(layers.loc[layers["bound"] == "compute", "predicted_s"].sum())
+        # Shares of the pass's time, by the bound each layer has alone (where the roofline puts it).
+        memory_time = float(layers.loc[layers["bound"].str.startswith("memory"), "in_pass_s"].sum())
+        compute_time = float(layers.loc[layers["bound"] == "compute", "in_pass_s"].sum())
         return {
             "predicted_latency_s": latency,
             "sum_of_layers_s": alone,  # each layer timed alone, as `measure` times them
@@ -185,9 +186,9 @@ class Prediction:
             "compute_s": float(layers["compute_s"].sum()),
             "memory_s": float(layers["memory_s"].sum()),
             "overhead_s": float(layers["overhead_s"].sum()),
-            "memory_bound_time_fraction": memory_time / alone if alone else 0.0,
-            "compute_bound_time_fraction": compute_time / alone if alone else 0.0,
-            "overhead_bound_time_fraction": max(0.0, 1.0 - (memory_time + compute_time) / alone) if alone else 0.0,
+            "memory_bound_time_fraction": memory_time / latency if latency else 0.0,
+            "compute_bound_time_fraction": compute_time / latency if latency else 0.0,
+            "overhead_bound_time_fraction": max(0.0, 1.0 - (memory_time + compute_time) / latency) if latency else 0.0,
             "peak_flops_per_s": self.peak_flops_per_s,
             "dram_bandwidth_bytes_per_s": self.profile.memory_levels[-1].bandwidth_bytes_per_s,
             "ridge_point": self.peak_flops_per_s / self.profile.memory_levels[-1].bandwidth_bytes_per_s,

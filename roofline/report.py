@@ -391,8 +391,13 @@ def _pass_note(totals: dict[str, Any] | None, prediction: Prediction) -> str | N
         return (f"{why} The prediction models this with the profile's ops timed as in a pass: "
                 f"{format_time(t['predicted_latency_s'])} for the pass against {format_time(t['sum_of_layers_s'])} "
                 "for its layers alone.")
-    return (f"{why} This prediction models layers as when repeated, so it reads low against the whole pass; a "
-            "calibrated prediction on a profile from `roofline hw measure` models the pass too.")
+    if prediction.profile.kind == "gpu":
+        advice = "on a GPU the pass is not modelled apart (hw measure times its ops alone there)"
+    elif prediction.calibrated:
+        advice = "this profile has no pass line: measure it again with `roofline hw measure` to model the pass"
+    else:
+        advice = "a calibrated prediction (--calibrated) on a profile from `roofline hw measure` models the pass"
+    return f"{why} This prediction models layers as when repeated, so it reads low against the whole pass; {advice}."
 
 
 # ---- words --------------------------------------------------------------------------------------------
@@ -432,7 +437,7 @@ def _in_pass_lines(layers: pd.DataFrame, measured: dict[str, Any], hooked_pass_s
               f"{format_time(measured['sum_of_layers_s'])} timed alone")]
     slower = layers.loc[gain.index[:top][gain.iloc[:top] > 0]]
     if len(slower):
-        lines[0] += "; most slower in the pass: " + "; ".join(
+        lines[0] += "; slowed most in the pass: " + "; ".join(
             f"{name} ({format_time(inside)} against {format_time(alone)})"
             for name, inside, alone in zip(slower["name"], slower["measured_in_pass_s"], slower["measured_s"]))
     lines[0] += "."

@@ -222,6 +222,8 @@ def time_in_sequence(
     if cycles < 1:
         raise RooflineError(f"cycles must be at least 1, got {cycles}")
     names = list(labels) if labels is not None else [""] * len(fns)
+    if len(names) != len(fns):
+        raise RooflineError(f"{len(names)} labels for {len(fns)} callables")
     times: list[list[float]] = [[] for _ in fns]
     for cycle in range(-1, cycles):
         for index, fn in enumerate(fns):

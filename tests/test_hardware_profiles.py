@@ -164,6 +164,10 @@ def test_pass_factors_are_read_apart_and_survive_a_round_trip(tmp_path: Path) ->
     assert profile.efficiency_for("gemm", "L2") == 0.8
     assert profile.efficiency_for("gemm", "L2", in_pass=True) == 0.6
     assert profile.efficiency_for("gemm", "HBM", in_pass=True) == 0.3
+    # A level only the alone line has: its factor scaled by the class's pass/alone ratio.
+    alone_only = dataclasses.replace(profile, efficiency={"gemm": 0.8, "gemm@HBM": 0.4}, pass_efficiency={"gemm": 0.6})
+    assert alone_only.efficiency_for("gemm", "HBM", in_pass=True) == pytest.approx(0.4 * 0.6 / 0.8)
+    assert alone_only.efficiency_for("gemm", "L2", in_pass=True) == 0.6
     saved = tmp_path / "saved.yaml"
     save_profile(profile, str(saved))
     again = load_profile(str(saved))

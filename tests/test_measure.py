@@ -59,9 +59,12 @@ def test_one_positive_median_per_layer_with_spread(mobile):
     blocks = layers[layers["name"].isin(["blocks.0", "blocks.1"])]
     assert list(blocks["timed_as"]) == ["own ops", "own ops"] and (blocks["replayed_ops"] >= 1).all()
     assert set(layers.loc[~layers["name"].isin(["blocks.0", "blocks.1"]), "timed_as"]) == {"module"}
-    # Inside the pass too: every row timed, and their own times partition the hooked pass.
-    assert (layers["in_pass_s"] > 0).all()
-    assert layers["in_pass_s"].sum() <= 1.5 * mobile.metadata["hooked_pass_s"]
+    # Inside the pass too: every row timed, and with the hooks' cost taken off they add up to about
+    # the plain pass (medians of parts, a noisy budget: a loose bound).
+    assert layers["in_pass_s"].notna().all() and (layers["in_pass_s"] >= 0).all()
+    meta = mobile.metadata
+    assert meta["hooked_pass_s"] >= meta["plain_pass_s"] - meta["hooked_pass_s"] * 0.5 and meta["hook_cost_per_call_s"] >= 0
+    assert layers["in_pass_s"].sum() <= 1.5 * meta["plain_pass_s"]
 
 
 class _Clock:
@@ -99,25 +102,50 @@ class _Block(nn.Module):
 def test_in_pass_time_is_each_call_less_its_children():
     clock = _Clock()
     model = _Block(clock)
-    timer = measure_module._PassTimer(model, lambda: model(torch.zeros(1)), clock=clock, leak_s=0.0)
+    timer = measure_module._PassTimer(model, lambda: model(torch.zeros(1)), clock=clock)
     for _ in range(3):
         timer()
     assert timer.medians(skip=1) == {"(model)": 1.0, "a": 2.0, "b": 3.0, "b#1": 3.0}
     assert clock.now == 3 * 9.0  # the clock moved only by the work, so nothing else was counted
-    # What the hooks leak per call to the caller comes off the caller once per child call.
-    leaky = measure_module._PassTimer(model, lambda: model(torch.zeros(1)), clock=clock, leak_s=0.25)
-    leaky()
-    assert leaky.medians(skip=0)["(model)"] == 1.0 - 3 * 0.25
+    assert timer.calls_per_pass == 4
+    # What the hooks cost per call comes off the caller once per call it made.
+    assert timer.medians(skip=1, leak_s=0.25)["(model)"] == 1.0 - 3 * 0.25
 
 
-def test_hook_leak_is_measured_small_and_positive():
-    leak = measure_module._hook_leak_s()
-    identity = nn.Identity()
-    x = torch.zeros(1)
-    from roofline.timing import time_callable
+class _Fails(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise ValueError("no")
 
-    call = time_callable(lambda: identity(x), min_run_time_s=0.02).median_s
-    assert 0 < leak < 20 * call  # microseconds, of the order of a module call (never absolute times)
+
+class _Catches(nn.Module):
+    """Calls a child that raises and carries on: the child never reaches its forward hook."""
+
+    def __init__(self, clock: _Clock) -> None:
+        super().__init__()
+        self.clock, self.bad, self.good = clock, _Fails(), _Work(clock, 2.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        try:
+            self.bad(x)
+        except ValueError:
+            self.clock.now += 1.0
+        return self.good(x)
+
+
+def test_in_pass_timer_survives_a_caught_failure_and_removes_its_hooks():
+    clock = _Clock()
+    model = _Catches(clock)
+    timer = measure_module._PassTimer(model, lambda: model(torch.zeros(1)), clock=clock)
+    timer()
+    assert timer.medians(skip=0) == {"(model)": 1.0, "good": 2.0}  # the failed call's time stays with its caller
+    broken = measure_module._PassTimer(_Fails(), lambda: _Fails()(torch.zeros(1)))
+    with pytest.raises(ValueError):
+        broken()
+    seen = []
+    probe = nn.Identity()
+    probe.register_forward_pre_hook(lambda module, args: seen.append(len(nn.modules.module._global_forward_pre_hooks)))
+    probe(torch.zeros(1))
+    assert seen == [0]  # no global hook left behind
 
 
 def test_a_layer_not_timed_in_the_pass_is_null_in_json(mobile):

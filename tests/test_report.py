@@ -112,7 +112,7 @@ def test_layers_timed_inside_the_pass_are_shown_and_the_most_slowed_named(predic
                                     pd.DataFrame(), timed)
     line = next(line for line in report_module.summary_lines(data) if line.startswith("Inside the full pass"))
     name = timed.layers.loc[slowed, "name"]
-    assert f"most slower in the pass: {name} ({format_time(inside[slowed])} against {format_time(alone[slowed])})" in line
+    assert f"slowed most in the pass: {name} ({format_time(inside[slowed])} against {format_time(alone[slowed])})" in line
 
 
 def _written_notes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -152,7 +152,14 @@ def test_a_pass_much_slower_than_its_layers_is_explained(prediction: Prediction,
         report_module.write_report(prediction, tmp_path / name.replace(" ", "-"),
                                    measurement=dataclasses.replace(measurement, end_to_end=end_to_end))
         gap = [note for note in notes if "sum of its layers timed alone" in note]
-        assert (len(gap) == 1 and "took 2x the sum" in gap[0] and "reads low" in gap[0]) if factor == 2.0 else not gap
+        assert (len(gap) == 1 and "took 2x the sum" in gap[0] and "reads low" in gap[0]
+                and "--calibrated" in gap[0]) if factor == 2.0 else not gap
+    slow = dataclasses.replace(measurement, end_to_end=measurement.end_to_end.assign(latency_s=[2 * layers_sum, 3 * layers_sum]))
+    for profile, advice in ((_profile("gpu"), "on a GPU the pass is not modelled"),
+                            (dataclasses.replace(_profile(), efficiency={"conv": 0.5}), "no pass line: measure it again")):
+        other = predict(prediction.analysis, profile, calibrated=bool(profile.efficiency))
+        report_module.write_report(other, tmp_path / f"advice-{profile.kind}-{other.calibrated}", measurement=slow)
+        assert any(advice in note for note in notes), advice
     # Calibrated with ops timed as in a pass, the prediction says what it expects for the pass.
     factors = {"conv": 0.5, "norm": 0.5, "activation": 0.5, "pool": 0.5, "gemm": 0.5, "memory": 0.5}
     profile = dataclasses.replace(_profile(), source="measured", efficiency=factors,

@@ -177,9 +177,19 @@ class HardwareProfile:
 
     def efficiency_for(self, op_class: str, level: str, in_pass: bool = False) -> float | None:
         """The calibrated factor for `op_class` streaming from `level`: CLASS@LEVEL, else CLASS, else None.
-        `in_pass` reads the factors timed as in a full pass (pass_efficiency)."""
-        factors = self.pass_efficiency if in_pass else self.efficiency
-        return factors.get(f"{op_class}@{level}", factors.get(op_class))
+
+        `in_pass` reads the factors timed as in a full pass (pass_efficiency). Where only the alone
+        line has a CLASS@LEVEL factor, the pass factor is that one scaled by the class's pass/alone
+        ratio, so an op streaming from DRAM never runs faster in a pass than alone for want of a key.
+        """
+        key = f"{op_class}@{level}"
+        if not in_pass:
+            return self.efficiency.get(key, self.efficiency.get(op_class))
+        if key in self.pass_efficiency:
+            return self.pass_efficiency[key]
+        if key in self.efficiency and op_class in self.efficiency and op_class in self.pass_efficiency:
+            return self.efficiency[key] * self.pass_efficiency[op_class] / self.efficiency[op_class]
+        return self.pass_efficiency.get(op_class)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data in file order, ready for YAML or JSON (path left out: it is where, not what)."""

@@ -90,7 +90,8 @@ def render_profile(profile: HardwareProfile, fmt: str) -> str:
     if profile.module_call_s:
         lines.append(f"  module call: {format_time(profile.module_call_s)}   [{profile.notes.get('module_call_s', '')}]")
     if profile.efficiency:
-        lines.append("  efficiency (time_calibrated = fixed + time_roofline / factor; alone, and in a pass):")
+        lines.append("  efficiency (time_calibrated = fixed + time_roofline / factor"
+                     + ("; alone, and in a pass):" if profile.pass_efficiency else "):"))
         for key, factor in profile.efficiency.items():
             op_class = key.partition("@")[0]
             row = f"    {key:18s} {factor:6.3f}  fixed {format_time(profile.fixed_overhead_s.get(op_class, profile.overhead_s)):>9s}"
