@@ -55,6 +55,7 @@ from roofline.hardware.microbench import (
     RepresentativeOp,
     efficiency_callables,
     fit_efficiency,
+    paired_sequence_medians,
     representative_ops,
 )
 from roofline.measure import speed_ratio
@@ -126,8 +127,9 @@ def _measure_in_window(spec: str, profile: HardwareProfile, batch: int, rounds: 
     efficiency, fixed, metadata = fit_efficiency(profile, ops, list(medians[:-1]), reference_flops / medians[-1])
     window = dataclasses.replace(profile, efficiency=efficiency, fixed_overhead_s=fixed,
                                  metadata={**profile.metadata, **metadata})
-    if in_pass:
-        pass_medians = [float(np.median([t for slot in in_pass for t in slot[i]])) for i in range(len(ops))]
+    if in_pass:  # paired slot by slot with the ops alone, as hw measure pairs its rounds
+        sequence = [[float(np.median(times)) for times in slot] for slot in in_pass]
+        pass_medians = paired_sequence_medians([row[:-1] for row in op_passes], sequence)
         pass_efficiency, pass_fixed, _ = fit_efficiency(profile, ops, pass_medians, name="pass_efficiency")
         window = dataclasses.replace(window, pass_efficiency=pass_efficiency, pass_fixed_overhead_s=pass_fixed)
     layers = pd.concat([run.layers for run in runs]).groupby("name", sort=False)[["measured_s", "iqr_s", "in_pass_s"]].median()

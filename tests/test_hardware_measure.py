@@ -44,6 +44,13 @@ def test_time_in_sequence_calls_each_once_per_cycle() -> None:
         timing.time_in_sequence([lambda: None], cycles=0)
 
 
+def test_sequence_times_are_paired_with_the_alone_times_of_their_round() -> None:
+    # Three rounds of one op: the second ran alone in a slow spell, the first in sequence in one.
+    alone = [[1.0], [2.0], [1.0]]
+    in_sequence = [[3.0], [4.0], [2.0]]  # ratios 3, 2, 2
+    assert microbench.paired_sequence_medians(alone, in_sequence) == [2.0]  # median alone 1 x median ratio 2
+
+
 def test_time_callable_blocks_threads_and_callback() -> None:
     calls: list[tuple[int, float]] = []
     x = torch.zeros(16)
@@ -126,7 +133,7 @@ def test_measure_cpu_profile_structure() -> None:
     # The same ops timed as in a pass: a factor and a fixed cost for every class timed alone.
     assert set(p.pass_efficiency) <= set(p.efficiency) and set(p.pass_fixed_overhead_s) == set(p.fixed_overhead_s)
     assert {key.partition("@")[0] for key in p.pass_efficiency} == {key.partition("@")[0] for key in p.efficiency}
-    assert "3 cycles" in p.notes["pass_efficiency"] and "pass_efficiency.gemm" in p.metadata
+    assert "1 cycle after each of 3 rounds" in p.notes["pass_efficiency"] and "pass_efficiency.gemm" in p.metadata
     assert float(p.metadata["reference_flops_per_s"]) > 1e8  # speed while the efficiency ops ran
     assert any(k.startswith("bandwidth.") for k in p.metadata) and "matmul.fp32" in p.metadata
 

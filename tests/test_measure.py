@@ -198,6 +198,27 @@ def test_a_module_called_twice_and_op_less_leaves():
     assert {"fc", "fc#1", "skip", "drop", "(model)"} <= names
     # Identity and eval Dropout run no op; they still cost a module call, which is what is measured.
     assert (result.layers.set_index("name").loc[["skip", "drop"], "measured_s"] > 0).all()
+    # Inside the pass the same names: the second call of fc and the root's own arithmetic included.
+    assert result.layers["in_pass_s"].notna().all()
+
+
+class Shared(nn.Module):
+    """One Linear registered under two attributes: both the trace and the pass timer name it by its first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Linear(8, 8)
+        self.second = self.first
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.second(self.first(x))
+
+
+def test_a_module_under_two_names_is_timed_in_the_pass_under_the_trace_names():
+    model, inputs = Shared().eval(), [torch.randn(2, 8)]
+    result = _measure_quietly(model, inputs, batch_sizes=[2], **FAST)
+    assert set(result.layers["name"]) == _analysis_names(model, inputs) == {"first", "first#1"}
+    assert result.layers["in_pass_s"].notna().all()
 
 
 def test_rows_join_prediction():

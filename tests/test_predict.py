@@ -6,7 +6,8 @@ from torch import nn
 import roofline
 from roofline.errors import RooflineError
 from roofline.hardware.profile import HardwareProfile, MemoryLevel
-from roofline.predict import predict
+from roofline.hardware.render import render_profile
+from roofline.predict import predict, render
 
 PEAK = 1e12  # FLOP/s
 L2_BW, L2_SIZE = 1e12, 1_048_576  # 1 TB/s, 1 MiB
@@ -166,6 +167,13 @@ def test_in_pass_time_uses_the_pass_line_and_sets_the_latency():
     assert totals["throughput_samples_per_s"] == pytest.approx(n / totals["predicted_latency_s"])
     plain = predict(analysis, hw).layers  # the plain roofline has no pass line: both times agree
     assert list(plain["in_pass_s"]) == list(plain["predicted_s"])
+    # The table shows the in-pass column only where it differs; the summary names the layers alone.
+    assert "in_pass_s" in render(calibrated, "csv").splitlines()[0]
+    assert "in_pass_s" not in render(predict(analysis, hw), "csv").splitlines()[0]
+    assert "layers alone:" in calibrated.summary()
+    shown = render_profile(hw, "table")
+    assert "alone, and in a pass" in shown and "in a pass  0.250" in shown
+    assert "in a pass" not in render_profile(elementwise_line(), "table")
 
 
 def test_fit_line_recovers_fixed_cost_and_efficiency():

@@ -382,20 +382,44 @@ def measure_efficiency(
     """
     ops = representative_ops(device, config.efficiency_scale)
     fns, labels, reference_flops = efficiency_callables(ops, device)
-    # Interleaved, so a slow spell of a shared machine does not land on one class and not another.
-    timed = time_interleaved(fns, config.rounds, min_run_time_s=config.min_run_time_s, labels=labels,
-                             step=lambda index: progress.step(labels[index]), device=device)
-    efficiency, fixed, metadata = fit_efficiency(profile, ops, [m.median_s for m in timed[:-1]],
-                                                 reference_flops / timed[-1].median_s)
+    in_sequence = device == "cpu" and config.sequence_cycles > 0
+    alone_rounds: list[list[float]] = []  # per round, per callable: median seconds
+    sequence_rounds: list[list[float]] = []
+    for _ in range(config.rounds):
+        # Each round times every op alone (interleaved, so a slow spell of a shared machine does not
+        # land on one class and not another), then on a CPU every op in sequence, right after.
+        alone = time_interleaved(fns, 1, min_run_time_s=config.min_run_time_s / config.rounds, labels=labels,
+                                 step=lambda index: progress.step(labels[index]), device=device)
+        alone_rounds.append([m.median_s for m in alone])
+        if in_sequence:
+            cycles = math.ceil(config.sequence_cycles / config.rounds)
+            timed = time_in_sequence(fns[:-1], cycles, labels=labels[:-1], device=device,
+                                     step=lambda cycle: progress.step(f"in sequence, cycle {cycle + 1}"))
+            sequence_rounds.append([m.median_s for m in timed])
+    medians = [statistics.median(column) for column in zip(*alone_rounds, strict=True)]
+    efficiency, fixed, metadata = fit_efficiency(profile, ops, medians[:-1], reference_flops / medians[-1])
     fields = {"efficiency": efficiency, "fixed_overhead_s": fixed}
-    if device == "cpu" and config.sequence_cycles:
-        in_pass = time_in_sequence(fns[:-1], config.sequence_cycles, labels=labels[:-1],
-                                   device=device, step=lambda cycle: progress.step(f"in sequence, cycle {cycle + 1}"))
-        pass_efficiency, pass_fixed, pass_metadata = fit_efficiency(
-            profile, ops, [m.median_s for m in in_pass], name="pass_efficiency")
+    if in_sequence:
+        in_pass = paired_sequence_medians([row[:-1] for row in alone_rounds], sequence_rounds)
+        pass_efficiency, pass_fixed, pass_metadata = fit_efficiency(profile, ops, in_pass, name="pass_efficiency")
         fields |= {"pass_efficiency": pass_efficiency, "pass_fixed_overhead_s": pass_fixed}
         metadata |= pass_metadata
     return fields, metadata
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def paired_sequence_medians(alone_rounds: Sequence[Sequence[float]],
+                            sequence_rounds: Sequence[Sequence[float]]) -> list[float]:
+    """Per op, its time in sequence as its median time alone times the median, over rounds, of its
+    in-sequence / alone ratio within a round. Each round times both back to back, so a slow spell
+    of a shared machine that hits one phase moves the ratio of that round only, not the whole line
+    (one such spell made a pass line 1.9x slower than its alone line for GEMMs)."""
+    per_op = zip(zip(*alone_rounds, strict=True), zip(*sequence_rounds, strict=True), strict=True)
+    return [statistics.median(alone) * statistics.median(s / a for a, s in zip(alone, seq, strict=True))
+            for alone, seq in per_op]
 
 
 def efficiency_callables(ops: list[RepresentativeOp], device: str) -> tuple[list[Callable[[], object]], list[str], float]:
@@ -470,7 +494,8 @@ def measure_profile(
     llc = next((level.capacity_bytes for level in reversed(levels[:-1]) if level.capacity_bytes), None)
     sizes = _sizes(config, llc)
     kernels_per_size = 5
-    efficiency_steps = config.rounds * (len(representative_ops("meta", 0.01)) + 1) + (config.sequence_cycles if device == "cpu" else 0)
+    cycles = config.rounds * math.ceil(config.sequence_cycles / config.rounds) if device == "cpu" else 0
+    efficiency_steps = config.rounds * (len(representative_ops("meta", 0.01)) + 1) + cycles
     total = 1 + len(sizes) * kernels_per_size + len(config.matmul_sizes) * 5 + (efficiency_steps if config.efficiency else 0)
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     load_before = " ".join(f"{x:.2f}" for x in load) if load else "unknown"
@@ -542,8 +567,10 @@ def measure_profile(
                 )
                 if "pass_efficiency" in fields:
                     notes["pass_efficiency"] = (
-                        f"the same line fitted to the same ops called once each per cycle over all of them "
-                        f"({config.sequence_cycles} cycles), as layers run in a pass"
+                        "the same line fitted to the same ops called once each per cycle over all of them, as "
+                        f"layers run in a pass ({_count(math.ceil(config.sequence_cycles / config.rounds), 'cycle')} "
+                        f"after each of {_count(config.rounds, 'round')} alone; per op, median alone x median "
+                        "in-sequence/alone ratio)"
                     )
                 profile = dataclasses.replace(profile, **fields, notes=notes, metadata={**profile.metadata, **eff_metadata})
     finally:
