@@ -423,16 +423,16 @@ def summary_lines(data: ReportData, top: int = 3) -> list[str]:
             lines.append("Most time lost against the prediction: " + "; ".join(
                 f"{name} ({format_time(seconds)} measured, {ratio:.3g}x predicted)" for name, seconds, ratio
                 in zip(worst["name"], worst["measured_s"], worst["measured_over_predicted"])) + ".")
-        lines.extend(_in_pass_lines(layers, measured, data.measurement.metadata.get("hooked_pass_s"), top))
+        lines.extend(_in_pass_lines(layers, measured, data.measurement.metadata.get("hook_cost_per_call_s"), top))
     return lines
 
 
-def _in_pass_lines(layers: pd.DataFrame, measured: dict[str, Any], hooked_pass_s: float | None, top: int) -> list[str]:
+def _in_pass_lines(layers: pd.DataFrame, measured: dict[str, Any], hook_cost_s: float | None, top: int) -> list[str]:
     """Which layers lose the most time inside the full pass against alone (both measured)."""
     if math.isnan(measured["sum_in_pass_s"]):  # not timed in the pass (a GPU, an older measurement)
         return []
     gain = (layers["measured_in_pass_s"] - layers["measured_s"]).dropna().sort_values(ascending=False, kind="stable")
-    hooked = f" (medians over passes timed with hooks, which took {format_time(hooked_pass_s)} each)" if hooked_pass_s else ""
+    hooked = f" (timed with hooks; their cost, {format_time(hook_cost_s)} per module call, taken off)" if hook_cost_s else ""
     lines = [(f"Inside the full pass the layers took {format_time(measured['sum_in_pass_s'])}{hooked} against "
               f"{format_time(measured['sum_of_layers_s'])} timed alone")]
     slower = layers.loc[gain.index[:top][gain.iloc[:top] > 0]]
