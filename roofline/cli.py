@@ -321,6 +321,9 @@ def _setup_report(parser: argparse.ArgumentParser) -> None:
     _add_precision(parser)
     _add_hw(parser)
     parser.add_argument("--no-measure", action="store_true", help="predict only; do not time the model here")
+    parser.add_argument("--recalibrate", action="store_true",
+                        help="time a measured profile's efficiency ops again first (implies --calibrated): on a "
+                             "machine whose speed drifts, prediction and measurement then share the same minutes")
     parser.add_argument("--min-run-time", type=float, default=0.05, metavar="S",
                         help="measurement budget per layer and per batch size in seconds (default 0.05)")
     parser.add_argument("--out", default="roofline-report", help="report directory (default: roofline-report)")
@@ -332,7 +335,7 @@ def _run_report(args: argparse.Namespace) -> int:
 
     out = report(args.model, args.hw, out=args.out, precision=args.precision, measure=not args.no_measure,
                  calibrated=args.calibrated, progress=not args.no_progress, min_run_time_s=args.min_run_time,
-                 input_shape=args.input_shape, batch=args.batch, seq_len=args.seq_len)
+                 input_shape=args.input_shape, batch=args.batch, seq_len=args.seq_len, recalibrate=args.recalibrate)
     print(f"report written to {out}\nopen {out / 'index.html'}")
     return 0
 

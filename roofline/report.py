@@ -129,11 +129,13 @@ def type_table(layers: pd.DataFrame) -> pd.DataFrame:
 def report(model: Any, hw: str | HardwareProfile = "auto", *, out: str | Path = "roofline-report",
            precision: str = "fp32", measure: bool = True, calibrated: bool = False, progress: bool = True,
            min_run_time_s: float = 0.05, input_shape: str | None = None, batch: int | None = None,
-           seq_len: int | None = None) -> Path:
+           seq_len: int | None = None, recalibrate: bool = False) -> Path:
     """Analyse, predict on `hw`, measure on the matching local device (unless measure=False), write `out`.
 
-    min_run_time_s is the timing budget per layer and per batch size (roofline.measure's). Returns the
-    report directory; open `out/index.html`.
+    min_run_time_s is the timing budget per layer and per batch size (roofline.measure's).
+    recalibrate (implies calibrated) times the measured profile's efficiency ops again first, on the
+    device it describes, so prediction and measurement come from the same minutes of a machine whose
+    speed drifts. Returns the report directory; open `out/index.html`.
     """
     from roofline import models
     from roofline.analysis import analyze
@@ -144,6 +146,14 @@ def report(model: Any, hw: str | HardwareProfile = "auto", *, out: str | Path = 
     get_precision(precision)  # fail on a bad name before the slow steps
     _say(progress, f"resolving hardware profile {hw if isinstance(hw, str) else hw.name}")
     profile = load_profile(hw) if isinstance(hw, str) else hw
+    device, why_not = measurement_device(profile)
+    if recalibrate:
+        from roofline.hardware.microbench import recalibrate as recalibrated
+
+        if device is None:
+            raise RooflineError(f"cannot recalibrate: {why_not.split(':')[0]}")
+        _say(progress, f"timing {profile.name}'s efficiency ops again on {device}")
+        profile, calibrated = recalibrated(profile, device, progress), True
     _say(progress, f"counting {model}")
     loaded = models.load(model, input_shape=input_shape, batch=batch, seq_len=seq_len)
     counted = analyze(loaded, precision=precision)
@@ -151,8 +161,10 @@ def report(model: Any, hw: str | HardwareProfile = "auto", *, out: str | Path = 
     prediction = predict(counted, profile, calibrated=calibrated)
 
     notes: list[str] = []
+    if recalibrate:
+        notes.append(f"Calibrated with the profile's efficiency ops timed again just before measuring "
+                     f"({profile.metadata['recalibrated']}); its roofs are from {profile.metadata.get('date', '?')}.")
     measurement = None
-    device, why_not = measurement_device(profile)
     if not measure:
         notes.append("Not measured (--no-measure): the report shows predictions only.")
     elif device is None:

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from roofline.cli import main
 
@@ -90,3 +91,15 @@ def test_module_entry_point_subprocess():
     assert done.returncode == 2
     assert done.stderr.strip().startswith("roofline: error: unknown zoo model 'nope'")
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(("hw", "message"), [
+    ("t4", "cannot recalibrate: NVIDIA T4"),  # a GPU profile on a machine without one
+    ("epyc-7763", "is not a measured profile with efficiency factors"),
+])
+def test_recalibrate_needs_a_measured_profile_of_a_device_here(capsys, tmp_path, hw, message):
+    if hw == "t4" and torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    code, _, err = run(capsys, "report", "zoo:mlp", "--hw", hw, "--recalibrate", "--no-progress",
+                       "--out", str(tmp_path / "r"))
+    assert code == 2 and message in err and err.count("\n") == 1

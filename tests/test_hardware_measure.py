@@ -160,3 +160,16 @@ def test_with_matmul_tf32_sets_the_flag_per_call_and_restores_it() -> None:
         assert seen == [False] and torch.backends.cuda.matmul.allow_tf32 is True
     finally:
         torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def test_recalibrate_times_the_efficiency_ops_again_and_keeps_the_roofs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(microbench, "FULL", TINY)  # the profile's own mode decides the sizes: keep them tiny
+    measured = measure_profile("cpu", progress=False, config=TINY)
+    assert measured.metadata["mode"] == "full"  # FULL is TINY here, so recalibrate times the same tiny ops
+    again = microbench.recalibrate(measured, "cpu", progress=False)
+    assert again.peak_flops_per_s == measured.peak_flops_per_s and again.memory_levels == measured.memory_levels
+    assert set(again.efficiency) and set(again.pass_efficiency) and again.metadata["recalibrated"]
+    assert again.metadata["reference_flops_per_s"] != measured.metadata["reference_flops_per_s"]  # timed again
+    detected = load_profile("epyc-7763")
+    with pytest.raises(RooflineError, match="not a measured profile with efficiency factors"):
+        microbench.recalibrate(detected, "cpu", progress=False)

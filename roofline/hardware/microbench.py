@@ -33,7 +33,7 @@ from roofline.timing import (
     with_matmul_tf32,
 )
 
-__all__ = ["FULL", "QUICK", "BandwidthPoint", "BenchConfig", "measure_profile"]
+__all__ = ["FULL", "QUICK", "BandwidthPoint", "BenchConfig", "measure_profile", "recalibrate"]
 
 _KIB = 1024
 _MIB = 1024 * 1024
@@ -476,6 +476,37 @@ def fit_class(samples: list[tuple[float, float, str, str]], last_level: str) -> 
         return {None: factor}, fixed
     streamed_factor = min(_MAX_FITTED_EFFICIENCY, max(1e-6, statistics.median(ratios)))
     return {None: factor, last_level: streamed_factor}, fixed
+
+
+def recalibrate(profile: HardwareProfile, device: str, progress: bool = True) -> HardwareProfile:
+    """The measured `profile` with its efficiency lines (alone and, on a CPU, in a pass) timed again now.
+
+    A shared machine's speed drifts by tens of percent over minutes; bandwidths and peaks are what
+    the hardware can do, but the factors say what it does now. Re-timing only the efficiency ops
+    (10-60 s) just before a measurement puts prediction and measurement in the same minutes. The
+    profile's own roofs and benchmark sizes are kept, so the factors mean what they meant.
+    """
+    if profile.source != "measured" or not profile.efficiency:
+        raise RooflineError(f"{profile.where} is not a measured profile with efficiency factors, so there is "
+                            "nothing to recalibrate; make one with: roofline hw measure --save FILE")
+    config = QUICK if profile.metadata.get("mode") == "quick" else FULL
+    cycles = config.rounds * math.ceil(config.sequence_cycles / config.rounds) if device == "cpu" else 0
+    bar = _Progress(config.rounds * (len(representative_ops("meta", 0.01)) + 1) + cycles, progress,
+                    f"recalibrating on {device}")
+    try:
+        with torch.inference_mode(), retained_heap():
+            fields, metadata = measure_efficiency(profile, device, config, bar)
+    finally:
+        bar.close()
+    date = datetime.datetime.now().isoformat(timespec="seconds")
+    stale = ("pass_efficiency", "pass_fixed_overhead_s")  # a GPU recalibration has no pass line to keep
+    kept = {key: value for key, value in profile.metadata.items()
+            if not key.startswith(("efficiency.", "pass_efficiency."))}
+    return dataclasses.replace(
+        profile, **{**{name: {} for name in stale}, **fields},
+        metadata={**kept, **metadata, "recalibrated": date},
+        notes={**profile.notes, "recalibrated": f"efficiency factors timed again on {date}; roofs from {profile.metadata.get('date', '?')}"},
+    )
 
 
 # ---- the measured profile ------------------------------------------------------------------------
