@@ -439,13 +439,17 @@ class _PassTimer:
     layers', so what they add lands in each caller's own time. `medians(leak_s=...)` takes it off:
     the caller of `n` module calls loses `n * leak_s`, where leak_s is (hooked pass - plain pass) /
     calls per pass, both timed in the same interleaved rounds.
+
+    A call with no row of its own (`rows` given and its name not in it: a Sequential, a block whose
+    own ops are only views) folds into its caller, so the rows still add up to the pass.
     """
 
     def __init__(self, model: nn.Module, forward: Callable[[], object],
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 clock: Callable[[], float] = time.perf_counter, rows: set[str] | None = None) -> None:
         self.paths = ModuleCallTracker(model).paths  # named as the trace names them
         self.forward = forward
         self.clock = clock
+        self.rows = rows
         self.times: dict[str, list[float]] = {}  # own time per call name, hooks' cost included
         self.child_calls: dict[str, int] = {}
         self.calls_per_pass = 0
@@ -482,6 +486,11 @@ class _PassTimer:
             self._open[-1][3] += children
             self._open[-1][4] += child_calls
         _, name, start, children, child_calls = self._open.pop()
+        folds = self.rows is not None and name not in self.rows
+        if self._open and folds:  # its own time stays in the caller, and its calls become the caller's
+            self._open[-1][3] += children
+            self._open[-1][4] += 1 + child_calls
+            return
         if self._open:
             self._open[-1][3] += end - start
             self._open[-1][4] += 1
@@ -613,7 +622,8 @@ def _measure(loaded: LoadedModel, settings: _Settings, batch_sizes: Sequence[int
     layer_items = [(row.call.name, f"timing layer '{row.call.name}'", _layer_callable(row, modules)) for row in rows]
     batch_items = [(f"batch {size}", f"the end-to-end forward pass at batch {size} (choose others with batch_sizes)",
                     _forward(module, _at_batch(loaded.inputs, base, size))) for size in sizes]
-    pass_timer = _PassTimer(module, _forward(module, loaded.inputs)) if device == "cpu" else None
+    pass_timer = (_PassTimer(module, _forward(module, loaded.inputs), rows={row.call.name for row in rows})
+                  if device == "cpu" else None)
     if pass_timer is not None:  # and a plain pass at the same batch, for what the hooks add
         plain = [] if base in sizes else [("(plain pass)", "the end-to-end forward pass", _forward(module, loaded.inputs))]
         batch_items += [*plain, ("(layers in the pass)", "the forward pass timed layer by layer", pass_timer)]

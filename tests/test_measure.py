@@ -112,6 +112,29 @@ def test_in_pass_time_is_each_call_less_its_children():
     assert timer.medians(skip=1, leak_s=0.25)["(model)"] == 1.0 - 3 * 0.25
 
 
+class _Wrapper(nn.Module):
+    """A container with no row of its own around the block: 0.5 s of its own Python."""
+
+    def __init__(self, clock: _Clock) -> None:
+        super().__init__()
+        self.clock, self.inner = clock, _Block(clock)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.clock.now += 0.5
+        return self.inner(x)
+
+
+def test_a_call_without_a_row_folds_into_its_caller():
+    clock = _Clock()
+    model = nn.Sequential(_Wrapper(clock))
+    timer = measure_module._PassTimer(model, lambda: model(torch.zeros(1)), clock=clock,
+                                      rows={"(model)", "0.inner", "0.inner.a", "0.inner.b", "0.inner.b#1"})
+    timer()
+    assert timer.medians(skip=0) == {"(model)": 0.5, "0.inner": 1.0, "0.inner.a": 2.0, "0.inner.b": 3.0, "0.inner.b#1": 3.0}
+    # The fold hands the wrapper's calls to the root: the root pays the hooks of two calls (wrapper, inner).
+    assert timer.medians(skip=0, leak_s=0.1)["(model)"] == pytest.approx(0.5 - 2 * 0.1)
+
+
 class _Fails(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         raise ValueError("no")
