@@ -51,8 +51,8 @@ from roofline.hardware import (
 from roofline.hardware.microbench import (
     FULL,
     QUICK,
-    BenchConfig,
     RepresentativeOp,
+    config_of,
     efficiency_callables,
     fit_efficiency,
     paired_sequence_medians,
@@ -89,11 +89,6 @@ def _profile(name: str, quick: bool, rounds: int) -> HardwareProfile:
     return measure_profile(device="cpu", quick=quick)
 
 
-def _config_of(profile: HardwareProfile) -> BenchConfig:
-    """The benchmark configuration a measured profile was made with (its sizes and timing)."""
-    return QUICK if profile.metadata.get("mode") == "quick" else FULL
-
-
 def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
     order = np.argsort(values)
     cumulative = np.cumsum(weights[order])
@@ -110,7 +105,7 @@ def _measure_in_window(spec: str, profile: HardwareProfile, batch: int, rounds: 
     metadata of the first run with the median reference rate, and the profile with the window's
     efficiency (and pass line, where the profile has one)."""
     fns, _, reference_flops = efficiency_callables(ops, "cpu")
-    config = _config_of(profile)
+    config = config_of(profile)
     cycles = max(3, config.sequence_cycles // (rounds + 1))
     op_passes: list[list[float]] = []
     in_pass: list[list[tuple[float, ...]]] = []  # per slot, per op: the time of every call
@@ -203,7 +198,7 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     if args.hw == "measure":  # the profile behind these predictions, kept beside the table
         save_profile(profile, Path(args.out).with_suffix(".profile.yaml"))
-    ops = representative_ops("cpu", _config_of(profile).efficiency_scale)
+    ops = representative_ops("cpu", config_of(profile).efficiency_scale)
     rows, tables = [], []
     for spec in args.models.split(","):
         start = time.perf_counter()

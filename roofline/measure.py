@@ -71,7 +71,7 @@ from roofline.timing import (
     retained_heap,
     time_interleaved,
 )
-from roofline.trace import ROOT_NAME, LayerCall, ModuleCallTracker
+from roofline.trace import LayerCall, ModuleCallTracker, call_name
 
 __all__ = ["ModelMeasurement", "NotMeasurable", "measure", "render"]
 
@@ -471,8 +471,7 @@ class _PassTimer:
         key = id(module)
         if key in self.paths:
             index = self._calls[key] = self._calls.get(key, -1) + 1
-            base = self.paths[key] or ROOT_NAME
-            self._open.append([key, base if index == 0 else f"{base}#{index}", self.clock(), 0.0, 0])
+            self._open.append([key, call_name(self.paths[key], index), self.clock(), 0.0, 0])
 
     def _exit(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         end = self.clock()

@@ -113,6 +113,12 @@ class _TensorInfo:
     producer: str | None  # layer name, or None for tensors from outside the traced forward
 
 
+def call_name(path: str, index: int) -> str:
+    """A module call's row name: its path ('(model)' for the root), then '#k' from its second call on."""
+    base = path or ROOT_NAME
+    return base if index == 0 else f"{base}#{index}"
+
+
 class ModuleCallTracker:
     """A stack of running module calls, kept by global forward hooks on one model's modules.
 
@@ -140,9 +146,8 @@ class ModuleCallTracker:
         index = self._call_counts[key]
         self._call_counts[key] += 1
         path = self.paths[key]
-        base = path or ROOT_NAME
         call = LayerCall(
-            name=base if index == 0 else f"{base}#{index}",
+            name=call_name(path, index),
             path=path,
             call_index=index,
             module_type=type(module).__name__,

@@ -58,10 +58,25 @@ class BenchConfig:
     rounds: int = 3  # interleaved passes over the efficiency ops (timing.time_interleaved)
     sequence_cycles: int = 15  # cycles over the efficiency ops timed as in a pass (CPU; 0: not measured)
 
+    @property
+    def cycles_per_round(self) -> int:
+        """Sequence cycles run after each alone round (sequence_cycles spread over the rounds)."""
+        return math.ceil(self.sequence_cycles / self.rounds)
+
+    def efficiency_steps(self, device: str) -> int:
+        """Progress steps of measure_efficiency: each op and the reference per round, then the cycles."""
+        cycles = self.rounds * self.cycles_per_round if device == "cpu" else 0
+        return self.rounds * (len(representative_ops("meta", 0.01)) + 1) + cycles
+
 
 FULL = BenchConfig()
 QUICK = BenchConfig(max_bytes=128 * _MIB, size_step=4.0, min_run_time_s=0.01, matmul_sizes=(256, 512, 1024), efficiency_scale=0.5,
                     sequence_cycles=9)
+
+
+def config_of(profile: HardwareProfile) -> BenchConfig:
+    """The configuration a measured profile was made with (its op sizes and timing), by its metadata."""
+    return QUICK if profile.metadata.get("mode") == "quick" else FULL
 
 
 @dataclass(frozen=True)
@@ -392,8 +407,7 @@ def measure_efficiency(
                                  step=lambda index: progress.step(labels[index]), device=device)
         alone_rounds.append([m.median_s for m in alone])
         if in_sequence:
-            cycles = math.ceil(config.sequence_cycles / config.rounds)
-            timed = time_in_sequence(fns[:-1], cycles, labels=labels[:-1], device=device,
+            timed = time_in_sequence(fns[:-1], config.cycles_per_round, labels=labels[:-1], device=device,
                                      step=lambda cycle: progress.step(f"in sequence, cycle {cycle + 1}"))
             sequence_rounds.append([m.median_s for m in timed])
     medians = [statistics.median(column) for column in zip(*alone_rounds, strict=True)]
@@ -489,10 +503,8 @@ def recalibrate(profile: HardwareProfile, device: str, progress: bool = True) ->
     if profile.source != "measured" or not profile.efficiency:
         raise RooflineError(f"{profile.where} is not a measured profile with efficiency factors, so there is "
                             "nothing to recalibrate; make one with: roofline hw measure --save FILE")
-    config = QUICK if profile.metadata.get("mode") == "quick" else FULL
-    cycles = config.rounds * math.ceil(config.sequence_cycles / config.rounds) if device == "cpu" else 0
-    bar = _Progress(config.rounds * (len(representative_ops("meta", 0.01)) + 1) + cycles, progress,
-                    f"recalibrating on {device}")
+    config = config_of(profile)
+    bar = _Progress(config.efficiency_steps(device), progress, f"recalibrating on {device}")
     try:
         with torch.inference_mode(), retained_heap():
             fields, metadata = measure_efficiency(profile, device, config, bar)
@@ -525,9 +537,8 @@ def measure_profile(
     llc = next((level.capacity_bytes for level in reversed(levels[:-1]) if level.capacity_bytes), None)
     sizes = _sizes(config, llc)
     kernels_per_size = 5
-    cycles = config.rounds * math.ceil(config.sequence_cycles / config.rounds) if device == "cpu" else 0
-    efficiency_steps = config.rounds * (len(representative_ops("meta", 0.01)) + 1) + cycles
-    total = 1 + len(sizes) * kernels_per_size + len(config.matmul_sizes) * 5 + (efficiency_steps if config.efficiency else 0)
+    total = (1 + len(sizes) * kernels_per_size + len(config.matmul_sizes) * 5
+             + (config.efficiency_steps(device) if config.efficiency else 0))
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     load_before = " ".join(f"{x:.2f}" for x in load) if load else "unknown"
     cpus = os.cpu_count() or 1
@@ -599,7 +610,7 @@ def measure_profile(
                 if "pass_efficiency" in fields:
                     notes["pass_efficiency"] = (
                         "the same line fitted to the same ops called once each per cycle over all of them, as "
-                        f"layers run in a pass ({_count(math.ceil(config.sequence_cycles / config.rounds), 'cycle')} "
+                        f"layers run in a pass ({_count(config.cycles_per_round, 'cycle')} "
                         f"after each of {_count(config.rounds, 'round')} alone; per op, median alone x median "
                         "in-sequence/alone ratio)"
                     )
