@@ -15,7 +15,9 @@ Each model is measured in `--rounds` runs, each preceded (and the last followed)
 profile's efficiency ops: besides the profile's own calibration (`calibrated`), the table shows one
 refitted from those passes (`window`), made in the same minutes as the measurement. On a shared VM
 whose speed drifts over minutes, the gap between the two is the drift. `speed` is the reference
-matmul's rate while measuring over its rate while profiling.
+matmul's rate while measuring over its rate while profiling; `machine_spread` how much that rate varied
+within one measurement of the model (10th to 90th percentile, median over the runs): an error smaller
+than it is within the machine's own noise (benchmarks/noise_floor.py measures that noise end to end).
 
 End to end, the calibrated prediction is a full pass: each layer with its ops' line as timed once
 per cycle over all the profile's ops (profile.pass_efficiency), since in a pass a layer's code,
@@ -130,7 +132,9 @@ def _measure_in_window(spec: str, profile: HardwareProfile, batch: int, rounds: 
     layers = pd.concat([run.layers for run in runs]).groupby("name", sort=False)[["measured_s", "iqr_s", "in_pass_s"]].median()
     e2e = float(np.median([run.end_to_end["latency_s"].iloc[0] for run in runs]))
     reference = float(np.median([run.metadata["reference_flops_per_s"] for run in runs]))
-    return layers, e2e, {**runs[0].metadata, "reference_flops_per_s": reference}, window
+    spread = float(np.median([fast / slow - 1 for slow, fast in (run.metadata["reference_flops_per_s_range"]
+                                                                   for run in runs)]))
+    return layers, e2e, {**runs[0].metadata, "reference_flops_per_s": reference, "machine_spread": spread}, window
 
 
 def evaluate(spec: str, profile: HardwareProfile, rounds: int, min_run_time_s: float,
@@ -174,6 +178,7 @@ def evaluate(spec: str, profile: HardwareProfile, rounds: int, min_run_time_s: f
         "window_vs_layers": window.totals["sum_of_layers_s"] / float(layers["measured_s"].sum()) - 1,
         "bound_agreement": agree,
         "speed": speed,
+        "machine_spread": metadata["machine_spread"],
     }
     return row, layers
 

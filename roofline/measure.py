@@ -648,17 +648,19 @@ def _measure(loaded: LoadedModel, settings: _Settings, batch_sizes: Sequence[int
     for row in layer_rows:
         row["in_pass_s"] = in_pass.get(row["name"], float("nan"))
     e2e_rows = [_end_to_end_row(size, m) for size, m in zip(sizes, batch_times, strict=True)]
-    reference_flops_per_s = reference_flops / statistics.median(layer_reference.raw_times_s + batch_reference.raw_times_s)
+    reference_times_s = layer_reference.raw_times_s + batch_reference.raw_times_s
+    reference_flops_per_s = reference_flops / statistics.median(reference_times_s)
+    slow, fast = speed_range(reference_times_s, reference_flops)
+    metadata = {**_metadata(loaded, settings, base, sorted(int8_paths)),
+                "reference_flops_per_s": reference_flops_per_s,
+                "reference_flops_per_s_range": [slow, fast],
+                # The hooked pass behind in_pass_s against the plain one: what the hooks cost, taken off.
+                **hook_metadata}
+    metadata["notes"] += [note for note in [unsteady_note(slow, fast)] if note]
 
     layers = pd.DataFrame(layer_rows, columns=LAYER_COLUMNS + ["calls_per_block", "replayed_ops"])
-    result = ModelMeasurement(
-        model=loaded.name, device=device, precision=precision, layers=layers,
-        end_to_end=pd.DataFrame(e2e_rows, columns=END_TO_END_COLUMNS),
-        metadata={**_metadata(loaded, settings, base, sorted(int8_paths)),
-                  "reference_flops_per_s": reference_flops_per_s,
-                  # The hooked pass behind in_pass_s against the plain one: what the hooks cost, taken off.
-                  **hook_metadata},
-    )
+    result = ModelMeasurement(model=loaded.name, device=device, precision=precision, layers=layers,
+                              end_to_end=pd.DataFrame(e2e_rows, columns=END_TO_END_COLUMNS), metadata=metadata)
     if result.noisy_layers:
         shown = ", ".join(result.noisy_layers[:5]) + (", ..." if len(result.noisy_layers) > 5 else "")
         warnings.warn(f"{len(result.noisy_layers)} of {len(layers)} layers measured noisy (IQR > 10% of median): "
@@ -712,6 +714,31 @@ def speed_ratio(profile_metadata: Mapping[str, Any], measurement_metadata: Mappi
     if None not in devices and str(devices[0]).split(":")[0] != str(devices[1]).split(":")[0]:
         return None
     return ratio
+
+
+# The reference matmul's rate varying more than this over one measurement (10th to 90th percentile of
+# its timed blocks): the machine itself was not steady to better than that.
+UNSTEADY_SPEED = 0.10
+
+
+def speed_range(times_s: Sequence[float], flops: float) -> tuple[float, float]:
+    """(slow, fast) FLOP/s of the reference matmul over a run: at its 90th and 10th percentile block
+    times, so one stray block does not set the range."""
+    if len(times_s) < 2:
+        return flops / times_s[0], flops / times_s[0]
+    deciles = statistics.quantiles(times_s, n=10, method="inclusive")
+    return flops / deciles[-1], flops / deciles[0]
+
+
+def unsteady_note(slow: float, fast: float) -> str | None:
+    """A sentence when the machine's own speed varied while measuring: on a shared VM it can by tens of
+    percent within seconds, and then neither a prediction nor a second measurement can agree with
+    this one more closely than that (benchmarks/noise_floor.py shows it model by model)."""
+    if fast <= slow * (1 + UNSTEADY_SPEED):
+        return None
+    return (f"the machine's own speed varied by {fast / slow - 1:.0%} while measuring (the reference matmul ran at "
+            f"{slow / 1e9:.3g}-{fast / 1e9:.3g} GFLOP/s, 10th to 90th percentile of its timed blocks): a gap of that "
+            "size between predicted and measured, or between two measurements, is within the machine's noise")
 
 
 def speed_note(profile_metadata: Mapping[str, Any], measurement_metadata: Mapping[str, Any]) -> str | None:

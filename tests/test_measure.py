@@ -191,6 +191,8 @@ def test_metadata_and_json(mobile):
     assert meta["device_name"] and meta["date"] and meta["batch"] == 1
     assert meta["allocator"]  # how freed memory was kept while timing
     assert meta["reference_flops_per_s"] > 1e8  # the machine's speed during the run, from a real matmul
+    slow, fast = meta["reference_flops_per_s_range"]
+    assert slow <= meta["reference_flops_per_s"] <= fast
     data = json.loads(json.dumps(mobile.to_dict()))
     assert set(data) == {"model", "device", "precision", "metadata", "layers", "end_to_end"}
     assert (data["model"], data["device"], data["precision"]) == ("zoo:mobile-block", "cpu", "fp32")
@@ -437,3 +439,21 @@ def test_speed_ratio_compares_like_with_like():
     assert speed_ratio(profile, {"reference_flops_per_s": 6e10, "num_threads": 2, "device": "cpu"}) is None
     assert speed_ratio(profile, {"reference_flops_per_s": 6e12, "num_threads": 1, "device": "cuda"}) is None
     assert speed_ratio({}, {"reference_flops_per_s": 6e10}) is None
+
+
+def test_the_machine_s_own_speed_range_is_noted_only_when_it_varied():
+    from roofline.measure import speed_range, unsteady_note
+
+    flops = 1e9
+    steady = [0.010, 0.0101, 0.0099, 0.0100, 0.0102]  # within 3%
+    slow, fast = speed_range(steady, flops)
+    assert slow < fast and fast / slow < 1.05 and unsteady_note(slow, fast) is None
+    # One stray block (a 5x slower call) among twenty does not set the range: deciles, not extremes.
+    slow, fast = speed_range([0.010] * 19 + [0.050], flops)
+    assert fast / slow < 1.01
+    # Half the blocks 40% slower: the machine itself varied, and the note says by how much.
+    slow, fast = speed_range([0.010] * 10 + [0.014] * 10, flops)
+    assert slow == pytest.approx(flops / 0.014) and fast == pytest.approx(flops / 0.010)
+    note = unsteady_note(slow, fast)
+    assert note is not None and "varied by 40%" in note and "71.4-100 GFLOP/s" in note
+    assert speed_range([0.01], flops) == (pytest.approx(1e11), pytest.approx(1e11))
