@@ -63,6 +63,12 @@ def _add_hw(parser: argparse.ArgumentParser, required: bool = True) -> None:
                         help="scale each op class by the efficiency measured on the device (measured profiles)")
 
 
+def _add_recalibrate(parser: argparse.ArgumentParser, why: str) -> None:
+    parser.add_argument("--recalibrate", action="store_true",
+                        help="time a measured profile's efficiency ops again first, 10-60 s (implies --calibrated): "
+                             f"on a machine whose speed drifts, {why}")
+
+
 def _load_for(args: argparse.Namespace) -> object:
     from roofline import models
     from roofline.precision import get_precision
@@ -75,16 +81,22 @@ def _setup_predict(parser: argparse.ArgumentParser) -> None:
     _add_model_options(parser)
     _add_precision(parser)
     _add_hw(parser)
+    _add_recalibrate(parser, "the prediction is then for the machine as it is now")
     _add_format(parser)
 
 
 def _run_predict(args: argparse.Namespace) -> int:
     from roofline import analysis, predict
     from roofline.hardware import load_profile
+    from roofline.hardware.microbench import recalibrate
 
     profile = load_profile(args.hw)
-    result = analysis.analyze(_load_for(args), precision=args.precision)
-    print(predict.render(predict.predict(result, profile, calibrated=args.calibrated), fmt=args.format))
+    loaded = _load_for(args)  # a bad model fails before the timing
+    if args.recalibrate:
+        profile = recalibrate(profile, progress=True)
+    result = analysis.analyze(loaded, precision=args.precision)
+    print(predict.render(predict.predict(result, profile, calibrated=args.calibrated or args.recalibrate),
+                         fmt=args.format))
     return 0
 
 
@@ -321,9 +333,7 @@ def _setup_report(parser: argparse.ArgumentParser) -> None:
     _add_precision(parser)
     _add_hw(parser)
     parser.add_argument("--no-measure", action="store_true", help="predict only; do not time the model here")
-    parser.add_argument("--recalibrate", action="store_true",
-                        help="time a measured profile's efficiency ops again first (implies --calibrated): on a "
-                             "machine whose speed drifts, prediction and measurement then share the same minutes")
+    _add_recalibrate(parser, "prediction and measurement then share the same minutes")
     parser.add_argument("--min-run-time", type=float, default=0.05, metavar="S",
                         help="measurement budget per layer and per batch size in seconds (default 0.05)")
     parser.add_argument("--out", default="roofline-report", help="report directory (default: roofline-report)")

@@ -140,20 +140,18 @@ def report(model: Any, hw: str | HardwareProfile = "auto", *, out: str | Path = 
     from roofline import models
     from roofline.analysis import analyze
     from roofline.hardware import load_profile
+    from roofline.hardware.microbench import local_device
+    from roofline.hardware.microbench import recalibrate as recalibrated
     from roofline.precision import get_precision
     from roofline.predict import predict
 
     get_precision(precision)  # fail on a bad name before the slow steps
     _say(progress, f"resolving hardware profile {hw if isinstance(hw, str) else hw.name}")
     profile = load_profile(hw) if isinstance(hw, str) else hw
-    device, why_not = measurement_device(profile)
+    device, why_not = local_device(profile)
     if recalibrate:
-        from roofline.hardware.microbench import recalibrate as recalibrated
-
-        if device is None:
-            raise RooflineError(f"cannot recalibrate: {why_not.split(':')[0]}")
-        _say(progress, f"timing {profile.name}'s efficiency ops again on {device}")
-        profile, calibrated = recalibrated(profile, device, progress), True
+        _say(progress, f"timing {profile.name}'s efficiency ops again on this machine")
+        profile, calibrated = recalibrated(profile, progress=progress), True
     _say(progress, f"counting {model}")
     loaded = models.load(model, input_shape=input_shape, batch=batch, seq_len=seq_len)
     counted = analyze(loaded, precision=precision)
@@ -179,18 +177,6 @@ def report(model: Any, hw: str | HardwareProfile = "auto", *, out: str | Path = 
         measurement = _measure(model, device, precision, progress, min_run_time_s, options)
     _say(progress, "drawing charts and writing the report")
     return write_report(prediction, out, measurement=measurement, notes=notes)
-
-
-def measurement_device(profile: HardwareProfile) -> tuple[str | None, str]:
-    """The local device to measure a profile's kind on, or None and the reason it cannot be measured here."""
-    if profile.kind == "cpu":
-        return "cpu", ""
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda", ""
-    return None, (f"{profile.name} is a GPU profile and this machine has no CUDA GPU: measurement skipped, "
-                  "the report shows predictions only.")
 
 
 def _measure(model: Any, device: str, precision: str, progress: bool, min_run_time_s: float,

@@ -93,13 +93,33 @@ def test_module_entry_point_subprocess():
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize("command", ["report", "predict"])
 @pytest.mark.parametrize(("hw", "message"), [
     ("t4", "cannot recalibrate: NVIDIA T4"),  # a GPU profile on a machine without one
     ("epyc-7763", "is not a measured profile with efficiency factors"),
 ])
-def test_recalibrate_needs_a_measured_profile_of_a_device_here(capsys, tmp_path, hw, message):
+def test_recalibrate_needs_a_measured_profile_of_a_device_here(capsys, tmp_path, command, hw, message):
     if hw == "t4" and torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    code, _, err = run(capsys, "report", "zoo:mlp", "--hw", hw, "--recalibrate", "--no-progress",
-                       "--out", str(tmp_path / "r"))
+    extra = ["--no-progress", "--out", str(tmp_path / "r")] if command == "report" else []
+    code, _, err = run(capsys, command, "zoo:mlp", "--hw", hw, "--recalibrate", *extra)
     assert code == 2 and message in err and err.count("\n") == 1
+
+
+@pytest.mark.filterwarnings("ignore:the machine is busy")  # a tiny profile; its figures are not checked
+def test_predict_recalibrate_predicts_with_factors_timed_now(capsys, tmp_path, monkeypatch):
+    from roofline.hardware import microbench, save_profile
+
+    tiny = microbench.BenchConfig(min_bytes=16 * 1024, max_bytes=1024 * 1024, past_llc=False, size_step=4.0,
+                                  min_run_time_s=0.002, matmul_sizes=(64, 128), efficiency_scale=0.1, sequence_cycles=3)
+    monkeypatch.setattr(microbench, "FULL", tiny)
+    measured = microbench.measure_profile("cpu", progress=False, config=tiny)
+    save_profile(measured, tmp_path / "p.yaml")
+    timed = []
+    real = microbench.recalibrate
+    monkeypatch.setattr(microbench, "recalibrate", lambda *a, **k: timed.append(1) or real(*a, **k))
+    code, out, _ = run(capsys, "predict", "zoo:mlp", "--hw", str(tmp_path / "p.yaml"), "--recalibrate",
+                       "--format", "json")
+    data = json.loads(out)
+    assert code == 0 and timed == [1] and data["calibrated"] is True  # --recalibrate implies --calibrated
+    assert data["totals"]["predicted_latency_s"] > 0

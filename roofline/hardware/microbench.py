@@ -492,14 +492,29 @@ def fit_class(samples: list[tuple[float, float, str, str]], last_level: str) -> 
     return {None: factor, last_level: streamed_factor}, fixed
 
 
-def recalibrate(profile: HardwareProfile, device: str, progress: bool = True) -> HardwareProfile:
-    """The measured `profile` with its efficiency lines (alone and, on a CPU, in a pass) timed again now.
+def local_device(profile: HardwareProfile) -> tuple[str | None, str]:
+    """The device here of the profile's kind, or None and why there is none (a GPU profile, no GPU)."""
+    if profile.kind == "cpu":
+        return "cpu", ""
+    if torch.cuda.is_available():
+        return "cuda", ""
+    return None, (f"{profile.name} is a GPU profile and this machine has no CUDA GPU: measurement skipped, "
+                  "the report shows predictions only.")
+
+
+def recalibrate(profile: HardwareProfile, device: str | None = None, progress: bool = True) -> HardwareProfile:
+    """The measured `profile` with its efficiency lines (alone and, on a CPU, in a pass) timed again now,
+    on `device` (default: this machine's device of the profile's kind).
 
     A shared machine's speed drifts by tens of percent over minutes; bandwidths and peaks are what
     the hardware can do, but the factors say what it does now. Re-timing only the efficiency ops
     (10-60 s) just before a measurement puts prediction and measurement in the same minutes. The
     profile's own roofs and benchmark sizes are kept, so the factors mean what they meant.
     """
+    if device is None:
+        device, why_not = local_device(profile)
+        if device is None:
+            raise RooflineError(f"cannot recalibrate: {why_not.split(':')[0]}")
     if profile.source != "measured" or not profile.efficiency:
         raise RooflineError(f"{profile.where} is not a measured profile with efficiency factors, so there is "
                             "nothing to recalibrate; make one with: roofline hw measure --save FILE")
