@@ -17,7 +17,7 @@ refitted from those passes (`window`), made in the same minutes as the measureme
 whose speed drifts over minutes, the gap between the two is the drift. `speed` is the reference
 matmul's rate while measuring over its rate while profiling; `machine_spread` how much that rate varied
 within one measurement of the model (10th to 90th percentile, median over the runs): an error smaller
-than it is within the machine's own noise (benchmarks/noise_floor.py measures that noise end to end).
+than it may be the machine's own noise (benchmarks/noise_floor.py measures that noise end to end).
 
 End to end, the calibrated prediction is a full pass: each layer with its ops' line as timed once
 per cycle over all the profile's ops (profile.pass_efficiency), since in a pass a layer's code,

@@ -9,7 +9,8 @@ latency: the score a perfect predictor, fitted to round A, gets against round B.
 each latency scaled by the reference matmul's rate timed right after it (a correction for the
 machine's speed, as `speed` in benchmarks/accuracy.py reports it).
 
-    .venv/bin/python benchmarks/noise_floor.py [--rounds 8] [--gap 20] [--threads 1] [--out F.csv]
+    .venv/bin/python benchmarks/noise_floor.py [--models A,B,...] [--rounds 8] [--gap 20] [--min-run-time 0.5]
+                                               [--threads 1] [--out benchmarks/results/noise_floor.csv]
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import collections
 import itertools
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 import roofline
+from roofline.measure import _forward as forward_pass
 from roofline.timing import reference_matmul, retained_heap, time_callable
 
 # The same models as benchmarks/accuracy.py, kept in step with it.
@@ -35,12 +38,9 @@ from accuracy import MODELS
 TOLERANCE = 0.10
 
 
-def _forward(spec: str) -> object:
+def _forward(spec: str) -> Callable[[], object]:
     loaded = roofline.load(spec, device="cpu")
-    module, inputs = loaded.module.eval(), loaded.inputs
-    if isinstance(inputs, dict):
-        return lambda: module(**inputs)
-    return lambda: module(*inputs)
+    return forward_pass(loaded.module.eval(), loaded.inputs)
 
 
 def time_rounds(models: list[str], rounds: int, gap_s: float, min_run_time_s: float) -> pd.DataFrame:
@@ -105,7 +105,7 @@ def main() -> None:
     for name, values in (("as measured", latency), ("speed-adjusted", adjusted)):
         scores = pair_scores(values)
         counts = ", ".join(f"{k}: {v}" for k, v in sorted(collections.Counter(scores).items()))
-        print(f"  {name:15} models within 10%: median {np.median(scores):.1f} of {len(models)}; "
+        print(f"  {name:15} models within {TOLERANCE:.0%}: median {np.median(scores):.1f} of {len(models)}; "
               f"pairs with all but one: {sum(s >= len(models) - 1 for s in scores)} of {len(scores)}   (score: pairs) {counts}")
     print(f"per round and model: {args.out}")
 

@@ -82,18 +82,20 @@ def _setup_predict(parser: argparse.ArgumentParser) -> None:
     _add_precision(parser)
     _add_hw(parser)
     _add_recalibrate(parser, "the prediction is then for the machine as it is now")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar while recalibrating")
     _add_format(parser)
 
 
 def _run_predict(args: argparse.Namespace) -> int:
     from roofline import analysis, predict
     from roofline.hardware import load_profile
-    from roofline.hardware.microbench import recalibrate
+    from roofline.hardware.microbench import recalibrate, recalibration_device
 
     profile = load_profile(args.hw)
-    loaded = _load_for(args)  # a bad model fails before the timing
-    if args.recalibrate:
-        profile = recalibrate(profile, progress=True)
+    device = recalibration_device(profile) if args.recalibrate else None  # bad profile, then bad model: both
+    loaded = _load_for(args)  # fail before the timing
+    if device is not None:
+        profile = recalibrate(profile, device, progress=not args.no_progress)
     result = analysis.analyze(loaded, precision=args.precision)
     print(predict.render(predict.predict(result, profile, calibrated=args.calibrated or args.recalibrate),
                          fmt=args.format))

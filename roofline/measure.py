@@ -694,7 +694,8 @@ def _failure(what: str, error: Exception) -> RooflineError:
     return RooflineError(f"{what} failed: {type(error).__name__}: {message}")
 
 
-# A reference-matmul rate this far from the profile's means the machine ran at another speed.
+# A reference-matmul rate this far from the profile's, or varying this much within one measurement,
+# means the machine ran at another speed: a note says so.
 SPEED_CHANGE_NOTED = 0.10
 
 
@@ -716,11 +717,6 @@ def speed_ratio(profile_metadata: Mapping[str, Any], measurement_metadata: Mappi
     return ratio
 
 
-# The reference matmul's rate varying more than this over one measurement (10th to 90th percentile of
-# its timed blocks): the machine itself was not steady to better than that.
-UNSTEADY_SPEED = 0.10
-
-
 def speed_range(times_s: Sequence[float], flops: float) -> tuple[float, float]:
     """(slow, fast) FLOP/s of the reference matmul over a run: at its 90th and 10th percentile block
     times, so one stray block does not set the range."""
@@ -731,14 +727,15 @@ def speed_range(times_s: Sequence[float], flops: float) -> tuple[float, float]:
 
 
 def unsteady_note(slow: float, fast: float) -> str | None:
-    """A sentence when the machine's own speed varied while measuring: on a shared VM it can by tens of
-    percent within seconds, and then neither a prediction nor a second measurement can agree with
-    this one more closely than that (benchmarks/noise_floor.py shows it model by model)."""
-    if fast <= slow * (1 + UNSTEADY_SPEED):
+    """A sentence when the machine's own speed varied while measuring (10th to 90th percentile of the
+    reference matmul's blocks): on a shared VM it can by tens of percent within seconds, and then a
+    prediction or a second measurement is unlikely to agree with this one more closely than that
+    (benchmarks/noise_floor.py shows it model by model)."""
+    if fast <= slow * (1 + SPEED_CHANGE_NOTED):
         return None
     return (f"the machine's own speed varied by {fast / slow - 1:.0%} while measuring (the reference matmul ran at "
             f"{slow / 1e9:.3g}-{fast / 1e9:.3g} GFLOP/s, 10th to 90th percentile of its timed blocks): a gap of that "
-            "size between predicted and measured, or between two measurements, is within the machine's noise")
+            "size between predicted and measured, or between two measurements, may be the machine's noise alone")
 
 
 def speed_note(profile_metadata: Mapping[str, Any], measurement_metadata: Mapping[str, Any]) -> str | None:

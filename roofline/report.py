@@ -140,7 +140,7 @@ def report(model: Any, hw: str | HardwareProfile = "auto", *, out: str | Path = 
     from roofline import models
     from roofline.analysis import analyze
     from roofline.hardware import load_profile
-    from roofline.hardware.microbench import local_device
+    from roofline.hardware.microbench import local_device, recalibration_device
     from roofline.hardware.microbench import recalibrate as recalibrated
     from roofline.precision import get_precision
     from roofline.predict import predict
@@ -150,8 +150,9 @@ def report(model: Any, hw: str | HardwareProfile = "auto", *, out: str | Path = 
     profile = load_profile(hw) if isinstance(hw, str) else hw
     device, why_not = local_device(profile)
     if recalibrate:
-        _say(progress, f"timing {profile.name}'s efficiency ops again on this machine")
-        profile, calibrated = recalibrated(profile, progress=progress), True
+        here = recalibration_device(profile)
+        _say(progress, f"timing {profile.name}'s efficiency ops again on {here}")
+        profile, calibrated = recalibrated(profile, here, progress), True
     _say(progress, f"counting {model}")
     loaded = models.load(model, input_shape=input_shape, batch=batch, seq_len=seq_len)
     counted = analyze(loaded, precision=precision)
@@ -166,8 +167,9 @@ def report(model: Any, hw: str | HardwareProfile = "auto", *, out: str | Path = 
     if not measure:
         notes.append("Not measured (--no-measure): the report shows predictions only.")
     elif device is None:
-        warnings.warn(why_not, stacklevel=2)
-        notes.append(why_not)
+        skipped = f"{why_not}: measurement skipped, the report shows predictions only."
+        warnings.warn(skipped, stacklevel=2)
+        notes.append(skipped)
     else:
         if profile.source == "datasheet":
             notes.append(f"Measured on this machine's {device}; the profile holds datasheet figures for {profile.name}."

@@ -16,3 +16,17 @@ def _quiet_library_warnings():
 def _isolated_profile_dir(tmp_path_factory, monkeypatch):
     """Measured profiles saved in the user's cache must not change what the tests see."""
     monkeypatch.setenv("ROOFLINE_PROFILE_DIR", str(tmp_path_factory.mktemp("profiles")))
+
+
+@pytest.fixture
+def tiny_bench(monkeypatch):
+    """Microbenchmark sizes small enough for a test, patched in as both FULL and QUICK: a measured
+    profile's own mode decides the sizes when it is recalibrated, so those stay tiny too."""
+    from roofline.hardware import microbench
+
+    tiny = microbench.BenchConfig(min_bytes=16 * 1024, max_bytes=1024 * 1024, past_llc=False, size_step=4.0,
+                                  min_run_time_s=0.002, matmul_sizes=(64, 128), efficiency_scale=0.1,
+                                  sequence_cycles=3)
+    monkeypatch.setattr(microbench, "FULL", tiny)
+    monkeypatch.setattr(microbench, "QUICK", tiny)
+    return tiny

@@ -107,19 +107,29 @@ def test_recalibrate_needs_a_measured_profile_of_a_device_here(capsys, tmp_path,
 
 
 @pytest.mark.filterwarnings("ignore:the machine is busy")  # a tiny profile; its figures are not checked
-def test_predict_recalibrate_predicts_with_factors_timed_now(capsys, tmp_path, monkeypatch):
+def test_predict_recalibrate_predicts_with_the_factors_timed_now(capsys, tmp_path, monkeypatch, tiny_bench):
+    import dataclasses
+
     from roofline.hardware import microbench, save_profile
 
-    tiny = microbench.BenchConfig(min_bytes=16 * 1024, max_bytes=1024 * 1024, past_llc=False, size_step=4.0,
-                                  min_run_time_s=0.002, matmul_sizes=(64, 128), efficiency_scale=0.1, sequence_cycles=3)
-    monkeypatch.setattr(microbench, "FULL", tiny)
-    measured = microbench.measure_profile("cpu", progress=False, config=tiny)
+    measured = microbench.measure_profile("cpu", progress=False, config=tiny_bench)
     save_profile(measured, tmp_path / "p.yaml")
-    timed = []
-    real = microbench.recalibrate
-    monkeypatch.setattr(microbench, "recalibrate", lambda *a, **k: timed.append(1) or real(*a, **k))
-    code, out, _ = run(capsys, "predict", "zoo:mlp", "--hw", str(tmp_path / "p.yaml"), "--recalibrate",
-                       "--format", "json")
+    hw = ["--hw", str(tmp_path / "p.yaml"), "--format", "json"]
+    _, out, _ = run(capsys, "predict", "zoo:mlp", *hw, "--calibrated")
+    stored = json.loads(out)["totals"]["predicted_latency_s"]
+
+    def slower_now(profile, device=None, progress=True):  # the machine at half the speed it was profiled at
+        assert device == "cpu" and progress is False
+        def scaled(factors, by):
+            return {k: v * by for k, v in factors.items()}
+
+        return dataclasses.replace(profile, efficiency=scaled(profile.efficiency, 0.5),
+                                   pass_efficiency=scaled(profile.pass_efficiency, 0.5),
+                                   fixed_overhead_s=scaled(profile.fixed_overhead_s, 2),
+                                   pass_fixed_overhead_s=scaled(profile.pass_fixed_overhead_s, 2))
+
+    monkeypatch.setattr(microbench, "recalibrate", slower_now)
+    code, out, _ = run(capsys, "predict", "zoo:mlp", *hw, "--recalibrate", "--no-progress")
     data = json.loads(out)
-    assert code == 0 and timed == [1] and data["calibrated"] is True  # --recalibrate implies --calibrated
-    assert data["totals"]["predicted_latency_s"] > 0
+    assert code == 0 and data["calibrated"] is True  # --recalibrate implies --calibrated
+    assert data["totals"]["predicted_latency_s"] > 1.2 * stored  # the recalibrated profile predicted

@@ -21,10 +21,6 @@ from roofline.timing import Measurement, retained_heap, time_callable
 
 pytestmark = pytest.mark.filterwarnings("ignore:the machine is busy")
 
-TINY = BenchConfig(min_bytes=16 * 1024, max_bytes=1024 * 1024, past_llc=False, size_step=4.0, min_run_time_s=0.002,
-                   matmul_sizes=(64, 128), efficiency_scale=0.1, sequence_cycles=3)
-
-
 def test_measurement_statistics() -> None:
     m = Measurement((1.0, 2.0, 3.0, 4.0, 100.0), number=10, device="cpu", num_threads=1)
     assert m.median_s == 3.0 and m.iqr_s == 2.0 and m.noisy and "IQR" in (m.warning or "")
@@ -104,7 +100,7 @@ def test_retained_heap_without_mallopt_says_so(monkeypatch: pytest.MonkeyPatch) 
         assert allocator.startswith("system default")
 
 
-def test_cuda_timing_without_gpu_is_a_clear_error() -> None:
+def test_cuda_timing_without_gpu_is_a_clear_error(tiny_bench: BenchConfig) -> None:
     from roofline.errors import RooflineError
 
     if torch.cuda.is_available():
@@ -112,11 +108,11 @@ def test_cuda_timing_without_gpu_is_a_clear_error() -> None:
     with pytest.raises(RooflineError, match="CUDA is not available"):
         time_callable(lambda: None, device="cuda")
     with pytest.raises(RooflineError, match="CUDA is not available"):
-        measure_profile(device="cuda", config=TINY, progress=False)
+        measure_profile(device="cuda", config=tiny_bench, progress=False)
 
 
-def test_measure_cpu_profile_structure() -> None:
-    p = measure_profile("cpu", progress=False, config=TINY)
+def test_measure_cpu_profile_structure(tiny_bench: BenchConfig) -> None:
+    p = measure_profile("cpu", progress=False, config=tiny_bench)
     assert p.source == "measured" and p.kind == "cpu"
     assert p.metadata["torch_version"] == torch.__version__ and p.metadata["date"] and p.metadata["threads"]
     assert p.peak("fp32") > 0 and {"bf16", "fp16"} <= set(p.peak_flops_per_s)
@@ -138,8 +134,8 @@ def test_measure_cpu_profile_structure() -> None:
     assert any(k.startswith("bandwidth.") for k in p.metadata) and "matmul.fp32" in p.metadata
 
 
-def test_cli_measure_saves_and_auto_uses_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(microbench, "QUICK", TINY)
+def test_cli_measure_saves_and_auto_uses_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                                            tiny_bench: BenchConfig) -> None:
     monkeypatch.setenv("ROOFLINE_PROFILE_DIR", str(tmp_path))
     assert cli.main(["hw", "measure", "--quick", "--no-progress"]) == 0
     saved = list(tmp_path.glob("measured-*.yaml"))
@@ -162,10 +158,9 @@ def test_with_matmul_tf32_sets_the_flag_per_call_and_restores_it() -> None:
         torch.backends.cuda.matmul.allow_tf32 = before
 
 
-def test_recalibrate_times_the_efficiency_ops_again_and_keeps_the_roofs(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(microbench, "FULL", TINY)  # the profile's own mode decides the sizes: keep them tiny
-    measured = measure_profile("cpu", progress=False, config=TINY)
-    assert measured.metadata["mode"] == "full"  # FULL is TINY here, so recalibrate times the same tiny ops
+def test_recalibrate_times_the_efficiency_ops_again_and_keeps_the_roofs(tiny_bench: BenchConfig) -> None:
+    measured = measure_profile("cpu", progress=False, config=tiny_bench)
+    assert microbench.config_of(measured) is tiny_bench  # so recalibrate times the same tiny ops
     again = microbench.recalibrate(measured, "cpu", progress=False)
     assert again.peak_flops_per_s == measured.peak_flops_per_s and again.memory_levels == measured.memory_levels
     assert set(again.efficiency) and set(again.pass_efficiency) and again.metadata["recalibrated"]

@@ -457,3 +457,17 @@ def test_the_machine_s_own_speed_range_is_noted_only_when_it_varied():
     note = unsteady_note(slow, fast)
     assert note is not None and "varied by 40%" in note and "71.4-100 GFLOP/s" in note
     assert speed_range([0.01], flops) == (pytest.approx(1e11), pytest.approx(1e11))
+
+
+def test_a_measurement_on_an_unsteady_machine_says_so(monkeypatch):
+    import importlib
+
+    measure_module = importlib.import_module("roofline.measure")  # `roofline.measure` is also the function
+
+    # The reference matmul ran between 50 and 80 GFLOP/s meanwhile: 60% apart.
+    monkeypatch.setattr(measure_module, "speed_range", lambda times_s, flops: (5e10, 8e10))
+    model = nn.Sequential(nn.Linear(8, 8)).eval()
+    result = _measure_quietly(model, [torch.randn(1, 8)], batch_sizes=[1], **FAST)
+    assert result.metadata["reference_flops_per_s_range"] == [5e10, 8e10]
+    assert any("speed varied by 60%" in note and "50-80 GFLOP/s" in note for note in result.metadata["notes"])
+    assert "speed varied by 60%" in result.summary()

@@ -498,26 +498,32 @@ def local_device(profile: HardwareProfile) -> tuple[str | None, str]:
         return "cpu", ""
     if torch.cuda.is_available():
         return "cuda", ""
-    return None, (f"{profile.name} is a GPU profile and this machine has no CUDA GPU: measurement skipped, "
-                  "the report shows predictions only.")
+    return None, f"{profile.name} is a GPU profile and this machine has no CUDA GPU"
+
+
+def recalibration_device(profile: HardwareProfile) -> str:
+    """The device here to time `profile`'s efficiency ops on; a one-line error when it has none or no
+    factors. Cheap: callers check it before slow work."""
+    device, why_not = local_device(profile)
+    if device is None:
+        raise RooflineError(f"cannot recalibrate: {why_not}")
+    if profile.source != "measured" or not profile.efficiency:
+        raise RooflineError(f"{profile.where} is not a measured profile with efficiency factors, so there is "
+                            "nothing to recalibrate; make one with: roofline hw measure --save FILE")
+    return device
 
 
 def recalibrate(profile: HardwareProfile, device: str | None = None, progress: bool = True) -> HardwareProfile:
     """The measured `profile` with its efficiency lines (alone and, on a CPU, in a pass) timed again now,
-    on `device` (default: this machine's device of the profile's kind).
+    on `device` (default: recalibration_device(profile)).
 
     A shared machine's speed drifts by tens of percent over minutes; bandwidths and peaks are what
     the hardware can do, but the factors say what it does now. Re-timing only the efficiency ops
     (10-60 s) just before a measurement puts prediction and measurement in the same minutes. The
     profile's own roofs and benchmark sizes are kept, so the factors mean what they meant.
     """
-    if device is None:
-        device, why_not = local_device(profile)
-        if device is None:
-            raise RooflineError(f"cannot recalibrate: {why_not.split(':')[0]}")
-    if profile.source != "measured" or not profile.efficiency:
-        raise RooflineError(f"{profile.where} is not a measured profile with efficiency factors, so there is "
-                            "nothing to recalibrate; make one with: roofline hw measure --save FILE")
+    here = recalibration_device(profile)  # the one-line errors: no device of its kind here, nothing to refit
+    device = device or here
     config = config_of(profile)
     bar = _Progress(config.efficiency_steps(device), progress, f"recalibrating on {device}")
     try:
