@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -114,11 +115,12 @@ class Analysis:
         """One row per module call (DESIGN.md's layer), in execution order."""
         p = self.precision
         sums = ["macs", "flops", "weight_bytes", "bytes_read", "bytes_written", "kv_bytes", "bytes"]
-        grouped = self.records.groupby("layer", sort=False)[sums].sum() if len(self.records) else None
-        counts = self.records.groupby("layer", sort=False).size() if len(self.records) else None
+        by_layer = self.records.groupby("layer", sort=False)
+        grouped = by_layer[sums].sum() if len(self.records) else pd.DataFrame(columns=sums)
+        counts = by_layer.size() if len(self.records) else pd.Series(dtype=int)
         rows = []
         for call in self.trace.layers:
-            has_ops = grouped is not None and call.name in grouped.index
+            has_ops = call.name in grouped.index
             row: dict[str, Any] = {"name": call.name, "type": call.module_type}
             for column in sums:
                 row[column] = float(grouped.at[call.name, column]) if has_ops else 0.0
@@ -249,7 +251,7 @@ def analyze(model: Any, inputs: Any = None, precision: str | Precision = "fp32",
     return result
 
 
-_LAYER_FORMATTERS = {
+_LAYER_FORMATTERS: dict[str, Callable[[Any], str]] = {
     "macs": format_si, "flops": format_si, "params": format_si, "weight_bytes": format_bytes,
     "bytes_read": format_bytes, "bytes_written": format_bytes, "fused_bytes": format_bytes, "bytes": format_bytes,
 }
@@ -261,7 +263,7 @@ def render(result: Analysis, by: str = "layer", fmt: str = "table") -> str:
         return json.dumps(result.to_dict(), indent=2)
     table = {"layer": result.layers[LAYER_COLUMNS], "op": result.ops, "type": result.by_type}[by]
     if fmt == "csv":
-        return table.to_csv(index=False).rstrip("\n")
+        return str(table.to_csv(index=False)).rstrip("\n")
     if fmt == "markdown":
         return format_markdown(table) + "\n\n" + "\n".join(f"    {line}" for line in result.summary().splitlines())
     return format_table(table, _LAYER_FORMATTERS) + "\n\n" + result.summary()

@@ -10,6 +10,7 @@ import math
 import sys
 import warnings
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from roofline.errors import RooflineError
 
@@ -184,7 +185,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
     elif args.format == "json":
         print(table.to_json(orient="records", indent=2))
     else:
-        formatters = {"macs": format_si, "params": format_si, "bytes": format_bytes, "predicted_s": format_time,
+        formatters: dict[str, Callable[[Any], str]] = {"macs": format_si, "params": format_si, "bytes": format_bytes, "predicted_s": format_time,
                       "measured_s": format_time}
         print(format_table(table, formatters))
         print()

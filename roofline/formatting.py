@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pandas as pd
@@ -45,14 +46,15 @@ def format_time(seconds: float, digits: int = 3) -> str:
     return f"{seconds / 1e-9:.{digits}g} ns"
 
 
-def format_table(df: pd.DataFrame, formatters: dict[str, object] | None = None, max_rows: int | None = None) -> str:
+def format_table(df: pd.DataFrame, formatters: Mapping[str, Callable[[Any], str]] | None = None,
+                 max_rows: int | None = None) -> str:
     """A plain-text table with right-aligned numbers, formatted per column."""
     shown = df if max_rows is None or len(df) <= max_rows else df.head(max_rows)
     cells: dict[str, list[str]] = {}
     for column in shown.columns:
         formatter = (formatters or {}).get(column)
         values = shown[column].tolist()
-        cells[column] = [formatter(v) if callable(formatter) else _default_cell(v) for v in values]
+        cells[column] = [formatter(v) if formatter is not None else _default_cell(v) for v in values]
     widths = {c: max([len(str(c))] + [len(s) for s in cells[c]]) for c in shown.columns}
     numeric = {c: pd.api.types.is_numeric_dtype(shown[c]) for c in shown.columns}
 

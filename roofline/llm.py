@@ -136,7 +136,7 @@ class LLMReport:
         """Time to first token, time per output token, tokens/s, memory footprint, largest batch."""
         ttft = self.prefill.prediction.totals["predicted_latency_s"]
         contexts = np.arange(self.prompt_len, self.prompt_len + self.gen_len)
-        step_times = np.array([self.decode_step_s(c) for c in contexts])
+        step_times = np.array([self.decode_step_s(float(c)) for c in contexts])
         decode_total = float(step_times.sum())
         tpot = decode_total / self.gen_len
         weights = self.prefill.prediction.analysis.totals["model_size_bytes"]
@@ -342,7 +342,7 @@ def render(report: LLMReport, fmt: str = "table") -> str:
         return json.dumps(report.to_dict(), indent=2, default=str)
     phases = report.phases
     if fmt == "csv":
-        return phases.to_csv(index=False).rstrip("\n")
+        return str(phases.to_csv(index=False)).rstrip("\n")
     formatters: dict[str, Callable[[Any], str]] = {
         "macs": format_si, "flops": format_si, "weight_bytes": format_bytes, "kv_bytes": format_bytes,
         "activation_bytes": format_bytes, "bytes": format_bytes, "predicted_s": format_time,

@@ -336,7 +336,7 @@ class _Row:
     counted_ops: int = 0  # ops the trace records (not views, not allocations): a non-leaf row exists iff > 0
 
 
-class _Capture(TorchDispatchMode):  # type: ignore[no-untyped-call]  # torch's dispatch mode is untyped
+class _Capture(TorchDispatchMode):
     """One forward pass: names calls with the trace's tracker and keeps what each row needs to run alone."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -819,7 +819,7 @@ def _metadata(loaded: LoadedModel, settings: _Settings, batch: int, int8_layers:
 
 # ---- output ----------------------------------------------------------------------------------------
 
-_FORMATTERS: dict[str, object] = {
+_FORMATTERS: dict[str, Callable[[Any], str]] = {
     "measured_s": format_time, "iqr_s": format_time, "in_pass_s": format_time, "latency_s": format_time,
     "noisy": lambda v: "!" if v else "", "throughput_samples_per_s": lambda v: f"{v:.4g}",
 }

@@ -119,12 +119,12 @@ def _skip_weight_download() -> Iterator[None]:
             return None
         return load_state_dict(self, state_dict, *args, **kwargs)
 
-    WeightsEnum.get_state_dict = no_download  # type: ignore[method-assign]
-    nn.Module.load_state_dict = no_load  # type: ignore[method-assign,assignment]
+    WeightsEnum.get_state_dict = no_download
+    nn.Module.load_state_dict = no_load  # type: ignore[method-assign]
     try:
         yield
     finally:
-        WeightsEnum.get_state_dict = get_state_dict  # type: ignore[method-assign]
+        WeightsEnum.get_state_dict = get_state_dict
         nn.Module.load_state_dict = load_state_dict  # type: ignore[method-assign]
 
 
@@ -192,7 +192,7 @@ def _load_torchvision(name: str, spec: str, inputs: Any, shapes: Any, device: st
     weights = _default_weights(name)
     with _weights_on(device), _skip_weight_download():
         module = torchvision.models.get_model(name, weights=weights)
-    default = [(1, 3, image_size, image_size)]
+    default: list[tuple[int, ...]] = [(1, 3, image_size, image_size)]
     return _finish(spec, module, inputs, shapes, device, batch, default)
 
 
@@ -284,7 +284,7 @@ def _load_hf(rest: str, spec: str, device: str, batch: int | None, seq_len: int 
     with _on_device(device), _quiet_transformers():
         for auto in (transformers.AutoModelForCausalLM, transformers.AutoModel):
             try:
-                module = auto.from_config(config)
+                module = auto.from_config(config)  # type: ignore[no-untyped-call]  # transformers' auto classes are untyped
                 break
             except ValueError:
                 continue
@@ -356,7 +356,8 @@ def _load_file(spec: str, inputs: Any, shapes: Any, device: str, batch: int | No
         except Exception as error:
             raise RooflineError(f"{spec}() failed: {type(error).__name__}: {error}") from error
     if isinstance(made, tuple) and len(made) == 2 and isinstance(made[0], nn.Module):
-        made, inputs = made[0], inputs if inputs is not None else made[1]
+        inputs = inputs if inputs is not None else made[1]
+        made = made[0]
     if not isinstance(made, nn.Module):
         raise RooflineError(f"{spec} returned {type(made).__name__}, expected an nn.Module or (module, inputs)")
     return _finish(spec, made, inputs, shapes, device, batch)

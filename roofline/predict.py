@@ -25,6 +25,7 @@ line, and otherwise equals `predicted_s`. The end-to-end latency is the sum of `
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -43,7 +44,7 @@ from roofline.formatting import (
     json_records,
     json_value,
 )
-from roofline.hardware.profile import HardwareProfile
+from roofline.hardware.profile import HardwareProfile, MemoryLevel
 from roofline.precision import Precision, get_precision
 from roofline.trace import UNUSED_NAME
 
@@ -76,11 +77,7 @@ class Prediction:
     def ops(self) -> pd.DataFrame:
         """Per op call: compute, memory and overhead time, the level it streams from, the bound."""
         records = self.analysis.records.copy()
-        levels = [level for level in self.profile.memory_levels if level.bandwidth_bytes_per_s]
-        if not levels:
-            raise RooflineError(
-                f"profile {self.profile.name!r} has no memory bandwidth; measure it: roofline hw measure --save FILE"
-            )
+        levels = self._levels
         # The fastest level whose capacity holds the op's working set, else the slowest (DRAM/HBM).
         capacities = np.array([level.capacity_bytes or np.inf for level in levels], dtype=float)
         capacities[-1] = np.inf
@@ -106,6 +103,16 @@ class Prediction:
             self.peak_flops_per_s, records["arithmetic_intensity"] * bandwidth
         )
         return records
+
+    @cached_property
+    def _levels(self) -> list[MemoryLevel]:
+        """The memory levels with a known bandwidth, fastest first; the last is where streaming ops read."""
+        levels = [level for level in self.profile.memory_levels if level.bandwidth_bytes_per_s]
+        if not levels:
+            raise RooflineError(
+                f"profile {self.profile.name!r} has no memory bandwidth; measure it: roofline hw measure --save FILE"
+            )
+        return levels
 
     @property
     def in_pass(self) -> bool:
@@ -175,6 +182,7 @@ class Prediction:
         latency = float(layers["in_pass_s"].sum())  # a forward pass: each layer once, after the others
         alone = float(layers["predicted_s"].sum())
         batch = batch_size(self.analysis)
+        streaming = float(self._levels[-1].bandwidth_bytes_per_s or 0.0)  # nonzero: _levels keeps known ones
         # Shares of the pass's time, by the bound each layer has alone (where the roofline puts it).
         memory_time = float(layers.loc[layers["bound"].str.startswith("memory"), "in_pass_s"].sum())
         compute_time = float(layers.loc[layers["bound"] == "compute", "in_pass_s"].sum())
@@ -190,8 +198,8 @@ class Prediction:
             "compute_bound_time_fraction": compute_time / latency if latency else 0.0,
             "overhead_bound_time_fraction": max(0.0, 1.0 - (memory_time + compute_time) / latency) if latency else 0.0,
             "peak_flops_per_s": self.peak_flops_per_s,
-            "dram_bandwidth_bytes_per_s": self.profile.memory_levels[-1].bandwidth_bytes_per_s,
-            "ridge_point": self.peak_flops_per_s / self.profile.memory_levels[-1].bandwidth_bytes_per_s,
+            "dram_bandwidth_bytes_per_s": streaming,
+            "ridge_point": self.peak_flops_per_s / streaming,
             "compute_type": self.precision.compute_type,
         }
 
@@ -239,7 +247,7 @@ class Prediction:
         return self.summary()
 
     def _repr_html_(self) -> str:
-        return f"<pre>{self.summary()}</pre>" + self.layers.to_html(index=False, float_format=lambda v: f"{v:.4g}")
+        return f"<pre>{self.summary()}</pre>" + str(self.layers.to_html(index=False, float_format=lambda v: f"{v:.4g}"))
 
 
 def _bound(compute_s: float, memory_s: float, overhead_s: float, level: str) -> str:
@@ -263,7 +271,7 @@ def predict(analysis: Analysis, profile: HardwareProfile | str, precision: str |
     return prediction
 
 
-_FORMATTERS = {
+_FORMATTERS: dict[str, Callable[[Any], str]] = {
     "macs": format_si, "flops": format_si, "params": format_si, "bytes": format_bytes, "fused_bytes": format_bytes,
     "compute_s": format_time, "memory_s": format_time, "overhead_s": format_time, "predicted_s": format_time,
     "in_pass_s": format_time, "attainable_flops_per_s": lambda v: format_si(v, "FLOP/s"),
@@ -277,7 +285,7 @@ def render(prediction: Prediction, fmt: str = "table") -> str:
                "predicted_s", *(["in_pass_s"] if prediction.in_pass else []), "bound"]
     table = prediction.layers[columns]
     if fmt == "csv":
-        return table.to_csv(index=False).rstrip("\n")
+        return str(table.to_csv(index=False)).rstrip("\n")
     if fmt == "markdown":
         return format_markdown(table) + "\n\n" + prediction.summary()
     return format_table(table, _FORMATTERS) + "\n\n" + prediction.summary()

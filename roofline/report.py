@@ -423,7 +423,8 @@ def summary_lines(data: ReportData, top: int = 3) -> list[str]:
             lines.append("Most time lost against the prediction: " + "; ".join(
                 f"{name} ({format_time(seconds)} measured, {ratio:.3g}x predicted)" for name, seconds, ratio
                 in zip(worst["name"], worst["measured_s"], worst["measured_over_predicted"])) + ".")
-        lines.extend(_in_pass_lines(layers, measured, data.measurement.metadata.get("hook_cost_per_call_s"), top))
+        hook_cost_s = data.measurement.metadata.get("hook_cost_per_call_s") if data.measurement is not None else None
+        lines.extend(_in_pass_lines(layers, measured, hook_cost_s, top))
     return lines
 
 

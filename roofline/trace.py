@@ -227,7 +227,7 @@ class _Tracer:
         self._register(tensor, role, None, live=role is not Role.WEIGHT)
 
     def info(self, tensor: torch.Tensor) -> _TensorInfo:
-        found = self._info.get(tensor)
+        found: _TensorInfo | None = self._info.get(tensor)
         if found is None:  # made outside the forward (a constant, a cache tensor): external input
             role = Role.ACT if tensor.is_floating_point() else Role.FIXED
             found = self._register(tensor, role, None, live=True)
@@ -387,7 +387,7 @@ class _CountingMode(TorchDispatchMode):
     """Observes every aten op below autograd and hands it to the tracer with its cost."""
 
     def __init__(self, tracer: _Tracer) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # torch's TorchDispatchMode is untyped
         self.tracer = tracer
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from roofline.errors import RooflineError, close_matches
+from roofline.models import LoadedModel, _finish
 
 __all__ = ["ZOO", "load"]
 
@@ -140,8 +141,7 @@ ZOO: dict[str, ZooEntry] = {
 
 
 def load(name: str, spec: str, *, inputs: Any, shapes: Any, device: str, batch: int | None,
-         seq_len: int | None) -> Any:
-    from roofline.models import LoadedModel, _finish
+         seq_len: int | None) -> LoadedModel:
 
     entry = ZOO.get(name)
     if entry is None:

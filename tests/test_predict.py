@@ -200,3 +200,15 @@ def test_fit_class_gives_streaming_sizes_their_own_factor():
     # One in-cache size cannot carry a line of its own: one line through all, no level factor.
     factors, _ = fit_class(samples[2:], "DRAM")
     assert set(factors) == {None}
+
+
+def test_a_profile_whose_dram_bandwidth_is_unknown_streams_from_its_slowest_known_level():
+    import dataclasses
+
+    hw = dataclasses.replace(synthetic(), memory_levels=(MemoryLevel("L2", L2_SIZE, L2_BW), MemoryLevel("DRAM", 64e9, None)))
+    analysis = roofline.analyze(nn.Linear(1024, 1024).to("meta"), inputs=[torch.randn(512, 1024, device="meta")])
+    prediction = predict(analysis, hw)
+    # Every op, even one too large for L2, is costed at L2's bandwidth; the totals' ridge is L2's too.
+    assert set(prediction.ops["memory_level"]) == {"L2"}
+    assert prediction.totals["ridge_point"] == pytest.approx(PEAK / L2_BW)
+    assert prediction.totals["dram_bandwidth_bytes_per_s"] == L2_BW

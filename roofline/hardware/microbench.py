@@ -16,6 +16,7 @@ import statistics
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -535,8 +536,9 @@ def recalibrate(profile: HardwareProfile, device: str | None = None, progress: b
     stale = ("pass_efficiency", "pass_fixed_overhead_s")  # a GPU recalibration has no pass line to keep
     kept = {key: value for key, value in profile.metadata.items()
             if not key.startswith(("efficiency.", "pass_efficiency."))}
+    refit: dict[str, Any] = {**{name: {} for name in stale}, **fields}
     return dataclasses.replace(
-        profile, **{**{name: {} for name in stale}, **fields},
+        profile, **refit,
         metadata={**kept, **metadata, "recalibrated": date},
         notes={**profile.notes, "recalibrated": f"efficiency factors timed again on {date}; roofs from {profile.metadata.get('date', '?')}"},
     )
@@ -635,7 +637,8 @@ def measure_profile(
                         f"after each of {_count(config.rounds, 'round')} alone; per op, median alone x median "
                         "in-sequence/alone ratio)"
                     )
-                profile = dataclasses.replace(profile, **fields, notes=notes, metadata={**profile.metadata, **eff_metadata})
+                refit: dict[str, Any] = {**fields, "notes": notes, "metadata": {**profile.metadata, **eff_metadata}}
+                profile = dataclasses.replace(profile, **refit)
     finally:
         bar.close()
     return profile

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -55,7 +56,7 @@ def render_list(profiles: Sequence[HardwareProfile], fmt: str) -> str:
     )
     peak = lambda v: format_si(v, "FLOP/s") if not math.isnan(v) else "-"
     ridge = lambda v: f"{v:.1f}" if not math.isnan(v) else "-"
-    formatters: dict[str, object] = {
+    formatters: dict[str, Callable[[Any], str]] = {
         "fp32": peak, "fp16": peak, "int8": peak,
         "DRAM B/s": lambda v: format_si(v, "B/s") if not math.isnan(v) else "not measured",
         "ridge fp32": ridge, "ridge fp16": ridge, "ridge int8": ridge,
