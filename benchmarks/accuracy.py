@@ -56,8 +56,7 @@ from roofline.hardware.microbench import (
     RepresentativeOp,
     config_of,
     efficiency_callables,
-    fit_efficiency,
-    paired_sequence_medians,
+    fit_rounds,
     representative_ops,
 )
 from roofline.measure import speed_ratio
@@ -110,25 +109,19 @@ def _measure_in_window(spec: str, profile: HardwareProfile, batch: int, rounds: 
     config = config_of(profile)
     cycles = max(3, config.sequence_cycles // (rounds + 1))
     op_passes: list[list[float]] = []
-    in_pass: list[list[tuple[float, ...]]] = []  # per slot, per op: the time of every call
+    in_pass: list[list[float]] = []  # per slot, per op: the median time in sequence
     runs = []
     with torch.inference_mode(), retained_heap():  # the conditions measure_profile timed them in
         for index in range(rounds + 1):
             op_passes.append([m.median_s for m in time_interleaved(fns, 1, min_run_time_s=config.min_run_time_s)])
             if profile.pass_efficiency:
-                in_pass.append([m.raw_times_s for m in time_in_sequence(fns[:-1], cycles)])
+                in_pass.append([m.median_s for m in time_in_sequence(fns[:-1], cycles)])
             if index < rounds:
                 runs.append(roofline.measure(spec, device="cpu", progress=False, rounds=1, batch_sizes=[batch],
                                              min_run_time_s=min_run_time_s / rounds))
-    medians = np.median(np.array(op_passes), axis=0)
-    efficiency, fixed, metadata = fit_efficiency(profile, ops, list(medians[:-1]), reference_flops / medians[-1])
-    window = dataclasses.replace(profile, efficiency=efficiency, fixed_overhead_s=fixed,
-                                 metadata={**profile.metadata, **metadata})
-    if in_pass:  # paired slot by slot with the ops alone, as hw measure pairs its rounds
-        sequence = [[float(np.median(times)) for times in slot] for slot in in_pass]
-        pass_medians = paired_sequence_medians([row[:-1] for row in op_passes], sequence)
-        pass_efficiency, pass_fixed, _ = fit_efficiency(profile, ops, pass_medians, name="pass_efficiency")
-        window = dataclasses.replace(window, pass_efficiency=pass_efficiency, pass_fixed_overhead_s=pass_fixed)
+    # Each slot's sequence is paired with the ops alone just before it, as hw measure pairs its rounds.
+    fields, metadata = fit_rounds(profile, ops, op_passes, in_pass, reference_flops)
+    window = dataclasses.replace(profile, **fields, metadata={**profile.metadata, **metadata})
     layers = pd.concat([run.layers for run in runs]).groupby("name", sort=False)[["measured_s", "iqr_s", "in_pass_s"]].median()
     e2e = float(np.median([run.end_to_end["latency_s"].iloc[0] for run in runs]))
     reference = float(np.median([run.metadata["reference_flops_per_s"] for run in runs]))

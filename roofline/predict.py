@@ -157,7 +157,7 @@ class Prediction:
         layers = layers.join(sums, on="name").join(main_level, on="name")
         for column in times:
             layers[column] = layers[column].fillna(0.0)
-        layers["memory_level"] = layers["memory_level"].fillna(self.profile.memory_levels[-1].name)
+        layers["memory_level"] = layers["memory_level"].fillna(self._levels[-1].name)
         if self.profile.kind == "cpu" and self.profile.module_call_s:
             # Every row is one module call, which a CPU pays in Python before its ops run.
             calls = layers["name"] != UNUSED_NAME

@@ -21,6 +21,7 @@ import uuid
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -87,6 +88,25 @@ class ReportData:
     @property
     def measured(self) -> bool:
         return bool(self.layers["measured_s"].notna().any())
+
+    @cached_property
+    def measured_totals(self) -> dict[str, Any] | None:
+        """End-to-end latency and throughput at the analysed batch, and the sum of per-layer medians
+        (alone and inside the pass); None when not measured."""
+        if self.measurement is None:
+            return None
+        runs = self.measurement.end_to_end
+        batch = self.prediction.totals["batch"]
+        same = runs[runs["batch"] == batch] if "batch" in runs else runs
+        row = (same if len(same) else runs).iloc[0] if len(runs) else None
+        return {
+            "batch": int(row["batch"]) if row is not None else batch,
+            "latency_s": float(row["latency_s"]) if row is not None else None,
+            "latency_iqr_s": float(row["iqr_s"]) if row is not None and "iqr_s" in row else None,
+            "throughput_samples_per_s": float(row["throughput_samples_per_s"]) if row is not None else None,
+            "sum_of_layers_s": float(self.layers["measured_s"].sum()),
+            "sum_in_pass_s": float(self.layers["measured_in_pass_s"].sum(min_count=1)),  # NaN where not timed
+        }
 
 
 # ---- joining ---------------------------------------------------------------------------------------
@@ -223,7 +243,7 @@ def write_report(prediction: Prediction, out: str | Path, *, measurement: Measur
         all_notes.append("Ops with no cost rule (FLOPs not counted, bytes counted): "
                          + ", ".join(f"{u['op']} x{u['count']}" for u in unsupported))
     data = ReportData(prediction, layers, type_table(layers), measurement, tuple(all_notes))
-    pass_note = _pass_note(_measured_totals(data), prediction)
+    pass_note = _pass_note(data.measured_totals, prediction)
     if pass_note:
         data = dataclasses.replace(data, notes=(*data.notes, pass_note))
     return _write_atomically(Path(out), lambda directory: _write_all(data, directory))
@@ -322,7 +342,7 @@ def _to_dict(data: ReportData, charts: Mapping[str, tuple[list[Path], str]]) -> 
             "analysis": _plain(data.analysis.totals),
             "model_size_bytes": _plain(data.analysis.model_size_bytes()),
             "prediction": _plain(p.totals),
-            "measurement": _plain(_measured_totals(data)),
+            "measurement": _plain(data.measured_totals),
         },
         "measurement": None if data.measurement is None else {
             "metadata": _plain(dict(data.measurement.metadata)),
@@ -352,24 +372,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-def _measured_totals(data: ReportData) -> dict[str, Any] | None:
-    """End-to-end latency and throughput at the analysed batch, and the sum of per-layer medians."""
-    if data.measurement is None:
-        return None
-    runs = data.measurement.end_to_end
-    batch = data.prediction.totals["batch"]
-    same = runs[runs["batch"] == batch] if "batch" in runs else runs
-    row = (same if len(same) else runs).iloc[0] if len(runs) else None
-    return {
-        "batch": int(row["batch"]) if row is not None else batch,
-        "latency_s": float(row["latency_s"]) if row is not None else None,
-        "latency_iqr_s": float(row["iqr_s"]) if row is not None and "iqr_s" in row else None,
-        "throughput_samples_per_s": float(row["throughput_samples_per_s"]) if row is not None else None,
-        "sum_of_layers_s": float(data.layers["measured_s"].sum()),
-        "sum_in_pass_s": float(data.layers["measured_in_pass_s"].sum(min_count=1)),  # NaN where not timed
-    }
 
 
 # A whole pass this much slower than its layers timed alone gets a note on why.
@@ -412,7 +414,7 @@ def summary_lines(data: ReportData, top: int = 3) -> list[str]:
     listed = "; ".join(f"{name} ({kind}, {format_time(seconds)}, {bound}-bound)" for name, kind, seconds, bound
                        in zip(slowest["name"], slowest["type"], slowest["predicted_s"], slowest["bound"]))
     lines.append(f"The {len(slowest)} slowest layers by prediction take {share:.0%} of the time: {listed}.")
-    measured = _measured_totals(data)
+    measured = data.measured_totals
     if measured and measured["latency_s"]:
         predicted = p.totals["predicted_latency_s"]
         lines.append(f"Measured {format_time(measured['latency_s'])} per batch of {measured['batch']} against "
@@ -463,7 +465,7 @@ def _key_figures(data: ReportData) -> list[tuple[str, str]]:
                                  if data.prediction.in_pass else " (calibrated)" if data.prediction.calibrated else "")),
         ("predicted throughput", f"{pt['throughput_samples_per_s']:.4g} samples/s"),
     ]
-    measured = _measured_totals(data)
+    measured = data.measured_totals
     if measured and measured["latency_s"] is not None:
         rows += [
             ("measured latency", (f"{format_time(measured['latency_s'])} per batch of {measured['batch']} "

@@ -411,10 +411,19 @@ def measure_efficiency(
             timed = time_in_sequence(fns[:-1], config.cycles_per_round, labels=labels[:-1], device=device,
                                      step=lambda cycle: progress.step(f"in sequence, cycle {cycle + 1}"))
             sequence_rounds.append([m.median_s for m in timed])
+    return fit_rounds(profile, ops, alone_rounds, sequence_rounds, reference_flops)
+
+
+def fit_rounds(profile: HardwareProfile, ops: list[RepresentativeOp], alone_rounds: Sequence[Sequence[float]],
+               sequence_rounds: Sequence[Sequence[float]], reference_flops: float,
+               ) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+    """The profile fields and metadata fitted from per-round median times: `alone_rounds` per round,
+    per op then the reference matmul last; `sequence_rounds` per round, per op timed in sequence, or
+    none (no pass line: efficiency and fixed_overhead_s only)."""
     medians = [statistics.median(column) for column in zip(*alone_rounds, strict=True)]
     efficiency, fixed, metadata = fit_efficiency(profile, ops, medians[:-1], reference_flops / medians[-1])
     fields = {"efficiency": efficiency, "fixed_overhead_s": fixed}
-    if in_sequence:
+    if sequence_rounds:
         in_pass = paired_sequence_medians([row[:-1] for row in alone_rounds], sequence_rounds)
         pass_efficiency, pass_fixed, pass_metadata = fit_efficiency(profile, ops, in_pass, name="pass_efficiency")
         fields |= {"pass_efficiency": pass_efficiency, "pass_fixed_overhead_s": pass_fixed}
