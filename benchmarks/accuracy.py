@@ -44,21 +44,19 @@ import pandas as pd
 import torch
 
 import roofline
+from roofline.calibrate import (
+    RepresentativeOp,
+    efficiency_callables,
+    fit_rounds,
+    measure_profile,
+    representative_ops,
+)
 from roofline.hardware import (
     HardwareProfile,
     load_profile,
-    measure_profile,
     save_profile,
 )
-from roofline.hardware.microbench import (
-    FULL,
-    QUICK,
-    RepresentativeOp,
-    config_of,
-    efficiency_callables,
-    fit_rounds,
-    representative_ops,
-)
+from roofline.hardware.microbench import FULL, QUICK, config_of
 from roofline.measure import speed_ratio
 from roofline.predict import batch_size, predict
 from roofline.timing import retained_heap, time_in_sequence, time_interleaved

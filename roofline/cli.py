@@ -58,10 +58,25 @@ def _run_analyze(args: argparse.Namespace) -> int:
 
 # ---- predict, explain, sweep, compare, llm ------------------------------------------------------
 
-def _add_hw(parser: argparse.ArgumentParser, required: bool = True) -> None:
+def _add_hw(parser: argparse.ArgumentParser, required: bool = True, calibrated: bool = True) -> None:
     parser.add_argument("--hw", required=required, help="profile name from hwprofiles/, a profile file, or auto")
-    parser.add_argument("--calibrated", action="store_true",
-                        help="scale each op class by the efficiency measured on the device (measured profiles)")
+    parser.add_argument("--measure-hw", action="store_true",
+                        help="with --hw auto: if this machine has no saved measured profile, measure one first "
+                             "(roofline hw measure --quick, about 40 s) and save it")
+    if calibrated:
+        parser.add_argument("--calibrated", action="store_true",
+                            help="scale each op class by the efficiency measured on the device (measured profiles)")
+
+
+def _profile(name: str, args: argparse.Namespace) -> Any:
+    """The profile `name` names; with --measure-hw, `auto` measures this machine first when it must."""
+    from roofline.hardware import load_profile
+
+    if name.strip().lower() == "auto" and getattr(args, "measure_hw", False):
+        from roofline.calibrate import ensure_measured_profile
+
+        return ensure_measured_profile(progress=not getattr(args, "no_progress", False))
+    return load_profile(name)
 
 
 def _add_recalibrate(parser: argparse.ArgumentParser, why: str) -> None:
@@ -89,10 +104,9 @@ def _setup_predict(parser: argparse.ArgumentParser) -> None:
 
 def _run_predict(args: argparse.Namespace) -> int:
     from roofline import analysis, predict
-    from roofline.hardware import load_profile
-    from roofline.hardware.microbench import recalibrate, recalibration_device
+    from roofline.calibrate import recalibrate, recalibration_device
 
-    profile = load_profile(args.hw)
+    profile = _profile(args.hw, args)
     device = recalibration_device(profile) if args.recalibrate else None  # bad profile, then bad model: both
     loaded = _load_for(args)  # fail before the timing
     if device is not None:
@@ -109,6 +123,7 @@ def _setup_explain(parser: argparse.ArgumentParser) -> None:
     _add_hw(parser)
     parser.add_argument("--layer", help="layer name (as in `roofline analyze`); omit for the model's top layers")
     parser.add_argument("--top", type=int, default=10, help="layers listed when --layer is omitted (default 10)")
+    parser.add_argument("--vs", metavar="PROFILES", help="comma-separated other profiles for a what-if row each")
     parser.add_argument("--format", choices=("table", "json"), default="table")
 
 
@@ -117,19 +132,20 @@ def _run_explain(args: argparse.Namespace) -> int:
 
     from roofline import analysis, explain
     from roofline.formatting import format_table, format_time
-    from roofline.hardware import load_profile
 
-    profile = load_profile(args.hw)
+    profile = _profile(args.hw, args)
     result = analysis.analyze(_load_for(args), precision=args.precision)
     if args.layer:
-        diagnosis = explain.explain(result, args.layer, profile, calibrated=args.calibrated)
+        others = [_profile(name, args) for name in args.vs.split(",")] if args.vs else []
+        diagnosis = explain.explain(result, args.layer, profile, calibrated=args.calibrated, other_profiles=others)
         print(json.dumps(diagnosis.to_dict(), indent=2, default=str) if args.format == "json" else diagnosis.text())
         return 0
     table = explain.explain_model(result, profile, top=args.top, calibrated=args.calibrated)
     if args.format == "json":
         print(table.to_json(orient="records", indent=2))
     else:
-        print(format_table(table, {"predicted_s": format_time, "share": lambda v: f"{v:.1%}"}))
+        print(format_table(table, {"predicted_s": format_time, "roofline_s": format_time, "efficiency_s": format_time,
+                                   "overhead_s": format_time, "share": lambda v: f"{v:.1%}"}))
     return 0
 
 
@@ -152,7 +168,6 @@ def _run_sweep(args: argparse.Namespace) -> int:
     from roofline import explain
     from roofline.errors import RooflineError
     from roofline.formatting import format_bytes, format_si, format_table, format_time
-    from roofline.hardware import load_profile
     from roofline.models import parse_input_shape
 
     shape = parse_input_shape(args.size)[0]
@@ -170,7 +185,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
 
         if not torch.cuda.is_available():
             raise RooflineError("no CUDA device: torch.cuda.is_available() is False")
-    profile = load_profile(args.hw)
+    profile = _profile(args.hw, args)
     table = explain.sweep_conv(args.channels, (shape[0], shape[1]), groups, profile, batch=args.batch,
                                kernel=args.kernel, precision=args.precision, measure=args.measure,
                                calibrated=args.calibrated, device=args.device)
@@ -196,6 +211,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
 def _setup_compare(parser: argparse.ArgumentParser) -> None:
     _add_model_options(parser)
     parser.add_argument("--hw", required=True, help="comma-separated profiles, e.g. a100-80gb-sxm,h100-sxm,t4,auto")
+    parser.add_argument("--measure-hw", action="store_true", help="with auto: measure this machine first if it must be")
     parser.add_argument("--precision", default="fp32", help="comma-separated precisions, e.g. fp32,fp16,int8")
     parser.add_argument("--batches", default=None, help="comma-separated batch sizes to compare (default: --batch)")
     parser.add_argument("--calibrated", action="store_true")
@@ -206,11 +222,10 @@ def _run_compare(args: argparse.Namespace) -> int:
     from roofline import analysis, explain
     from roofline.errors import RooflineError
     from roofline.formatting import format_markdown, format_table, format_time
-    from roofline.hardware import load_profile
     from roofline.precision import get_precision
 
     precisions = [get_precision(p).name for p in args.precision.split(",")]
-    profiles = [load_profile(name.strip()) for name in args.hw.split(",")]
+    profiles = [_profile(name, args) for name in args.hw.split(",")]
     try:
         batches = [int(b) for b in args.batches.split(",")] if args.batches else [args.batch or 1]
     except ValueError as error:
@@ -219,19 +234,29 @@ def _run_compare(args: argparse.Namespace) -> int:
 
     loaded = models.load(args.model, input_shape=args.input_shape, batch=batches[0], seq_len=args.seq_len)
     table = explain.compare(analysis.analyze(loaded), profiles, precisions, batches, calibrated=args.calibrated)
+    notes = explain.compare_notes(table)
     if args.format == "csv":
         print(table.to_csv(index=False).rstrip("\n"))
     elif args.format == "json":
         print(table.to_json(orient="records", indent=2))
-    elif args.format == "markdown":
-        print(format_markdown(table))
     else:
-        def maybe(fmt: str) -> Callable[[float], str]:
-            return lambda v: "-" if math.isnan(v) else format(v, fmt)  # NaN: the device has no peak for it
+        shown = table[[c for c in ("device", "precision", "batch", "predicted_latency_s", "throughput_samples_per_s",
+                                   "memory_bound_fraction", "efficiency_bound_fraction", "overhead_bound_fraction",
+                                   "speedup", "bound_changes", "changed_layers", "note") if c in table]]
+        if not args.calibrated and "efficiency_bound_fraction" in shown:
+            shown = shown.drop(columns="efficiency_bound_fraction")  # always 0 on a plain roofline
+        if args.format == "markdown":
+            print(format_markdown(shown))
+        else:
+            def maybe(fmt: str) -> Callable[[float], str]:
+                return lambda v: "-" if math.isnan(v) else format(v, fmt)  # NaN: the device has no peak for it
 
-        print(format_table(table, {"predicted_latency_s": format_time, "memory_bound_fraction": maybe(".0%"),
-                                   "speedup": lambda v: "-" if math.isnan(v) else f"{v:.2f}x",
-                                   "bound_changes": maybe(".0f")}))
+            print(format_table(shown, {"predicted_latency_s": format_time, "memory_bound_fraction": maybe(".0%"),
+                                       "efficiency_bound_fraction": maybe(".0%"), "overhead_bound_fraction": maybe(".0%"),
+                                       "speedup": lambda v: "-" if math.isnan(v) else f"{v:.2f}x",
+                                       "bound_changes": maybe(".0f")}))
+        if notes:
+            print("\n" + "\n".join(notes))
     return 0
 
 
@@ -293,7 +318,9 @@ def _run_hw(args: argparse.Namespace) -> int:
     if args.hw_command == "detect":
         profile = hardware.detect(args.device)
     else:
-        profile = hardware.measure_profile(device=args.device, quick=args.quick, progress=not args.no_progress)
+        from roofline.calibrate import measure_profile
+
+        profile = measure_profile(device=args.device, quick=args.quick, progress=not args.no_progress)
     print(render.render_profile(profile, args.format))
     target = args.save or (hardware.default_measured_path(profile) if args.hw_command == "measure" else None)
     if target:
@@ -346,7 +373,7 @@ def _setup_report(parser: argparse.ArgumentParser) -> None:
 def _run_report(args: argparse.Namespace) -> int:
     from roofline.report import report
 
-    out = report(args.model, args.hw, out=args.out, precision=args.precision, measure=not args.no_measure,
+    out = report(args.model, _profile(args.hw, args), out=args.out, precision=args.precision, measure=not args.no_measure,
                  calibrated=args.calibrated, progress=not args.no_progress, min_run_time_s=args.min_run_time,
                  input_shape=args.input_shape, batch=args.batch, seq_len=args.seq_len, recalibrate=args.recalibrate)
     print(f"report written to {out}\nopen {out / 'index.html'}")

@@ -1,8 +1,9 @@
 """Why is a layer slow, and what would change it; sweeps that teach; comparisons across devices.
 
-Every sentence is built from the numbers of an Analysis and a Prediction (and a measurement when
-given): intensity against the ridge point decides the bound, and each what-if re-costs the same
-trace (another precision, a larger batch, fused bytes, more bandwidth) rather than guessing.
+Nothing here computes a time: every figure is a term of roofline.predict's one model of time (compute,
+memory at its level, efficiency, overhead, module call, pass penalty, the combine rule), rendered, and
+every what-if calls predict again with one input changed (precision, batch, bandwidth, another
+profile) or asks it for the fused group (Prediction.fused_group).
 """
 from __future__ import annotations
 
@@ -20,50 +21,91 @@ from roofline.errors import RooflineError, close_matches
 from roofline.formatting import format_bytes, format_si, format_time
 from roofline.hardware.profile import HardwareProfile, MemoryLevel
 from roofline.precision import MEASURABLE_DTYPES, PRECISIONS, get_precision
-from roofline.predict import Prediction, batch_size, predict
+from roofline.predict import (
+    TERM_COLUMNS,
+    Prediction,
+    batch_size,
+    format_percent,
+    overhead_exit_batch,
+    overhead_sentence,
+    predict,
+)
 
-__all__ = ["Explanation", "compare", "explain", "explain_model", "sweep_conv"]
+__all__ = ["Explanation", "compare", "compare_notes", "explain", "explain_model", "sweep_conv"]
+
+# The per-op terms an explanation carries (and its JSON), beside the op's identity.
+_OP_TERMS = ["op", "op_class", "compute_type", "memory_level", "roof", "efficiency", *TERM_COLUMNS]
 
 
 @dataclass(frozen=True)
 class Explanation:
-    """One layer's diagnosis: the figures, the verdict in words, and the what-ifs."""
+    """One layer's diagnosis: its terms (from the prediction), the verdict in words, and the what-ifs."""
 
     layer: str
     facts: dict[str, Any]
+    terms: dict[str, Any]
+    ops: pd.DataFrame
     verdict: list[str]
     what_if: pd.DataFrame
 
     def text(self) -> str:
-        f = self.facts
+        f, t = self.facts, self.terms
         lines = [
-            f"{self.layer} ({f['type']}) on {f['hardware']} @ {f['precision']}",
+            f"{self.layer} ({f['type']}) on {f['hardware']} @ {f['precision']}"
+            + (" (calibrated)" if f["calibrated"] else " (plain roofline: a bound on speed, not an estimate)"),
             (f"  work: {format_si(f['flops'])}FLOP ({format_si(f['macs'])} MACs); bytes: "
              f"{format_bytes(f['bytes'])} eager ({format_bytes(f['weight_bytes'])} weights, "
-             f"{format_bytes(f['activation_bytes'])} activations), {format_bytes(f['fused_bytes'])} if fused"),
+             f"{format_bytes(f['activation_bytes'])} activations), {format_bytes(f['fused_bytes'])} at its boundary"),
             (f"  intensity {f['arithmetic_intensity']:.3g} FLOP/B vs ridge point {f['ridge_point']:.3g} FLOP/B "
-             f"({f['memory_level']}); bound: {f['bound']}"),
-            (f"  predicted {format_time(f['predicted_s'])} = max(compute {format_time(f['compute_s'])}, memory "
-             f"{format_time(f['memory_s'])}) + overhead {format_time(f['overhead_s'])}; attainable "
-             f"{format_si(f['attainable_flops_per_s'], 'FLOP/s')} of {format_si(f['peak_flops_per_s'], 'FLOP/s')} peak"),
+             f"({f['compute_type']} peak over {f['memory_level']}); roof: {t['roof']}; bound: {t['bound_label']}"),
+            f"  time, {_rule_words(t['rule'])}:",
+            *_term_lines(t),
         ]
         if f.get("measured_s"):
             lines.append(
                 f"  measured {format_time(f['measured_s'])}: achieved {format_si(f['achieved_flops_per_s'], 'FLOP/s')}"
-                f" = {f['fraction_of_roofline']:.0%} of the roofline's attainable rate"
+                f" = {format_percent(f['fraction_of_roofline'])} of the roofline's attainable rate"
             )
         lines += [f"  - {sentence}" for sentence in self.verdict]
         lines.append("  what if:")
         for row in self.what_if.itertuples(index=False):
-            lines.append(f"    {row.change:<34} {format_time(row.predicted_s):>10}  ({row.speedup:.2f}x)  {row.note}")
+            lines.append(f"    {row.change:<40} {format_time(row.predicted_s):>10} against {format_time(row.baseline_s):>10}"
+                         f"  ({row.speedup:.2f}x)  {row.note}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"layer": self.layer, "facts": self.facts, "verdict": self.verdict,
+        return {"layer": self.layer, "facts": self.facts, "terms": self.terms,
+                "ops": self.ops.to_dict(orient="records"), "verdict": self.verdict,
                 "what_if": self.what_if.to_dict(orient="records")}
 
     def __repr__(self) -> str:
         return self.text()
+
+
+def _rule_words(rule: str) -> str:
+    if rule == "max":
+        return "GPU rule per op: max(kernel, launch overhead), the launch hiding behind a longer kernel"
+    return "CPU rule per op: kernel + dispatch overhead, plus one module call per layer"
+
+
+def _term_lines(t: dict[str, Any]) -> list[str]:
+    """The layer's time as the sum of its terms, each with where it comes from; they add up exactly."""
+    ops = t["op_count"]
+    lines = [(f"      roofline     {format_time(t['roofline_s']):>10}   each op's max(compute, memory): compute "
+             f"{format_time(t['compute_s'])}, memory {format_time(t['memory_s'])} ({ops} op{'s' * (ops != 1)})")]
+    if t["calibrated"]:
+        lines.append(f"    + efficiency   {format_time(t['efficiency_s']):>10}   {t['efficiency_source']}")
+    overhead = (f"launch {format_time(t['overhead_s'])} in all, {format_time(t['overhead_s'] - t['exposed_overhead_s'])} "
+                "of it hidden behind kernels" if t["rule"] == "max"
+                else f"{t['overhead_source']}")
+    lines.append(f"    + overhead     {format_time(t['exposed_overhead_s']):>10}   {overhead}")
+    if t["module_call_s"]:
+        lines.append(f"    + module call  {format_time(t['module_call_s']):>10}   one Python nn.Module call (measured)")
+    lines.append(f"    = predicted    {format_time(t['predicted_s']):>10}   the layer alone, as `predict` gives it")
+    if t["in_pass"]:
+        lines.append(f"    + in a pass    {format_time(t['pass_penalty_s']):>10}   the profile's pass line (colder caches)")
+        lines.append(f"    = in the pass  {format_time(t['in_pass_s']):>10}")
+    return lines
 
 
 def _row(prediction: Prediction, layer: str) -> pd.Series:
@@ -82,97 +124,179 @@ def _with_bandwidth(profile: HardwareProfile, factor: float) -> HardwareProfile:
     return dataclasses.replace(profile, name=f"{profile.name} x{factor:g} bandwidth", memory_levels=levels)
 
 
+def efficiency_source(prediction: Prediction, ops: pd.DataFrame) -> str:
+    """Where the efficiency in force for these ops came from: class, factor, when measured, on which sizes, fit."""
+    if not prediction.calibrated:
+        return "plain roofline: every op at 100% of its roof"
+    profile = prediction.profile
+    parts = []
+    for op_class, group in ops.groupby("op_class", sort=False):
+        factor = float(group["efficiency"].iloc[0])
+        own = profile.efficiency_for(str(op_class), str(group["memory_level"].iloc[0]), prediction.in_pass)
+        if own is None:
+            parts.append(f"{op_class}: no factor measured, the profile's median class ({format_percent(factor)})")
+            continue
+        samples = profile.calibration_samples(str(op_class))
+        date = profile.metadata.get("recalibrated") or profile.metadata.get("date", "?")
+        fixed = profile.fixed_overhead_s.get(str(op_class), profile.overhead_s)
+        evidence = ""
+        if samples:
+            # How well the class's line, fixed + roofline / efficiency, fits the sizes it was fitted on.
+            factors = [(s, profile.efficiency_for(str(op_class), s.level)) for s in samples]
+            errors = [abs(fixed + s.roofline_s / f - s.measured_s) / s.measured_s for s, f in factors if f]
+            evidence = f", {len(samples)} sizes, line within {format_percent(max(errors))} of each" if errors else ""
+        parts.append(f"{op_class} runs at {format_percent(factor)} of its roof on this machine "
+                     f"(measured {date[:10]}{evidence})")
+    return "; ".join(parts) or "no ops"
+
+
+def overhead_source(prediction: Prediction, ops: pd.DataFrame) -> str:
+    """Where the per-op overhead in force came from."""
+    if not len(ops):
+        return "no ops"
+    if prediction.calibrated:
+        parts = [f"{c} {format_time(float(g['overhead_s'].iloc[0]))} x{len(g)}"
+                 + ("" if c in prediction.profile.fixed_overhead_s else " (the profile's per-op figure)")
+                 for c, g in ops.groupby("op_class", sort=False)]
+        return "fixed cost per call of each class's line: " + ", ".join(parts)
+    return (f"the profile's per-op dispatch cost {format_time(prediction.profile.overhead_s)} x{len(ops)} op"
+            + ("s" if len(ops) != 1 else ""))
+
+
+def layer_terms(prediction: Prediction, layer: str) -> tuple[dict[str, Any], pd.DataFrame]:
+    """A layer's terms, straight from the prediction (so explain and predict can never disagree), and its ops."""
+    row = _row(prediction, layer)
+    ops = prediction.ops[prediction.ops["layer"] == layer]
+    terms: dict[str, Any] = {column: float(row[column]) for column in TERM_COLUMNS}
+    terms.update(
+        roof=str(row["roof"]), bound=str(row["bound"]), bound_label=str(row["bound_label"]),
+        efficiency=float(row["efficiency"]), rule=prediction.rule, calibrated=prediction.calibrated,
+        in_pass=prediction.in_pass, op_count=len(ops),
+        efficiency_source=efficiency_source(prediction, ops), overhead_source=overhead_source(prediction, ops),
+    )
+    return terms, ops[_OP_TERMS].reset_index(drop=True)
+
+
 def explain(analysis: Analysis, layer: str, profile: HardwareProfile, *, measured_s: float | None = None,
-            calibrated: bool = False) -> Explanation:
+            calibrated: bool = False, other_profiles: Sequence[HardwareProfile] = ()) -> Explanation:
     """Diagnose one layer (a name from analysis.layers) on a profile."""
     prediction = predict(analysis, profile, calibrated=calibrated)
     row = _row(prediction, layer)
-    p = analysis.precision
+    terms, ops = layer_terms(prediction, layer)
     weight_bytes = float(row["weight_bytes"])
-    activation_bytes = float(row["bytes"]) - weight_bytes
     facts: dict[str, Any] = {
-        "type": row["type"], "hardware": profile.name, "precision": p.name,
+        "type": row["type"], "hardware": profile.name, "precision": analysis.precision.name, "calibrated": calibrated,
         "macs": int(row["macs"]), "flops": int(row["flops"]), "bytes": float(row["bytes"]),
-        "weight_bytes": weight_bytes, "activation_bytes": activation_bytes, "fused_bytes": float(row["fused_bytes"]),
-        "arithmetic_intensity": float(row["arithmetic_intensity"]), "ridge_point": float(row["ridge_point"]),
-        "memory_level": row["memory_level"], "bound": row["bound"], "compute_s": float(row["compute_s"]),
-        "memory_s": float(row["memory_s"]), "overhead_s": float(row["overhead_s"]),
-        "predicted_s": float(row["predicted_s"]), "attainable_flops_per_s": float(row["attainable_flops_per_s"]),
-        "peak_flops_per_s": prediction.peak_flops_per_s,
+        "weight_bytes": weight_bytes, "activation_bytes": float(row["bytes"]) - weight_bytes,
+        "fused_bytes": float(row["fused_bytes"]), "arithmetic_intensity": float(row["arithmetic_intensity"]),
+        "ridge_point": float(row["ridge_point"]), "memory_level": row["memory_level"],
+        "compute_type": row["compute_type"], "attainable_flops_per_s": float(row["attainable_flops_per_s"]),
+        "peak_flops_per_s": profile.peak(str(row["compute_type"])), "batch": batch_size(analysis),
     }
     if measured_s:
         achieved = row["flops"] / measured_s
         facts.update(measured_s=measured_s, achieved_flops_per_s=achieved,
                      fraction_of_roofline=achieved / row["attainable_flops_per_s"] if row["attainable_flops_per_s"] else 0.0)
-    return Explanation(layer, facts, _verdict(facts), _what_if(analysis, layer, profile, calibrated, facts))
+    what_if = _what_if(prediction, layer, other_profiles)
+    return Explanation(layer, facts, terms, ops, _verdict(facts, terms, what_if, prediction), what_if)
 
 
-def _verdict(f: dict[str, Any]) -> list[str]:
+def _verdict(f: dict[str, Any], t: dict[str, Any], what_if: pd.DataFrame, prediction: Prediction) -> list[str]:
     sentences = []
     intensity, ridge = f["arithmetic_intensity"], f["ridge_point"]
-    if f["bound"] == "overhead":
+    roof_words = (f"compute roof {format_time(t['roofline_s'])}" if t["roof"] == "compute"
+                  else f"{t['roof']} roof {format_time(t['roofline_s'])}")
+    if t["bound"] == "efficiency":
         sentences.append(
-            f"Per-op overhead ({format_time(f['overhead_s'])}) exceeds both roofline times: the layer is too small "
-            "to keep the device busy; batch more work per call or fuse it with its neighbours."
+            f"{roof_words}, but the layer runs at {format_percent(t['efficiency'])} of it: {t['efficiency_source']}. "
+            "The kernel, not the " + ("ALUs" if t["roof"] == "compute" else "memory system")
+            + f", sets its speed: {format_time(t['efficiency_s'])} of its {format_time(t['predicted_s'])} is time "
+            f"above the roof, which an implementation reaching the roof (a faster library path, a fused or compiled "
+            f"kernel) would save. The calibrated line scales with the roof, so the what-ifs below move it in "
+            "proportion."
         )
-    elif f["bound"] == "compute":
+    elif t["bound"] == "overhead":
+        per_sample = what_if[what_if["change"].str.startswith("batch")]
+        better = per_sample[per_sample["speedup"] > 1.05]
+        best = better.loc[better["speedup"].idxmax()] if len(better) else None
+        advice = (f"a larger batch amortises it ({best['change']}: {best['speedup']:.2f}x per sample)"
+                  if best is not None else "a larger batch does not amortise it here")
+        sentences.append(
+            f"Overhead-bound: {format_time(t['exposed_overhead_s'] + t['module_call_s'])} of its "
+            f"{format_time(t['predicted_s'])} is per-op {'launch' if t['rule'] == 'max' else 'dispatch'} cost "
+            f"against a {roof_words}: the layer is too small to keep the device busy; {advice}, and fusing it with "
+            "its neighbours saves launches."
+        )
+    elif t["bound"] == "compute":
         sentences.append(
             f"Compute-bound: intensity {intensity:.3g} FLOP/B is {intensity / ridge:.1f}x the ridge point, so the "
             "ALUs set the speed; a faster compute type (lower precision) helps, more bandwidth does not."
         )
     else:
         sentences.append(
-            f"Memory-bound on {f['memory_level']}: intensity {intensity:.3g} FLOP/B is {ridge / intensity:.1f}x below "
-            f"the ridge point, so the memory system, not the ALUs, sets its speed; cutting FLOPs would not make "
+            f"Memory-bound on {f['memory_level']}: intensity {intensity:.3g} FLOP/B is {ridge / max(intensity, 1e-12):.1f}x "
+            "below the ridge point, so the memory system, not the ALUs, sets its speed; cutting FLOPs would not make "
             "it faster, cutting bytes would."
         )
-    if f["weight_bytes"] > f["activation_bytes"] and f["bound"].startswith("memory"):
-        sentences.append("Weights dominate its bytes: a larger batch reuses them and raises intensity; weight "
-                         "quantization (w8a16, w4a16) cuts them directly.")
-    elif f["bound"].startswith("memory"):
-        sentences.append("Activations dominate its bytes: fusing it with its neighbours (keeping the tensors "
-                         "on-chip) or lower-precision activations cut them.")
+    if t["bound"].startswith("memory"):
+        if f["weight_bytes"] > f["activation_bytes"]:
+            sentences.append("Weights dominate its bytes: a larger batch reuses them and raises intensity; weight "
+                             "quantization (w8a16, w4a16) cuts them directly.")
+        else:
+            sentences.append("Activations dominate its bytes: fusing it with its neighbours (keeping the tensors "
+                             "on-chip) or lower-precision activations cut them.")
     if "fraction_of_roofline" in f:
         fraction = f["fraction_of_roofline"]
         sentences.append(
-            f"Measured at {fraction:.0%} of its roofline"
+            f"Measured at {format_percent(fraction)} of its roofline"
             + (": the kernel leaves performance on the table (low occupancy, poor layout or a slow library path)."
                if fraction < 0.5 else ".")
         )
+    regime = overhead_sentence(prediction)
+    if regime:
+        sentences.append("The whole model: " + regime)
     return sentences
 
 
-def _what_if(analysis: Analysis, layer: str, profile: HardwareProfile, calibrated: bool,
-             facts: dict[str, Any]) -> pd.DataFrame:
-    base = facts["predicted_s"]
+def _what_if(prediction: Prediction, layer: str, other_profiles: Sequence[HardwareProfile]) -> pd.DataFrame:
+    """Each row: the same model of time with one input changed, against this layer's own predicted time."""
+    analysis, profile, calibrated = prediction.analysis, prediction.profile, prediction.calibrated
+    base = float(_row(prediction, layer)["predicted_s"])
     rows = []
 
-    def add(change: str, seconds: float, note: str = "") -> None:
-        rows.append({"change": change, "predicted_s": seconds, "speedup": base / seconds if seconds else float("inf"),
-                     "note": note})
+    def add(change: str, seconds: float, baseline: float = base, note: str = "") -> None:
+        rows.append({"change": change, "predicted_s": seconds, "baseline_s": baseline,
+                     "speedup": baseline / seconds if seconds else float("inf"), "note": note})
 
     for name in ("fp32", "bf16", "fp16", "int8", "fp8", "w8a16", "w4a16"):
         precision = PRECISIONS[name]
         if name == analysis.precision.name or precision.compute_type not in profile.peak_flops_per_s:
             continue
-        other = predict(analysis.with_precision(precision), profile, calibrated=calibrated)
-        add(f"precision {name}", float(_row(other, layer)["predicted_s"]), f"bound {_row(other, layer)['bound']}")
+        other = _row(predict(analysis.with_precision(precision), profile, calibrated=calibrated), layer)
+        add(f"precision {name}", float(other["predicted_s"]), note=f"bound {other['bound_label']}")
     for factor in (4, 16):
-        other = predict(analysis.scaled_batch(factor), profile, calibrated=calibrated)
-        per_sample = float(_row(other, layer)["predicted_s"]) / factor
-        add(f"batch x{factor} (time per sample)", per_sample, f"bound {_row(other, layer)['bound']}")
-    fused_level = profile.memory_level_for(facts["fused_bytes"])
-    fused_memory = (facts["fused_bytes"] / fused_level.bandwidth_bytes_per_s if fused_level.bandwidth_bytes_per_s
-                    else facts["memory_s"])
-    add("fused with its neighbours", max(facts["compute_s"], fused_memory) + profile.overhead_s,
-        "only boundary tensors move; one launch")
+        other = _row(predict(analysis.scaled_batch(factor), profile, calibrated=calibrated), layer)
+        add(f"batch x{factor} (time per sample)", float(other["predicted_s"]) / factor,
+            note=f"bound {other['bound_label']}")
+    fused = prediction.fused_group(layer)
+    together = f"{len(fused.layers)} layers" if len(fused.layers) > 1 else "the layer alone"
+    add("fused with its neighbours" if len(fused.layers) > 1 else "its ops fused into one kernel", fused.predicted_s,
+        fused.unfused_s, f"{together} ({', '.join(fused.layers[1:]) or layer}): only "
+        f"{format_bytes(fused.boundary_bytes)} of {format_bytes(fused.eager_bytes)} move; one overhead")
     faster = _with_bandwidth(profile, 2.0)
     add("2x memory bandwidth", float(_row(predict(analysis, faster, calibrated=calibrated), layer)["predicted_s"]))
+    for other_profile in other_profiles:
+        if analysis.precision.compute_type not in other_profile.peak_flops_per_s:
+            continue
+        on_other = calibrated and bool(other_profile.efficiency)
+        other = _row(predict(analysis, other_profile, calibrated=on_other), layer)
+        add(f"on {other_profile.name}", float(other["predicted_s"]),
+            note=f"bound {other['bound_label']}" + ("" if on_other or not calibrated else " (plain: no calibration)"))
     return pd.DataFrame(rows)
 
 
 def explain_model(analysis: Analysis, profile: HardwareProfile, top: int = 10, calibrated: bool = False) -> pd.DataFrame:
-    """The top layers by predicted time, each with a one-line diagnosis."""
+    """The top layers by predicted time, each with a one-line diagnosis built from its terms."""
     prediction = predict(analysis, profile, calibrated=calibrated)
     layers = prediction.layers.sort_values("predicted_s", ascending=False).head(top)
     rows = []
@@ -180,12 +304,18 @@ def explain_model(analysis: Analysis, profile: HardwareProfile, top: int = 10, c
         if row.bound == "compute":
             line = f"compute-bound, intensity {row.arithmetic_intensity:.3g} >= ridge {row.ridge_point:.3g}"
         elif row.bound == "overhead":
-            line = "overhead-bound: too little work per op"
+            line = (f"overhead-bound: {format_time(row.exposed_overhead_s + row.module_call_s)} of overhead against a "
+                    f"{format_time(row.roofline_s)} {row.roof} roof")
+        elif row.bound == "efficiency":
+            line = (f"below its roof: {row.roof} roof {format_time(row.roofline_s)}, but the kernel runs at "
+                    f"{format_percent(row.efficiency)} of it on this machine")
         else:
             line = (f"memory-bound on {row.memory_level}, intensity {row.arithmetic_intensity:.3g} < ridge "
                     f"{row.ridge_point:.3g}")
         rows.append({"name": row.name, "type": row.type, "predicted_s": row.predicted_s, "share": row.share,
-                     "bound": row.bound, "diagnosis": line})
+                     "roofline_s": row.roofline_s, "efficiency_s": row.efficiency_s,
+                     "overhead_s": row.exposed_overhead_s + row.module_call_s, "bound": row.bound_label,
+                     "diagnosis": line})
     return pd.DataFrame(rows)
 
 
@@ -264,7 +394,9 @@ def explain_sweep(table: pd.DataFrame) -> str:
 
 def compare(analysis: Analysis, profiles: Sequence[HardwareProfile], precisions: Sequence[str],
             batches: Sequence[int] = (1,), calibrated: bool = False) -> pd.DataFrame:
-    """Device x precision x batch: predicted latency, throughput, memory-bound share, speed-up, bound changes.
+    """Device x precision x batch: predicted latency, throughput, the terms of the latency, what bounds it,
+    speed-up and bound changes against the first cell; where a cell is in the overhead regime, the smallest
+    batch (of those given, else searched) at which it leaves it.
 
     A combination the device has no peak for is listed with a reason, never with a number.
     """
@@ -283,23 +415,55 @@ def compare(analysis: Analysis, profiles: Sequence[HardwareProfile], precisions:
                 scaled = analysis.with_precision(precision)
                 if batch != base_batch:
                     scaled = scaled.scaled_batch(batch / base_batch)
-                prediction = predict(scaled, profile, calibrated=calibrated)
+                on_profile = calibrated and bool(profile.efficiency)
+                prediction = predict(scaled, profile, calibrated=on_profile)
                 totals = prediction.totals
                 if reference is None:
                     reference = prediction
                 changed = _bound_changes(reference, prediction)
+                exit_batch = (overhead_exit_batch(scaled, profile, on_profile, [b for b in batches if b > batch] or None)
+                              if prediction.overhead_regime else None)
                 row.update(
                     predicted_latency_s=totals["predicted_latency_s"],
                     throughput_samples_per_s=totals["throughput_samples_per_s"],
+                    **{term: totals[term] for term in _LATENCY_TERMS},
                     memory_bound_fraction=totals["memory_bound_time_fraction"],
+                    compute_bound_fraction=totals["compute_bound_time_fraction"],
+                    efficiency_bound_fraction=totals["efficiency_bound_time_fraction"],
+                    overhead_bound_fraction=totals["overhead_bound_time_fraction"],
+                    leaves_overhead_at_batch=exit_batch,
                     # throughput ratio, so rows at other batch sizes compare fairly
                     speedup=totals["throughput_samples_per_s"] / reference.totals["throughput_samples_per_s"],
                     bound_changes=len(changed),
                     changed_layers=", ".join(changed[:5]) + (" ..." if len(changed) > 5 else ""),
-                    note="",
+                    calibrated=on_profile,
+                    note="" if on_profile or not calibrated else "plain: the profile has no calibration",
                 )
                 rows.append(row)
     return pd.DataFrame(rows)
+
+
+# The terms of a predicted latency that compare carries; they add up to predicted_latency_s.
+_LATENCY_TERMS = ("roofline_compute_s", "roofline_memory_s", "efficiency_s", "exposed_overhead_s", "module_call_s",
+                  "pass_penalty_s")
+
+
+def compare_notes(table: pd.DataFrame) -> list[str]:
+    """Sentences under a comparison: which cells launch or dispatch overhead sets, and the batch that leaves it."""
+    if "overhead_bound_fraction" not in table:
+        return []
+    regime = table[table["overhead_bound_fraction"].fillna(0.0) > 0.5]
+    if not len(regime):
+        return []
+    notes = [(f"{len(regime)} of {int(table['overhead_bound_fraction'].notna().sum())} cells are more than half "
+             "overhead-bound: per-op launch or dispatch cost, not the device's compute or memory, sets those times, "
+             "so they tie across devices and precisions.")]
+    for (device, batch), cells in regime.groupby(["device", "batch"], sort=False):
+        exits = cells["leaves_overhead_at_batch"].dropna()
+        where = (f"leaves the overhead regime at batch {int(exits.min())}" if len(exits)
+                 else "does not leave it at any batch tried")
+        notes.append(f"{device} at batch {batch} ({', '.join(cells['precision'])}): {where}.")
+    return notes
 
 
 def _bound_changes(reference: Prediction, other: Prediction) -> list[str]:

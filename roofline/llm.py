@@ -33,12 +33,16 @@ from roofline.formatting import format_bytes, format_si, format_table, format_ti
 from roofline.hardware.profile import HardwareProfile
 from roofline.models import LoadedModel, _quiet_transformers, load
 from roofline.precision import MEASURABLE_DTYPES, Precision, get_precision
-from roofline.predict import Prediction, predict
+from roofline.predict import Prediction, overhead_sentence, predict
 from roofline.trace import Trace, trace
 
 __all__ = ["LLMReport", "RooflineError", "llm", "render"]
 
 DEFAULT_BATCH_SWEEP = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+_BOUND_KINDS = ("memory", "compute", "efficiency", "overhead")
+# The terms of a predicted pass time (roofline.predict), carried by the phase and batch tables and their JSON.
+_DECODE_TERMS = ("roofline_compute_s", "roofline_memory_s", "efficiency_s", "exposed_overhead_s", "module_call_s",
+                 "pass_penalty_s")
 
 
 def _forward_kwargs(module: nn.Module, ids: torch.Tensor, cache: Any) -> dict[str, Any]:
@@ -121,6 +125,8 @@ class LLMReport:
                 "bytes": float(records["bytes"].sum()),
                 "arithmetic_intensity": phase.prediction.analysis.totals["arithmetic_intensity"],
                 "memory_bound_fraction": totals["memory_bound_time_fraction"],
+                "overhead_bound_fraction": totals["overhead_bound_time_fraction"],
+                **{term: totals[term] for term in _DECODE_TERMS},
                 "predicted_s": totals["predicted_latency_s"],
             })
         return pd.DataFrame(rows)
@@ -176,21 +182,36 @@ class LLMReport:
             scaled = middle.prediction.analysis.scaled_batch(batch / self.batch)
             prediction = Prediction(scaled, self.profile, middle.prediction.calibrated)
             totals = prediction.totals
+            fractions = {kind: totals[f"{kind}_bound_time_fraction"] for kind in _BOUND_KINDS}
             rows.append({
                 "batch": batch, "decode_step_s": totals["predicted_latency_s"],
                 "tokens_per_s": batch / totals["predicted_latency_s"],
-                "memory_bound_fraction": totals["memory_bound_time_fraction"],
-                "compute_bound_fraction": totals["compute_bound_time_fraction"],
+                **{f"{kind}_bound_fraction": share for kind, share in fractions.items()},
+                "bound": max(fractions, key=lambda kind: fractions[kind]),
+                **{term: totals[term] for term in _DECODE_TERMS},
                 "arithmetic_intensity": scaled.totals["arithmetic_intensity"],
                 "fits": batch <= self.metrics["max_batch_that_fits"],
             })
         return pd.DataFrame(rows)
 
     def compute_bound_batch(self) -> int | None:
-        """The smallest swept batch at which more decode time is compute-bound than memory-bound."""
+        """The smallest swept batch at which compute bounds more of the decode step than anything else."""
         sweep = self.batch_sweep
-        turned = sweep[sweep["compute_bound_fraction"] > sweep["memory_bound_fraction"]]
+        turned = sweep[sweep["bound"] == "compute"]
         return int(turned["batch"].iloc[0]) if len(turned) else None
+
+    def decode_bound_sentence(self) -> str:
+        """Where decode turns compute-bound, only if a tried batch is; else up to which batch it stays bound by what."""
+        turn = self.compute_bound_batch()
+        if turn is not None:
+            return f"decode turns compute-bound at batch {turn} (of {', '.join(map(str, DEFAULT_BATCH_SWEEP))})"
+        sweep = self.batch_sweep
+        fitting = sweep[sweep["fits"]]
+        last = (fitting if len(fitting) else sweep).iloc[-1]
+        limit = "the largest that fits" if len(fitting) and len(fitting) < len(sweep) else "the largest tried"
+        kinds = " then ".join(dict.fromkeys(sweep.loc[sweep["batch"] <= last["batch"], "bound"]))
+        return (f"decode stays {kinds}-bound up to batch {int(last['batch'])} ({limit}); no batch tried is "
+                "compute-bound")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -205,7 +226,6 @@ class LLMReport:
 
     def summary(self) -> str:
         m = self.metrics
-        turn = self.compute_bound_batch()
         lines = [
             (f"{self.model} on {self.profile.name} @ {self.precision.name}, attention {self.attention}: "
              f"batch {self.batch}, prompt {self.prompt_len}, generate {self.gen_len}"),
@@ -217,8 +237,11 @@ class LLMReport:
             f"of {format_bytes(m['device_memory_bytes'])}"
             + ("" if m["fits"] else "  (DOES NOT FIT)")
             + f"; largest batch that fits: {m['max_batch_that_fits']}",
-            "  decode turns compute-bound at batch " + (str(turn) if turn else f"> {DEFAULT_BATCH_SWEEP[-1]}"),
+            f"  {self.decode_bound_sentence()}",
         ]
+        regime = overhead_sentence(self.decode[0].prediction, DEFAULT_BATCH_SWEEP)
+        if regime:
+            lines.append(f"  decode step: {regime}")
         if self.measured:
             lines.append(
                 "  measured on this machine: prefill " + format_time(self.measured["prefill_s"])
@@ -347,8 +370,15 @@ def render(report: LLMReport, fmt: str = "table") -> str:
         "macs": format_si, "flops": format_si, "weight_bytes": format_bytes, "kv_bytes": format_bytes,
         "activation_bytes": format_bytes, "bytes": format_bytes, "predicted_s": format_time,
     }
-    sweep = report.batch_sweep.copy()
-    sweep_text = format_table(sweep, {"decode_step_s": format_time})
+    percent = {column: (lambda v: f"{v:.0%}") for column in (*(f"{k}_bound_fraction" for k in _BOUND_KINDS),)}
+    shown_phases = phases.drop(columns=[c for c in _DECODE_TERMS if c != "exposed_overhead_s"])
+    sweep = report.batch_sweep[["batch", "decode_step_s", "tokens_per_s", *percent, "exposed_overhead_s", "bound",
+                                "arithmetic_intensity", "fits"]]
+    if not report.prefill.prediction.calibrated:
+        sweep = sweep.drop(columns="efficiency_bound_fraction")
+    sweep_text = format_table(sweep, {"decode_step_s": format_time, "exposed_overhead_s": format_time,
+                                      "tokens_per_s": lambda v: f"{v:,.0f}", **percent})
     return (
-        format_table(phases, formatters) + "\n\n" + sweep_text + "\n\n" + report.summary()
+        format_table(shown_phases, {**formatters, "exposed_overhead_s": format_time, **percent})
+        + "\n\n" + sweep_text + "\n\n" + report.summary()
     )

@@ -155,9 +155,22 @@ def load(spec: str | nn.Module, *, inputs: Any = None, input_shape: str | None =
         return _load_timm(rest, spec, inputs, shapes, device, batch)
     if scheme == "hf":
         return _load_hf(rest, spec, device, batch, seq_len, attention)
-    from roofline import zoo
+    return _load_zoo(rest, spec, inputs, shapes, device, batch, seq_len)
 
-    return zoo.load(rest, spec, inputs=inputs, shapes=shapes, device=device, batch=batch, seq_len=seq_len)
+
+def _load_zoo(name: str, spec: str, inputs: Any, shapes: list[tuple[int, ...]] | None, device: str,
+              batch: int | None, seq_len: int | None) -> LoadedModel:
+    from roofline.zoo import ZOO
+
+    entry = ZOO.get(name)
+    if entry is None:
+        raise RooflineError(f"unknown zoo model {name!r}{close_matches(name, ZOO)}; choose one of: {', '.join(ZOO)}")
+    with _weights_on(device):
+        module = entry.build()
+    if inputs is None and shapes is None:
+        module.eval()
+        return LoadedModel(spec, module, entry.make_inputs(batch or 1, seq_len or 64, device), device)
+    return _finish(spec, module, inputs, shapes, device, batch)
 
 
 def _finish(name: str, module: nn.Module, inputs: Any, shapes: list[tuple[int, ...]] | None, device: str,

@@ -1,31 +1,32 @@
-"""Analysis + HardwareProfile -> predicted time per op and per layer. Never runs the model.
+"""Analysis + HardwareProfile -> predicted time per op and per layer, as TERMS that add up. Never runs the model.
 
-The model is an eager, unfused roofline, op by op (as PyTorch runs it in eager mode):
-- compute time = FLOPs / peak of the precision's compute type;
-- memory time = bytes moved / bandwidth of the memory level the op's working set streams from
-  (hierarchical roofline: an op whose inputs and outputs fit in a cache is bounded by that cache);
-- time = max(compute, memory) + the profile's per-op overhead (dispatch or kernel launch) on a CPU,
-  where dispatch and execution take turns; max(compute, memory, overhead) on a GPU, where the host
-  queues kernel launches while earlier kernels run, so launch cost hides behind long kernels.
-A layer's time is the sum of its ops, plus on a CPU the profile's measured cost of one Python
-module call (`module_call_s`), which even a layer with no op pays. Its bound is whichever of
-compute, memory or overhead is the largest part of that time.
+The one model of time (everything that prints or plots a time renders these terms; README states it):
+- compute_s = FLOPs / peak of the op's compute type (the precision's, except fp32 convolutions on a GPU
+  with a TF32 peak: cuDNN runs those in TF32 by default, torch.backends.cudnn.allow_tf32 = True);
+- memory_s = bytes moved / bandwidth of the level the op streams from (HardwareProfile.memory_level_for:
+  the fastest level with a known bandwidth whose capacity holds the op's working set);
+- roofline_s = max(compute_s, memory_s), and the op's roof is whichever is larger;
+- kernel_s = roofline_s / efficiency, where efficiency is 1 for a plain prediction and the class's
+  fitted factor when calibrated; efficiency_s = kernel_s - roofline_s is the time above the roof;
+- overhead: the profile's per-op figure, or the class's fitted fixed cost when calibrated;
+- the combine rule: a CPU dispatches and executes in turn, so op time = kernel_s + overhead (sum);
+  a GPU queues launches while earlier kernels run, so op time = max(kernel_s, overhead) (max), and
+  only the part of the launch not hidden behind the kernel (exposed_overhead_s) adds time;
+- a layer pays, on a CPU, one Python module call (module_call_s) besides its ops;
+- inside a full pass (calibrated, with a pass line measured), the same ops use the pass line; the
+  difference from the layer alone is pass_penalty_s.
 
-Calibrated mode uses, per op class, the line fitted by `roofline hw measure` on the device: time =
-fixed per-call cost + roofline time / efficiency (profile.fixed_overhead_s, profile.efficiency), so
-it still explains itself: "conv at 62% of the attainable rate plus 90 us per call, as convolutions
-measure on this machine".
-
-Two times per layer. `predicted_s` is the layer alone, repeated, as `measure` times it: its code,
-weights and output buffer stay warm in cache. `in_pass_s` is the layer inside a full forward pass,
-where the layers before it have evicted them; calibrated on a profile that timed its ops that way
-(profile.pass_efficiency: on a CPU, each op called once per cycle over all of them), it uses that
-line, and otherwise equals `predicted_s`. The end-to-end latency is the sum of `in_pass_s`.
+So, for every op and every layer, exactly:
+    predicted_s = roofline_s + efficiency_s + exposed_overhead_s + module_call_s
+    in_pass_s   = predicted_s + pass_penalty_s
+and the end-to-end latency is the sum of in_pass_s. A layer's bound is the largest of its roofline
+time on the compute roof, on the memory roof, its efficiency time and its exposed overhead.
 """
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -48,7 +49,21 @@ from roofline.hardware.profile import HardwareProfile, MemoryLevel
 from roofline.precision import Precision, get_precision
 from roofline.trace import UNUSED_NAME
 
-__all__ = ["Prediction", "predict", "render"]
+__all__ = ["FusedGroup", "Prediction", "bound_label", "overhead_exit_batch", "overhead_sentence", "predict", "render"]
+
+# The classes whose fp32 ops a GPU with TF32 runs in TF32 by PyTorch's defaults (cuDNN convolutions);
+# fp32 matmuls stay in full fp32 (torch.backends.cuda.matmul.allow_tf32 is False by default).
+TF32_BY_DEFAULT_CLASSES = ("conv", "grouped_conv")
+# Op classes a "fuse with its neighbours" what-if may take into the group after a layer.
+POINTWISE_CLASSES = ("elementwise", "activation", "norm")
+# More than this share of the time in overhead-bound layers: the model is "in the overhead regime".
+OVERHEAD_REGIME_FRACTION = 0.5
+# The largest batch searched (powers of two) for where a model leaves the overhead regime.
+MAX_SEARCHED_BATCH = 4096
+
+# The terms every op and layer carries, in the order they are rendered; they add up as the module says.
+TERM_COLUMNS = ["compute_s", "memory_s", "roofline_s", "efficiency_s", "overhead_s", "exposed_overhead_s",
+                "module_call_s", "predicted_s", "pass_penalty_s", "in_pass_s"]
 
 
 def batch_size(analysis: Analysis) -> int:
@@ -57,61 +72,80 @@ def batch_size(analysis: Analysis) -> int:
     return int(inputs[0][0]) if inputs and inputs[0] else 1
 
 
+def combine_rule(profile: HardwareProfile) -> str:
+    """How an op's kernel time and its overhead combine on this kind of device: 'sum' (CPU) or 'max' (GPU)."""
+    return "max" if profile.kind == "gpu" else "sum"
+
+
+def _combine(rule: str, kernel_s: Any, overhead_s: Any) -> Any:
+    return np.maximum(kernel_s, overhead_s) if rule == "max" else kernel_s + overhead_s
+
+
+@dataclass(frozen=True)
+class FusedGroup:
+    """A what-if: a layer and the pointwise layers right after it run as one kernel.
+
+    Only tensors crossing the group's boundary move (each op's memory time scaled by boundary bytes /
+    eager bytes, so every op keeps the level it streams from), the group runs at its own ops' mean
+    efficiency, and it pays one overhead (the largest of its ops') and one module call. By
+    construction it is never slower than the layers unfused.
+    """
+
+    layers: tuple[str, ...]
+    unfused_s: float
+    compute_s: float
+    memory_s: float
+    roofline_s: float
+    kernel_s: float
+    overhead_s: float
+    module_call_s: float
+    rule: str
+    predicted_s: float
+    boundary_bytes: float
+    eager_bytes: float
+
+
 @dataclass(frozen=True)
 class Prediction:
-    """Predicted per-op and per-layer times of one Analysis on one HardwareProfile."""
+    """Predicted per-op and per-layer times of one Analysis on one HardwareProfile, as terms."""
 
     analysis: Analysis
     profile: HardwareProfile
     calibrated: bool = False
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.analysis, Analysis):
+            raise RooflineError(f"predict needs an Analysis (from roofline.analyze), got {type(self.analysis).__name__}")
+        if not isinstance(self.profile, HardwareProfile):
+            raise RooflineError("predict needs a HardwareProfile, or a profile name, path or 'auto'; "
+                                f"got {type(self.profile).__name__}")
+        if self.calibrated and not self.profile.efficiency:
+            raise RooflineError(
+                f"profile {self.profile.name!r} has no efficiency factors for calibrated prediction;"
+                " make a measured profile with: roofline hw measure --save FILE"
+            )
+
     @property
     def precision(self) -> Precision:
         return self.analysis.precision
+
+    @property
+    def rule(self) -> str:
+        return combine_rule(self.profile)
 
     @cached_property
     def peak_flops_per_s(self) -> float:
         return self.profile.peak(self.precision.compute_type)
 
     @cached_property
-    def ops(self) -> pd.DataFrame:
-        """Per op call: compute, memory and overhead time, the level it streams from, the bound."""
-        records = self.analysis.records.copy()
-        levels = self._levels
-        # The fastest level whose capacity holds the op's working set, else the slowest (DRAM/HBM).
-        capacities = np.array([level.capacity_bytes or np.inf for level in levels], dtype=float)
-        capacities[-1] = np.inf
-        working_set = records["bytes"].to_numpy(dtype=float)
-        level_index = np.argmax(working_set[:, None] <= capacities[None, :], axis=1)
-        bandwidth = np.array([level.bandwidth_bytes_per_s for level in levels], dtype=float)[level_index]
-        records["memory_level"] = [levels[i].name for i in level_index]
-        records["bandwidth_bytes_per_s"] = bandwidth
-        records["compute_s"] = records["flops"] / self.peak_flops_per_s
-        records["memory_s"] = records["bytes"] / bandwidth
-        roofline_s = np.maximum(records["compute_s"], records["memory_s"])
-        records["efficiency"] = self._efficiency(records["op_class"], records["memory_level"])
-        records["overhead_s"] = self._overhead(records["op_class"])
-        records["predicted_s"] = self._op_time(roofline_s / records["efficiency"], records["overhead_s"])
-        if self.in_pass:
-            efficiency = self._efficiency(records["op_class"], records["memory_level"], in_pass=True)
-            overhead = self._overhead(records["op_class"], in_pass=True)
-            records["in_pass_s"] = self._op_time(roofline_s / efficiency, overhead)
-        else:
-            records["in_pass_s"] = records["predicted_s"]
-        records["ridge_point"] = self.peak_flops_per_s / bandwidth
-        records["attainable_flops_per_s"] = np.minimum(
-            self.peak_flops_per_s, records["arithmetic_intensity"] * bandwidth
-        )
-        return records
+    def tf32_convolutions(self) -> bool:
+        """Whether fp32 convolutions are costed at the TF32 peak (a GPU with one, PyTorch's cuDNN default)."""
+        return (self.precision.name == "fp32" and self.profile.kind == "gpu"
+                and "tf32" in self.profile.peak_flops_per_s)
 
     @cached_property
-    def _levels(self) -> list[MemoryLevel]:
-        """The memory levels with a known bandwidth, fastest first; the last is where streaming ops read."""
-        levels = [level for level in self.profile.memory_levels if level.bandwidth_bytes_per_s]
-        if not levels:
-            raise RooflineError(
-                f"profile {self.profile.name!r} has no memory bandwidth; measure it: roofline hw measure --save FILE"
-            )
+    def _levels(self) -> tuple[MemoryLevel, ...]:
+        levels = self.profile.streaming_levels()
         return levels
 
     @property
@@ -120,58 +154,110 @@ class Prediction:
         measured its ops as in a pass (HardwareProfile.pass_efficiency)."""
         return self.calibrated and bool(self.profile.pass_efficiency)
 
-    def _op_time(self, roofline_s: pd.Series, overhead_s: pd.Series) -> pd.Series:
-        if self.profile.kind == "gpu":
-            return np.maximum(roofline_s, overhead_s)
-        return roofline_s + overhead_s
+    @cached_property
+    def ops(self) -> pd.DataFrame:
+        """Per op call: every term of its time, the level it streams from, its roof and what sets it."""
+        records = self.analysis.records.copy()
+        levels = self._levels
+        level_index = self.profile.level_indices(records["bytes"].to_numpy(dtype=float))
+        bandwidth = np.array([level.bandwidth_bytes_per_s for level in levels], dtype=float)[level_index]
+        records["memory_level"] = [levels[i].name for i in level_index]
+        records["bandwidth_bytes_per_s"] = bandwidth
+        tf32 = records["op_class"].isin(TF32_BY_DEFAULT_CLASSES) & self.tf32_convolutions
+        records["compute_type"] = np.where(tf32, "tf32", self.precision.compute_type)
+        peak = np.where(tf32, self.profile.peak("tf32") if self.tf32_convolutions else 0.0, self.peak_flops_per_s)
+        records["peak_flops_per_s"] = peak
+        records["compute_s"] = records["flops"] / peak
+        records["memory_s"] = records["bytes"] / bandwidth
+        records["roofline_s"] = np.maximum(records["compute_s"], records["memory_s"])
+        records["roof"] = np.where(records["compute_s"] >= records["memory_s"], "compute",
+                                   "memory:" + records["memory_level"])
+        records["efficiency"] = self._efficiency(records["op_class"], records["memory_level"])
+        records["overhead_s"] = self._overhead(records["op_class"])
+        kernel = records["roofline_s"] / records["efficiency"]
+        records["efficiency_s"] = kernel - records["roofline_s"]
+        records["predicted_s"] = _combine(self.rule, kernel, records["overhead_s"])
+        records["exposed_overhead_s"] = records["predicted_s"] - kernel
+        records["module_call_s"] = 0.0
+        if self.in_pass:
+            efficiency = self._efficiency(records["op_class"], records["memory_level"], in_pass=True)
+            overhead = self._overhead(records["op_class"], in_pass=True)
+            records["in_pass_s"] = _combine(self.rule, records["roofline_s"] / efficiency, overhead)
+        else:
+            records["in_pass_s"] = records["predicted_s"]
+        records["pass_penalty_s"] = records["in_pass_s"] - records["predicted_s"]
+        records["ridge_point"] = peak / bandwidth
+        records["attainable_flops_per_s"] = np.minimum(peak, records["arithmetic_intensity"] * bandwidth)
+        return records
 
     def _efficiency(self, op_class: pd.Series, level: pd.Series, in_pass: bool = False) -> pd.Series:
         if not self.calibrated:
             return pd.Series(1.0, index=op_class.index)
-        factors = self.profile.pass_efficiency if in_pass else self.profile.efficiency
-        if not factors:
-            raise RooflineError(
-                f"profile {self.profile.name!r} has no efficiency factors for calibrated prediction;"
-                " make a measured profile with: roofline hw measure --save FILE"
-            )
-        # A class the profile has no factor for gets the median class (in-cache factors only).
-        default = float(np.median([value for key, value in factors.items() if "@" not in key] or list(factors.values())))
+        default = self.default_efficiency(in_pass)
         found = [self.profile.efficiency_for(c, lvl, in_pass) for c, lvl in zip(op_class, level, strict=True)]
         return pd.Series([default if f is None else f for f in found], index=op_class.index, dtype=float)
+
+    def default_efficiency(self, in_pass: bool = False) -> float:
+        """The factor of a class the profile has none for: the median of its classes (in-cache factors only)."""
+        factors = (self.profile.pass_efficiency if in_pass else self.profile.efficiency) or self.profile.efficiency
+        return float(np.median([value for key, value in factors.items() if "@" not in key] or list(factors.values())))
 
     def _overhead(self, op_class: pd.Series, in_pass: bool = False) -> pd.Series:
         """Per-op overhead: the class's fitted fixed cost when calibrated, else the profile's one figure."""
         fixed = dict(self.profile.pass_fixed_overhead_s if in_pass else self.profile.fixed_overhead_s) if self.calibrated else {}
         return op_class.map(lambda c: fixed.get(c, self.profile.overhead_s)).astype(float)
 
+    @property
+    def module_call_s(self) -> float:
+        """What a CPU pays per layer row for Python's module call (0 on a GPU, where it hides behind kernels)."""
+        return float(self.profile.module_call_s or 0.0) if self.profile.kind == "cpu" else 0.0
+
     @cached_property
     def layers(self) -> pd.DataFrame:
-        """Per layer (rows join the analysis and measurement on `name`)."""
+        """Per layer (rows join the analysis and measurement on `name`): the op terms summed, plus the
+        module call, the layer's roof, its bound and where its time sits against the roof."""
         ops = self.ops
-        times = ["compute_s", "memory_s", "overhead_s", "predicted_s", "in_pass_s"]
-        sums = ops.groupby("layer", sort=False)[times].sum()
-        # The level that carries most of the layer's bytes names its memory bound.
+        sums = ["compute_s", "memory_s", "roofline_s", "efficiency_s", "overhead_s", "exposed_overhead_s",
+                "predicted_s", "pass_penalty_s", "in_pass_s"]
+        by_layer = ops.groupby("layer", sort=False)
+        summed = by_layer[sums].sum()
+        on_compute = ops["roofline_s"].where(ops["roof"] == "compute", 0.0)
+        summed["compute_roof_s"] = on_compute.groupby(ops["layer"], sort=False).sum()
+        summed["memory_roof_s"] = (ops["roofline_s"] - on_compute).groupby(ops["layer"], sort=False).sum()
+        # The level that carries most of the layer's bytes names its memory roof.
         main_level = ops.sort_values("bytes", ascending=False).groupby("layer", sort=False)["memory_level"].first()
+        compute_type = by_layer["compute_type"].agg(lambda types: types.mode().iloc[0])
         layers = self.analysis.layers[["name", "type", "macs", "flops", "params", "weight_bytes", "bytes",
                                        "fused_bytes", "arithmetic_intensity", "ops"]].copy()
-        layers = layers.join(sums, on="name").join(main_level, on="name")
-        for column in times:
-            layers[column] = layers[column].fillna(0.0)
+        layers = layers.join(summed, on="name").join(main_level, on="name").join(compute_type, on="name")
+        for column in [*sums, "compute_roof_s", "memory_roof_s"]:
+            layers[column] = layers[column].fillna(0.0).astype(float)
         layers["memory_level"] = layers["memory_level"].fillna(self._levels[-1].name)
-        if self.profile.kind == "cpu" and self.profile.module_call_s:
-            # Every row is one module call, which a CPU pays in Python before its ops run.
-            calls = layers["name"] != UNUSED_NAME
-            layers.loc[calls, "overhead_s"] += self.profile.module_call_s
-            layers.loc[calls, ["predicted_s", "in_pass_s"]] += self.profile.module_call_s
-        level_bandwidth = {level.name: level.bandwidth_bytes_per_s for level in self.profile.memory_levels}
+        layers["compute_type"] = layers["compute_type"].fillna(self.precision.compute_type)
+        # Every row is one module call, which a CPU pays in Python before its ops run.
+        layers["module_call_s"] = np.where(layers["name"] != UNUSED_NAME, self.module_call_s, 0.0)
+        for column in ("predicted_s", "in_pass_s"):
+            layers[column] = layers[column] + layers["module_call_s"]
+        layers["overhead_s"] = layers["overhead_s"] + layers["module_call_s"]
+        level_bandwidth = {level.name: level.bandwidth_bytes_per_s for level in self._levels}
         bandwidth = layers["memory_level"].map(level_bandwidth).astype(float)
-        layers["ridge_point"] = self.peak_flops_per_s / bandwidth
-        layers["attainable_flops_per_s"] = np.minimum(self.peak_flops_per_s, layers["arithmetic_intensity"] * bandwidth)
+        peak = layers["compute_type"].map(self.profile.peak).astype(float)
+        layers["ridge_point"] = peak / bandwidth
+        layers["attainable_flops_per_s"] = np.minimum(peak, layers["arithmetic_intensity"] * bandwidth)
         layers["predicted_flops_per_s"] = (layers["flops"] / layers["predicted_s"].where(layers["predicted_s"] > 0)).fillna(0.0)
+        # Where the predicted time sits against the roof: roofline time / predicted time (1 = on the roof).
+        layers["fraction_of_roof"] = (layers["roofline_s"] / layers["predicted_s"].where(layers["predicted_s"] > 0)).fillna(0.0)
+        layers["roof"] = np.where(layers["compute_roof_s"] >= layers["memory_roof_s"], "compute",
+                                  "memory:" + layers["memory_level"])
         layers["bound"] = [
-            _bound(c, m, o, level)
-            for c, m, o, level in zip(layers["compute_s"], layers["memory_s"], layers["overhead_s"], layers["memory_level"])
+            _bound(c, m, e, o, level) for c, m, e, o, level in zip(
+                layers["compute_roof_s"], layers["memory_roof_s"], layers["efficiency_s"],
+                layers["exposed_overhead_s"] + layers["module_call_s"], layers["memory_level"], strict=True)
         ]
+        kernel = layers["roofline_s"] + layers["efficiency_s"]
+        layers["efficiency"] = (layers["roofline_s"] / kernel.where(kernel > 0)).fillna(1.0)  # the ops' mean factor
+        layers["bound_label"] = [bound_label(b, r, e) for b, r, e in
+                                 zip(layers["bound"], layers["roof"], layers["efficiency"], strict=True)]
         total = layers["predicted_s"].sum()
         layers["share"] = layers["predicted_s"] / total if total else 0.0
         return layers
@@ -182,10 +268,23 @@ class Prediction:
         latency = float(layers["in_pass_s"].sum())  # a forward pass: each layer once, after the others
         alone = float(layers["predicted_s"].sum())
         batch = batch_size(self.analysis)
-        streaming = float(self._levels[-1].bandwidth_bytes_per_s or 0.0)  # nonzero: _levels keeps known ones
-        # Shares of the pass's time, by the bound each layer has alone (where the roofline puts it).
-        memory_time = float(layers.loc[layers["bound"].str.startswith("memory"), "in_pass_s"].sum())
-        compute_time = float(layers.loc[layers["bound"] == "compute", "in_pass_s"].sum())
+        streaming = float(self._levels[-1].bandwidth_bytes_per_s or 0.0)  # nonzero: streaming_levels checks it
+
+        def share(seconds: float) -> float:
+            return seconds / latency if latency else 0.0
+
+        # Shares of the pass's time by each layer's bound (what sets its speed)...
+        by_bound = {kind: float(layers.loc[layers["bound"].str.startswith(kind), "in_pass_s"].sum())
+                    for kind in ("memory", "compute", "efficiency")}
+        # ... and the exact terms of the latency, which add up to it.
+        terms = {
+            "roofline_compute_s": float(layers["compute_roof_s"].sum()),
+            "roofline_memory_s": float(layers["memory_roof_s"].sum()),
+            "efficiency_s": float(layers["efficiency_s"].sum()),
+            "exposed_overhead_s": float(layers["exposed_overhead_s"].sum()),
+            "module_call_s": float(layers["module_call_s"].sum()),
+            "pass_penalty_s": float(layers["pass_penalty_s"].sum()),
+        }
         return {
             "predicted_latency_s": latency,
             "sum_of_layers_s": alone,  # each layer timed alone, as `measure` times them
@@ -194,40 +293,98 @@ class Prediction:
             "compute_s": float(layers["compute_s"].sum()),
             "memory_s": float(layers["memory_s"].sum()),
             "overhead_s": float(layers["overhead_s"].sum()),
-            "memory_bound_time_fraction": memory_time / latency if latency else 0.0,
-            "compute_bound_time_fraction": compute_time / latency if latency else 0.0,
-            "overhead_bound_time_fraction": max(0.0, 1.0 - (memory_time + compute_time) / latency) if latency else 0.0,
+            **terms,
+            "efficiency_time_fraction": share(terms["efficiency_s"]),  # above the roofline for want of efficiency
+            "overhead_time_fraction": share(terms["exposed_overhead_s"] + terms["module_call_s"]),
+            "memory_bound_time_fraction": share(by_bound["memory"]),
+            "compute_bound_time_fraction": share(by_bound["compute"]),
+            "efficiency_bound_time_fraction": share(by_bound["efficiency"]),
+            "overhead_bound_time_fraction": max(0.0, 1.0 - share(sum(by_bound.values()))) if latency else 0.0,
             "peak_flops_per_s": self.peak_flops_per_s,
             "dram_bandwidth_bytes_per_s": streaming,
             "ridge_point": self.peak_flops_per_s / streaming,
             "compute_type": self.precision.compute_type,
+            "combine_rule": self.rule,
         }
 
+    @property
+    def overhead_regime(self) -> bool:
+        """More than half of the time in layers whose exposed overhead outweighs their kernels."""
+        return bool(self.totals["overhead_bound_time_fraction"] > OVERHEAD_REGIME_FRACTION)
+
+    def fused_group(self, layer: str) -> FusedGroup:
+        """`layer` and the leaf layers right after it whose ops are all pointwise (norm, activation,
+        elementwise), fused into one kernel: the same terms, fewer bytes and one overhead."""
+        layers = self.layers.set_index("name", drop=False)
+        if layer not in layers.index:
+            raise RooflineError(f"no layer named {layer!r}")
+        order = list(layers.index)
+        ops = self.ops
+        classes = ops.groupby("layer", sort=False)["op_class"].agg(set)
+        group = [layer]
+        for name in order[order.index(layer) + 1:]:
+            if name not in classes.index or not classes[name] <= set(POINTWISE_CLASSES):
+                break
+            group.append(name)
+        rows = layers.loc[group]
+        members = ops[ops["layer"].isin(group)]
+        eager = float(members["bytes"].sum())
+        # The tensor between two fused layers is written by one and read by the next: the pointwise
+        # layer's output size, counted once in each layer's boundary bytes.
+        inner = 2.0 * float(members.loc[members["layer"].isin(group[1:]), "bytes_written"].sum())
+        boundary = min(eager, max(0.0, float(rows["fused_bytes"].sum()) - inner))
+        compute = float(members["compute_s"].sum())
+        memory = float(members["memory_s"].sum()) * (boundary / eager if eager else 0.0)
+        roofline = max(compute, memory)
+        kernel_sum = float((members["roofline_s"] + members["efficiency_s"]).sum())
+        roofline_sum = float(members["roofline_s"].sum())
+        kernel = roofline * (kernel_sum / roofline_sum) if roofline_sum else 0.0
+        overhead = float(members["overhead_s"].max()) if len(members) else 0.0
+        module_call = self.module_call_s
+        return FusedGroup(
+            layers=tuple(group), unfused_s=float(rows["predicted_s"].sum()), compute_s=compute, memory_s=memory,
+            roofline_s=roofline, kernel_s=kernel, overhead_s=overhead, module_call_s=module_call, rule=self.rule,
+            predicted_s=float(_combine(self.rule, kernel, overhead)) + module_call, boundary_bytes=boundary,
+            eager_bytes=eager,
+        )
+
     def bound_summary(self) -> str:
-        """One plain-language sentence on what bounds the model."""
+        """Plain-language sentences on what bounds the model, from the terms."""
         t = self.totals
         shares = {
             "memory bandwidth": t["memory_bound_time_fraction"],
             "compute": t["compute_bound_time_fraction"],
+            "kernel efficiency (below the roofline)": t["efficiency_bound_time_fraction"],
             "per-op overhead (dispatch/launch)": t["overhead_bound_time_fraction"],
         }
         kind = max(shares, key=lambda k: shares[k])
-        return (
+        text = (
             f"{shares['memory bandwidth']:.0%} of the predicted time is in memory-bound layers, "
-            f"{shares['compute']:.0%} compute-bound, {shares['per-op overhead (dispatch/launch)']:.0%} "
-            f"overhead-bound: {kind} sets the speed. Ridge point "
-            f"{t['ridge_point']:.3g} FLOP/B against a model intensity of "
+            f"{shares['compute']:.0%} compute-bound, "
+            + (f"{shares['kernel efficiency (below the roofline)']:.0%} efficiency-bound, " if self.calibrated else "")
+            + f"{shares['per-op overhead (dispatch/launch)']:.0%} overhead-bound: {kind} sets the speed. "
+            f"Ridge point {t['ridge_point']:.3g} FLOP/B against a model intensity of "
             f"{self.analysis.totals['arithmetic_intensity']:.3g} FLOP/B."
         )
+        if self.calibrated:
+            text += (f" {t['efficiency_time_fraction']:.0%} of the time is above the roofline because ops run below "
+                     "their roof on this machine (the calibrated efficiency of their class).")
+        else:
+            text += " A plain roofline is a bound on speed (a lower bound on time), not an estimate."
+        if self.tf32_convolutions:
+            text += (" fp32 convolutions are costed at the TF32 peak, as PyTorch runs them by default on this GPU "
+                     "(torch.backends.cudnn.allow_tf32).")
+        return text
 
     def to_dict(self) -> dict[str, Any]:
-        columns = ["name", "type", "flops", "bytes", "arithmetic_intensity", "compute_s", "memory_s", "overhead_s",
-                   "predicted_s", "in_pass_s", "bound", "memory_level", "ridge_point", "attainable_flops_per_s"]
+        columns = ["name", "type", "flops", "bytes", "arithmetic_intensity", *TERM_COLUMNS, "bound", "roof",
+                   "memory_level", "compute_type", "ridge_point", "attainable_flops_per_s", "fraction_of_roof"]
         return {
             "model": self.analysis.model_name,
             "hardware": self.profile.name,
             "precision": self.precision.name,
             "calibrated": self.calibrated,
+            "combine_rule": self.rule,
             "totals": {k: json_value(v) for k, v in self.totals.items()},
             "layers": json_records(self.layers[columns]),
         }
@@ -250,11 +407,25 @@ class Prediction:
         return f"<pre>{self.summary()}</pre>" + str(self.layers.to_html(index=False, float_format=lambda v: f"{v:.4g}"))
 
 
-def _bound(compute_s: float, memory_s: float, overhead_s: float, level: str) -> str:
-    if overhead_s >= max(compute_s, memory_s):
+def _bound(compute_s: float, memory_s: float, efficiency_s: float, overhead_s: float, level: str) -> str:
+    """What sets a layer's speed: the largest of its terms (ties go to the roofline, then efficiency)."""
+    parts = {"compute": compute_s, f"memory:{level}": memory_s, "efficiency": efficiency_s, "overhead": overhead_s}
+    if not any(parts.values()):
         return "overhead"
-    return "compute" if compute_s >= memory_s else f"memory:{level}"
+    return max(parts, key=lambda k: parts[k])
 
+
+def bound_label(bound: str, roof: str, efficiency: float) -> str:
+    """The bound as people read it: an efficiency-bound layer names the roof it runs below, and how far."""
+    if bound == "efficiency":
+        return f"efficiency ({format_percent(efficiency)} of its {roof} roof)"
+    return bound
+
+
+def format_percent(fraction: float) -> str:
+    """A fraction as a percentage with the digits that small ones need (0.7%, 12%, 100%)."""
+    percent = 100 * fraction
+    return f"{percent:.2g}%" if percent < 10 else f"{percent:.0f}%"
 
 
 def predict(analysis: Analysis, profile: HardwareProfile | str, precision: str | Precision | None = None,
@@ -264,28 +435,62 @@ def predict(analysis: Analysis, profile: HardwareProfile | str, precision: str |
         from roofline.hardware import load_profile
 
         profile = load_profile(profile)
-    if precision is not None:
+    if precision is not None and isinstance(analysis, Analysis):
         analysis = analysis.with_precision(get_precision(precision))
     prediction = Prediction(analysis, profile, calibrated)
     prediction.peak_flops_per_s  # noqa: B018  (fail early, naming the missing peak)
+    prediction._levels  # noqa: B018  (and a last level without bandwidth)
     return prediction
+
+
+def overhead_exit_batch(analysis: Analysis, profile: HardwareProfile, calibrated: bool = False,
+                        batches: Sequence[int] | None = None) -> int | None:
+    """The smallest batch at which the model is no longer in the overhead regime on `profile`: of `batches`
+    when given, else searched over powers of two above the traced batch (up to MAX_SEARCHED_BATCH); None
+    if none leaves it."""
+    base = batch_size(analysis)
+    candidates = sorted(b for b in batches if b > 0) if batches else [
+        2**i for i in range(1, int(math.log2(MAX_SEARCHED_BATCH)) + 1) if 2**i > base]
+    for batch in candidates:
+        scaled = analysis if batch == base else analysis.scaled_batch(batch / base)
+        if not Prediction(scaled, profile, calibrated).overhead_regime:
+            return batch
+    return None
+
+
+def overhead_sentence(prediction: Prediction, batches: Sequence[int] | None = None) -> str | None:
+    """When more than half of a prediction is overhead-bound: say so, and at which batch it stops being."""
+    if not prediction.overhead_regime:
+        return None
+    t = prediction.totals
+    exit_batch = overhead_exit_batch(prediction.analysis, prediction.profile, prediction.calibrated, batches)
+    where = ("of those given" if batches else f"searching powers of two up to {MAX_SEARCHED_BATCH}")
+    after = (f"the model leaves the overhead regime at batch {exit_batch} ({where})" if exit_batch
+             else f"no batch {where} leaves it")
+    return (f"{t['overhead_bound_time_fraction']:.0%} of the time on {prediction.profile.name} is in overhead-bound "
+            f"layers at batch {t['batch']}: per-op {'launch' if prediction.rule == 'max' else 'dispatch'} cost, "
+            f"not the device's compute or memory, sets this time; {after}.")
 
 
 _FORMATTERS: dict[str, Callable[[Any], str]] = {
     "macs": format_si, "flops": format_si, "params": format_si, "bytes": format_bytes, "fused_bytes": format_bytes,
-    "compute_s": format_time, "memory_s": format_time, "overhead_s": format_time, "predicted_s": format_time,
-    "in_pass_s": format_time, "attainable_flops_per_s": lambda v: format_si(v, "FLOP/s"),
+    **{column: format_time for column in TERM_COLUMNS}, "attainable_flops_per_s": lambda v: format_si(v, "FLOP/s"),
 }
 
 
 def render(prediction: Prediction, fmt: str = "table") -> str:
     if fmt == "json":
         return json.dumps(prediction.to_dict(), indent=2)
-    columns = ["name", "type", "flops", "bytes", "arithmetic_intensity", "compute_s", "memory_s", "overhead_s",
-               "predicted_s", *(["in_pass_s"] if prediction.in_pass else []), "bound"]
+    columns = ["name", "type", "flops", "bytes", "arithmetic_intensity", "roofline_s",
+               *(["efficiency_s"] if prediction.calibrated else []), "exposed_overhead_s",
+               *(["module_call_s"] if prediction.module_call_s else []), "predicted_s",
+               *(["in_pass_s"] if prediction.in_pass else []), "bound"]
     table = prediction.layers[columns]
     if fmt == "csv":
-        return str(table.to_csv(index=False)).rstrip("\n")
+        return str(prediction.layers[["name", "type", "flops", "bytes", "arithmetic_intensity", *TERM_COLUMNS,
+                                      "bound", "roof", "memory_level"]].to_csv(index=False)).rstrip("\n")
+    notes = [prediction.summary(), overhead_sentence(prediction)]
+    text = "\n  ".join(n for n in notes if n)
     if fmt == "markdown":
-        return format_markdown(table) + "\n\n" + prediction.summary()
-    return format_table(table, _FORMATTERS) + "\n\n" + prediction.summary()
+        return format_markdown(table) + "\n\n" + text
+    return format_table(table, _FORMATTERS) + "\n\n" + text

@@ -34,7 +34,7 @@ from roofline.errors import RooflineError
 from roofline.formatting import format_bytes, format_markdown, format_si, format_time
 from roofline.hardware.profile import HardwareProfile
 from roofline.measure import speed_note
-from roofline.predict import Prediction
+from roofline.predict import Prediction, overhead_sentence
 
 __all__ = ["REPORT_FORMAT_VERSION", "MeasurementLike", "ReportData", "joined_layers", "report", "type_table",
            "write_report"]
@@ -42,8 +42,10 @@ __all__ = ["REPORT_FORMAT_VERSION", "MeasurementLike", "ReportData", "joined_lay
 # Version of report.json; bump on an incompatible change to its fields (pyperf's _JSON_VERSION habit).
 REPORT_FORMAT_VERSION = 1
 
-_PREDICTED_COLUMNS = ["compute_s", "memory_s", "overhead_s", "predicted_s", "in_pass_s", "bound", "memory_level",
-                      "ridge_point", "attainable_flops_per_s", "predicted_flops_per_s", "share"]
+_PREDICTED_COLUMNS = ["compute_s", "memory_s", "roofline_s", "efficiency_s", "overhead_s", "exposed_overhead_s",
+                      "module_call_s", "pass_penalty_s", "predicted_s", "in_pass_s", "bound", "roof", "bound_label",
+                      "efficiency", "memory_level", "ridge_point", "attainable_flops_per_s", "predicted_flops_per_s",
+                      "fraction_of_roof", "share"]
 _MEASURED_COLUMNS = {"measured_s": "measured_s", "iqr_s": "measured_iqr_s", "repeats": "repeats", "noisy": "noisy",
                      "in_pass_s": "measured_in_pass_s", "timed_as": "timed_as", "ran_as": "ran_as"}
 _CHART_TITLES = {
@@ -159,9 +161,10 @@ def report(model: Any, hw: str | HardwareProfile = "auto", *, out: str | Path = 
     """
     from roofline import models
     from roofline.analysis import analyze
+    from roofline.calibrate import recalibrate as recalibrated
+    from roofline.calibrate import recalibration_device
     from roofline.hardware import load_profile
-    from roofline.hardware.microbench import local_device, recalibration_device
-    from roofline.hardware.microbench import recalibrate as recalibrated
+    from roofline.hardware.microbench import local_device
     from roofline.precision import get_precision
     from roofline.predict import predict
 
@@ -409,10 +412,15 @@ def summary_lines(data: ReportData, top: int = 3) -> list[str]:
     p = data.prediction
     layers = data.layers
     lines = [p.bound_summary()]
+    overhead = overhead_sentence(p)
+    if overhead:
+        lines.append(overhead[0].upper() + overhead[1:])
     slowest = layers.sort_values("predicted_s", ascending=False, kind="stable").head(top)
     share = slowest["share"].sum()
-    listed = "; ".join(f"{name} ({kind}, {format_time(seconds)}, {bound}-bound)" for name, kind, seconds, bound
-                       in zip(slowest["name"], slowest["type"], slowest["predicted_s"], slowest["bound"]))
+    listed = "; ".join(f"{name} ({kind}, {format_time(seconds)}, {label}-bound)" if label == bound else
+                       f"{name} ({kind}, {format_time(seconds)}, {label})" for name, kind, seconds, bound, label
+                       in zip(slowest["name"], slowest["type"], slowest["predicted_s"], slowest["bound"],
+                              slowest["bound_label"]))
     lines.append(f"The {len(slowest)} slowest layers by prediction take {share:.0%} of the time: {listed}.")
     measured = data.measured_totals
     if measured and measured["latency_s"]:
@@ -491,7 +499,7 @@ def _display_table(layers: pd.DataFrame) -> pd.DataFrame:
         "bytes": each("bytes", format_bytes),
         "FLOP/B": each("arithmetic_intensity", lambda v: f"{v:.3g}"),
         "predicted": each("predicted_s", format_time),
-        "bound": layers["bound"],
+        "bound": layers["bound_label"],
         "share": each("share", lambda v: f"{v:.1%}"),
         "measured": each("measured_s", format_time),
         "meas/pred": each("measured_over_predicted", lambda v: f"{v:.3g}x"),

@@ -1,4 +1,5 @@
-"""Built-in example models (`zoo:NAME`): small, dependency-free, each one teaching something.
+"""Built-in example models (`zoo:NAME`): small, dependency-free, each one teaching something. Only the
+models and their table live here; roofline.models loads them like any other spec.
 
 - convnet: a small CNN, the default model for a first report (fast to measure on a laptop CPU).
 - mobile-block: MobileNetV2-style inverted residual blocks, whose depthwise convolutions are the
@@ -11,16 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from roofline.errors import RooflineError, close_matches
-from roofline.models import LoadedModel, _finish
-
-__all__ = ["ZOO", "load"]
+__all__ = ["ZOO", "ZooEntry"]
 
 
 class ConvNet(nn.Module):
@@ -138,19 +135,3 @@ ZOO: dict[str, ZooEntry] = {
                     lambda b, s, d: [torch.randn(b, 1024, device=d)], "3-layer MLP, 1024-4096-4096-1000"),
     "lstm": ZooEntry(LSTMModel, lambda b, s, d: [torch.randn(b, s, 64, device=d)], "2-layer LSTM, hidden 128"),
 }
-
-
-def load(name: str, spec: str, *, inputs: Any, shapes: Any, device: str, batch: int | None,
-         seq_len: int | None) -> LoadedModel:
-
-    entry = ZOO.get(name)
-    if entry is None:
-        raise RooflineError(f"unknown zoo model {name!r}{close_matches(name, ZOO)}; choose one of: {', '.join(ZOO)}")
-    from roofline.models import _weights_on
-
-    with _weights_on(device):
-        module = entry.build()
-    if inputs is None and shapes is None:
-        module.eval()
-        return LoadedModel(spec, module, entry.make_inputs(batch or 1, seq_len or 64, device), device)
-    return _finish(spec, module, inputs, shapes, device, batch)

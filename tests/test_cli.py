@@ -110,9 +110,10 @@ def test_recalibrate_needs_a_measured_profile_of_a_device_here(capsys, tmp_path,
 def test_predict_recalibrate_predicts_with_the_factors_timed_now(capsys, tmp_path, monkeypatch, tiny_bench):
     import dataclasses
 
-    from roofline.hardware import microbench, save_profile
+    from roofline import calibrate
+    from roofline.hardware import save_profile
 
-    measured = microbench.measure_profile("cpu", progress=False, config=tiny_bench)
+    measured = calibrate.measure_profile("cpu", progress=False, config=tiny_bench)
     save_profile(measured, tmp_path / "p.yaml")
     hw = ["--hw", str(tmp_path / "p.yaml"), "--format", "json"]
     _, out, _ = run(capsys, "predict", "zoo:mlp", *hw, "--calibrated")
@@ -128,7 +129,7 @@ def test_predict_recalibrate_predicts_with_the_factors_timed_now(capsys, tmp_pat
                                    fixed_overhead_s=scaled(profile.fixed_overhead_s, 2),
                                    pass_fixed_overhead_s=scaled(profile.pass_fixed_overhead_s, 2))
 
-    monkeypatch.setattr(microbench, "recalibrate", slower_now)
+    monkeypatch.setattr(calibrate, "recalibrate", slower_now)
     code, out, _ = run(capsys, "predict", "zoo:mlp", *hw, "--recalibrate", "--no-progress")
     data = json.loads(out)
     assert code == 0 and data["calibrated"] is True  # --recalibrate implies --calibrated

@@ -50,7 +50,7 @@ def test_explanation_names_memory_bound_depthwise_and_compute_bound_gemm():
     assert "Memory-bound on DRAM" in text and "cutting bytes would" in text
     dense = roofline.analyze(gemm, inputs=[torch.randn(2048, 4096, device="meta")])
     diagnosis = explain.explain(dense, "(model)", hw)
-    assert diagnosis.facts["bound"] == "compute"
+    assert diagnosis.terms["bound"] == "compute"
     assert "Compute-bound" in diagnosis.text()
     what_if = diagnosis.what_if.set_index("change")
     # fp16 doubles the peak on this profile: the compute-bound GEMM gets 2x faster.
@@ -62,7 +62,7 @@ def test_explain_with_measurement_reports_fraction_of_roofline():
         gemm = nn.Linear(1024, 1024)
     analysis = roofline.analyze(gemm, inputs=[torch.randn(512, 1024, device="meta")])
     hw = profile()
-    predicted = explain.explain(analysis, "(model)", hw).facts["predicted_s"]
+    predicted = explain.explain(analysis, "(model)", hw).terms["predicted_s"]
     diagnosis = explain.explain(analysis, "(model)", hw, measured_s=4 * predicted)
     assert diagnosis.facts["fraction_of_roofline"] == pytest.approx(0.25, rel=0.01)
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from roofline import cli, timing
+from roofline import calibrate, cli, timing
+from roofline.calibrate import measure_profile
 from roofline.errors import RooflineError
 from roofline.hardware import (
     EFFICIENCY_CLASSES,
     load_profile,
-    measure_profile,
     microbench,
 )
 from roofline.hardware.microbench import BenchConfig
@@ -44,7 +44,7 @@ def test_sequence_times_are_paired_with_the_alone_times_of_their_round() -> None
     # Three rounds of one op: the second ran alone in a slow spell, the first in sequence in one.
     alone = [[1.0], [2.0], [1.0]]
     in_sequence = [[3.0], [4.0], [2.0]]  # ratios 3, 2, 2
-    assert microbench.paired_sequence_medians(alone, in_sequence) == [2.0]  # median alone 1 x median ratio 2
+    assert calibrate.paired_sequence_medians(alone, in_sequence) == [2.0]  # median alone 1 x median ratio 2
 
 
 def test_time_callable_blocks_threads_and_callback() -> None:
@@ -161,10 +161,10 @@ def test_with_matmul_tf32_sets_the_flag_per_call_and_restores_it() -> None:
 def test_recalibrate_times_the_efficiency_ops_again_and_keeps_the_roofs(tiny_bench: BenchConfig) -> None:
     measured = measure_profile("cpu", progress=False, config=tiny_bench)
     assert microbench.config_of(measured) is tiny_bench  # so recalibrate times the same tiny ops
-    again = microbench.recalibrate(measured, "cpu", progress=False)
+    again = calibrate.recalibrate(measured, "cpu", progress=False)
     assert again.peak_flops_per_s == measured.peak_flops_per_s and again.memory_levels == measured.memory_levels
     assert set(again.efficiency) and set(again.pass_efficiency) and again.metadata["recalibrated"]
     assert again.metadata["reference_flops_per_s"] != measured.metadata["reference_flops_per_s"]  # timed again
     detected = load_profile("epyc-7763")
     with pytest.raises(RooflineError, match="not a measured profile with efficiency factors"):
-        microbench.recalibrate(detected, "cpu", progress=False)
+        calibrate.recalibrate(detected, "cpu", progress=False)

@@ -287,9 +287,9 @@ def test_render_check_catches_a_script_error_and_a_broken_image(tmp_path: Path) 
 @pytest.mark.filterwarnings("ignore:the machine is busy")  # a tiny measurement; its figures are not checked
 def test_recalibrate_times_the_profile_again_before_predicting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                               tiny_bench: Any) -> None:
-    from roofline.hardware import microbench
+    from roofline import calibrate
 
-    measured = microbench.measure_profile("cpu", progress=False, config=tiny_bench)
+    measured = calibrate.measure_profile("cpu", progress=False, config=tiny_bench)
     notes = _written_notes(monkeypatch)
     report_module.report("zoo:mlp", measured, out=tmp_path / "r", measure=False, progress=False, recalibrate=True)
     assert any("efficiency ops timed again just before measuring" in note for note in notes)

@@ -1,17 +1,16 @@
 """Hardware profiles: datasheet files in hwprofiles/, detection of this machine, and measurement.
 
 `load_profile` is the one way in: a name from hwprofiles/ (file stem, case-insensitive), a path to a
-YAML file, or "auto" (this machine, preferring a measured profile of it saved in the user directory,
-and measuring one when detection alone leaves a figure unknown).
+YAML file, or "auto" (this machine: a measured profile of it saved in the user directory, else what
+detection gives). Loading never benchmarks: measuring is `roofline hw measure`, or `--measure-hw`
+(roofline.calibrate.ensure_measured_profile), always asked for.
 """
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 from roofline.errors import RooflineError, close_matches
 from roofline.hardware.detect import detect
-from roofline.hardware.microbench import measure_profile
 from roofline.hardware.profile import (
     EFFICIENCY_CLASSES,
     HardwareProfile,
@@ -33,8 +32,8 @@ __all__ = [
     "hwprofiles_dir",
     "list_profiles",
     "load_profile",
-    "measure_profile",
     "save_profile",
+    "saved_measurement",
     "user_profile_dir",
 ]
 
@@ -48,7 +47,7 @@ def default_measured_path(profile: HardwareProfile) -> Path:
     return user_profile_dir() / f"measured-{_slug(profile.metadata.get('machine', profile.name))}.yaml"
 
 
-def _saved_measurement(detected: HardwareProfile) -> HardwareProfile | None:
+def saved_measurement(detected: HardwareProfile) -> HardwareProfile | None:
     """The newest measured profile in the user dir whose recorded machine is this one."""
     directory = user_profile_dir()
     machine = detected.metadata.get("machine")
@@ -66,20 +65,18 @@ def _saved_measurement(detected: HardwareProfile) -> HardwareProfile | None:
 
 
 def _auto_profile() -> HardwareProfile:
-    """This machine: a saved measurement of it, else detection, measured once (quick) when detection
-    cannot know a figure (a CPU's memory bandwidths) and saved for next time."""
+    """This machine: a saved measurement of it, else detection when that knows every roof (a GPU's
+    datasheet-class figures from NVML); a CPU's bandwidths need measuring, which is asked for, not done."""
     detected = detect()
-    saved = _saved_measurement(detected)
+    saved = saved_measurement(detected)
     if saved is not None:
         return saved
     if detected.dram.bandwidth_bytes_per_s is not None:
         return detected
-    device = "cuda" if detected.kind == "gpu" else "cpu"
-    path = default_measured_path(detected)
-    warnings.warn(f"no measured profile of this machine yet: measuring it once (--quick), saving {path}", stacklevel=3)
-    measured = measure_profile(device=device, quick=True)
-    save_profile(measured, path)
-    return load_profile_file(path)
+    raise RooflineError(
+        f"no measured profile of this machine ({detected.name}) yet, and detection cannot know its memory "
+        "bandwidth: measure it once with `roofline hw measure --quick` (about 40 s), or pass --measure-hw"
+    )
 
 
 def load_profile(name_or_path: str) -> HardwareProfile:

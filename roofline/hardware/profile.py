@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 import roofline
@@ -25,6 +26,7 @@ from roofline.precision import COMPUTE_TYPES
 __all__ = [
     "EFFICIENCY_CLASSES",
     "FORMAT_VERSION",
+    "CalibrationSample",
     "HardwareProfile",
     "MemoryLevel",
     "hwprofiles_dir",
@@ -69,6 +71,23 @@ class MemoryLevel:
     capacity_bytes: float | None
     bandwidth_bytes_per_s: float | None
     note: str = ""
+
+
+@dataclass(frozen=True)
+class CalibrationSample:
+    """One op timed to fit a class's efficiency line: its roofline time, its measured time, its level."""
+
+    description: str
+    roofline_s: float
+    measured_s: float
+    level: str
+
+    def __str__(self) -> str:  # the metadata format, read back by _SAMPLE
+        return f"{self.description}: roofline {self.roofline_s:.3g} s, measured {self.measured_s:.3g} s ({self.level})"
+
+
+_SAMPLE = re.compile(r"(?:^|; )(?P<description>[^;]+?): roofline (?P<roofline>[-+.0-9eE]+) s, "
+                     r"measured (?P<measured>[-+.0-9eE]+) s \((?P<level>[^)]*)\)")
 
 
 @dataclass(frozen=True)
@@ -168,12 +187,29 @@ class HardwareProfile:
         """Arithmetic intensity (FLOP/byte) where compute and memory time are equal: peak / bandwidth."""
         return self.peak(compute_type) / self.bandwidth(level)
 
+    def streaming_levels(self) -> tuple[MemoryLevel, ...]:
+        """The levels an op can stream from, fastest first: those with a known bandwidth. The last level
+        (DRAM/HBM) must be one of them, or a working set too large for every cache would have no roof."""
+        if self.dram.bandwidth_bytes_per_s is None:
+            raise RooflineError(
+                f"{self.where}: memory level {self.dram.name!r} (the last, where streaming ops read) has no bandwidth; "
+                "measure it (roofline hw measure) or use a datasheet profile"
+            )
+        return tuple(level for level in self.memory_levels if level.bandwidth_bytes_per_s is not None)
+
     def memory_level_for(self, working_set_bytes: float) -> MemoryLevel:
-        """The fastest level whose known capacity holds the working set; the last level if none does."""
-        for level in self.memory_levels:
-            if level.capacity_bytes is not None and working_set_bytes <= level.capacity_bytes:
-                return level
-        return self.dram
+        """The level an op streams from, the one rule for it: the fastest level with a known bandwidth whose
+        capacity holds the op's working set, else the last level (DRAM/HBM)."""
+        levels = self.streaming_levels()
+        return levels[int(self.level_indices(np.array([working_set_bytes], dtype=float))[0])]
+
+    def level_indices(self, working_set_bytes: np.ndarray) -> np.ndarray:
+        """memory_level_for over an array: indices into streaming_levels()."""
+        levels = self.streaming_levels()
+        capacities = np.array([level.capacity_bytes or np.inf for level in levels], dtype=float)
+        capacities[-1] = np.inf
+        fits: np.ndarray = np.asarray(working_set_bytes, dtype=float)[:, None] <= capacities[None, :]
+        return np.asarray(np.argmax(fits, axis=1))
 
     def efficiency_for(self, op_class: str, level: str, in_pass: bool = False) -> float | None:
         """The calibrated factor for `op_class` streaming from `level`: CLASS@LEVEL, else CLASS, else None.
@@ -190,6 +226,12 @@ class HardwareProfile:
         if key in self.efficiency and op_class in self.efficiency and op_class in self.pass_efficiency:
             return self.efficiency[key] * self.pass_efficiency[op_class] / self.efficiency[op_class]
         return self.pass_efficiency.get(op_class)
+
+    def calibration_samples(self, op_class: str, in_pass: bool = False) -> list[CalibrationSample]:
+        """The timed ops a class's efficiency line was fitted to (from metadata), for the evidence behind a factor."""
+        text = self.metadata.get(f"{'pass_efficiency' if in_pass else 'efficiency'}.{op_class}", "")
+        return [CalibrationSample(m["description"], float(m["roofline"]), float(m["measured"]), m["level"])
+                for m in _SAMPLE.finditer(text)]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data in file order, ready for YAML or JSON (path left out: it is where, not what)."""

@@ -1,0 +1,334 @@
+"""Calibration: fit, per op class, how this machine's ops relate to their roofline time.
+
+A stage of its own ABOVE prediction: it times representative ops, costs them with roofline's own rules
+and the profile's roofs (roofline.predict), and fits time_measured = fixed + time_roofline / efficiency
+per class (HardwareProfile.efficiency's docstring defines the factors). roofline.hardware only measures
+roofs; nothing here runs unless asked (`roofline hw measure`, `--recalibrate`, `--measure-hw`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import statistics
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from roofline.analysis import Analysis
+from roofline.errors import RooflineError
+from roofline.hardware import microbench
+from roofline.hardware.microbench import BenchConfig, _Progress, config_of, local_device
+from roofline.hardware.profile import CalibrationSample, HardwareProfile, load_profile_file, save_profile
+from roofline.precision import get_precision
+from roofline.predict import Prediction
+from roofline.timing import reference_matmul, retained_heap, time_in_sequence, time_interleaved
+from roofline.trace import trace
+
+__all__ = ["efficiency_steps", "ensure_measured_profile", "fit_class", "fit_efficiency", "fit_line", "fit_rounds",
+           "measure_efficiency", "measure_profile", "paired_sequence_medians", "recalibrate",
+           "recalibration_device", "representative_ops"]
+
+
+def efficiency_steps(config: BenchConfig, device: str) -> int:
+    """Progress steps of measure_efficiency: each op and the reference per round, then the cycles."""
+    cycles = config.rounds * config.cycles_per_round if device == "cpu" else 0
+    return config.rounds * (len(representative_ops("meta", 0.01)) + 1) + cycles
+
+
+class _Call(torch.nn.Module):
+    """Wraps one functional call so the tracer can cost it with the project's own rules."""
+
+    def __init__(self, fn: Callable[..., object]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, *inputs: torch.Tensor) -> object:
+        return self.fn(*inputs)
+
+
+# (op class, description, function, inputs)
+RepresentativeOp = tuple[str, str, Callable[..., object], list[torch.Tensor]]
+
+
+def representative_ops(device: str, scale: float) -> list[RepresentativeOp]:
+    """(op class, description, function, inputs): per class, one or two fp32 ops at three sizes.
+
+    Three sizes (small, cache-sized, large) separate a class's fixed per-call cost from its
+    efficiency; the sizes bracket the layers of common CNNs and transformers at batch 1.
+    """
+
+    def dim(base: int) -> int:
+        return max(2, int(base * scale))
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, device=device)
+
+    ops: list[RepresentativeOp] = []
+    # Transformer-shaped products too (MLP up and down projections, an LM head whose weight does not
+    # fit in cache): square products alone overstate what real layers reach.
+    for m, k, n in ((dim(16), 256, 256), (dim(128), 768, 768), (dim(128), 768, 3072), (dim(128), 3072, 768),
+                    (dim(512), 1024, 1024), (dim(64), 768, 16384), (dim(128), 1024, 16384)):
+        ops.append(("gemm", f"linear {m}x{k} @ {k}x{n}", F.linear, [randn(m, k), randn(n, k)]))
+    for c, hw in ((32, dim(14)), (64, dim(28)), (64, dim(56))):
+        ops.append(("conv", f"conv3x3 {c}->{c} at {hw}x{hw}", lambda x, w: F.conv2d(x, w, padding=1),
+                    [randn(1, c, hw, hw), randn(c, c, 3, 3)]))
+        ops.append(("conv", f"conv1x1 {4 * c}->{c} at {hw}x{hw}", F.conv2d, [randn(1, 4 * c, hw, hw), randn(c, 4 * c, 1, 1)]))
+    for c, hw in ((64, dim(14)), (128, dim(28)), (256, dim(56))):
+        ops.append(("grouped_conv", f"depthwise 3x3 {c}ch at {hw}x{hw}",
+                    lambda x, w: F.conv2d(x, w, padding=1, groups=w.shape[0]), [randn(1, c, hw, hw), randn(c, 1, 3, 3)]))
+    for n in (dim(4096), dim(262144), dim(4194304)):
+        ops.append(("elementwise", f"add of {n}", torch.add, [randn(n), randn(n)]))
+        ops.append(("activation", f"gelu of {n}", F.gelu, [randn(n)]))
+        ops.append(("memory", f"cat of two {n // 2}", lambda a, b: torch.cat([a, b]), [randn(n // 2), randn(n // 2)]))
+    for rows in (dim(8), dim(128), dim(2048)):
+        ops.append(("norm", f"layer_norm {rows}x768", lambda x: F.layer_norm(x, (768,)), [randn(rows, 768)]))
+        ops.append(("softmax", f"softmax {rows}x512", lambda x: torch.softmax(x, -1), [randn(rows, 512)]))
+        ops.append(("reduction", f"mean {rows}x1024", lambda x: x.mean(-1), [randn(rows, 1024)]))
+    for c, hw in ((32, dim(14)), (64, dim(28)), (64, dim(56))):
+        stats = [randn(c), randn(c).abs() + 1]
+        ops.append(("norm", f"batch_norm {c}ch at {hw}x{hw}", lambda x, m, v: F.batch_norm(x, m, v),
+                    [randn(1, c, hw, hw), *stats]))
+    for c, hw in ((16, dim(28)), (32, dim(56)), (64, dim(112))):
+        ops.append(("pool", f"max_pool 3x3/2 {c}ch at {hw}x{hw}", lambda x: F.max_pool2d(x, 3, 2, 1), [randn(1, c, hw, hw)]))
+    for length in (dim(32), dim(128), dim(512)):
+        q = randn(1, 8, length, 64)
+        ops.append(("attention", f"SDPA 8 heads, L={length}, d=64", F.scaled_dot_product_attention, [q, q, q]))
+    return ops
+
+
+def _roofline_s(fn: Callable[..., object], inputs: list[torch.Tensor], profile: HardwareProfile) -> tuple[float, str]:
+    """The op's uncalibrated roofline time, costed by roofline's own rules (no overhead), and the
+    memory level its largest op streams from."""
+    ops = Prediction(Analysis(trace(_Call(fn), inputs), get_precision("fp32")), profile).ops
+    level = str(ops.loc[ops["bytes"].idxmax(), "memory_level"])
+    return float((ops[["compute_s", "memory_s"]].max(axis=1)).sum()), level
+
+
+_MAX_FITTED_EFFICIENCY = 1.5  # above the roof by up to 50%: cache effects the level model misses
+
+
+def fit_line(roofline_s: list[float], measured_s: list[float]) -> tuple[float, float]:
+    """(fixed seconds, efficiency) of measured = fixed + roofline / efficiency, least squares in
+    relative error (every size counts alike), fixed >= 0 and efficiency in (0, 1.5]."""
+    r = torch.tensor(roofline_s, dtype=torch.float64)
+    t = torch.tensor(measured_s, dtype=torch.float64)
+    weight = 1.0 / t
+    design = torch.stack([torch.ones_like(r), r], dim=1) * weight[:, None]
+    solution = torch.linalg.lstsq(design, t * weight, rcond=None).solution
+    fixed, slope = float(solution[0]), float(solution[1])
+    if fixed < 0 or slope <= 0:  # no sensible intercept: a pure proportional fit
+        fixed = 0.0
+        slope = float((t * r * weight**2).sum() / (r * r * weight**2).sum())
+    efficiency = min(_MAX_FITTED_EFFICIENCY, max(1e-6, 1.0 / slope))
+    return max(fixed, 1e-9), efficiency
+
+
+def measure_efficiency(
+    profile: HardwareProfile, device: str, config: BenchConfig, progress: _Progress
+) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+    """Per op class: efficiency and fixed per-call cost, fitted to measured = fixed + roofline / eff.
+
+    Roofline times come from the measured profile itself and roofline's own cost rules, so a factor
+    says how close ops of the class get to this device's own roofs, and the fixed part is what a
+    call costs however small it is. Returns the profile fields (efficiency, fixed_overhead_s and, on
+    a CPU, pass_efficiency and pass_fixed_overhead_s from the same ops timed as in a pass) and
+    metadata. On a GPU the host queues kernels ahead of the device, so a per-call timing in a
+    cycle would time synchronisation, not the kernel: no pass factors there.
+    """
+    ops = representative_ops(device, config.efficiency_scale)
+    fns, labels, reference_flops = efficiency_callables(ops, device)
+    in_sequence = device == "cpu" and config.sequence_cycles > 0
+    alone_rounds: list[list[float]] = []  # per round, per callable: median seconds
+    sequence_rounds: list[list[float]] = []
+    for _ in range(config.rounds):
+        # Each round times every op alone (interleaved, so a slow spell of a shared machine does not
+        # land on one class and not another), then on a CPU every op in sequence, right after.
+        alone = time_interleaved(fns, 1, min_run_time_s=config.min_run_time_s / config.rounds, labels=labels,
+                                 step=lambda index: progress.step(labels[index]), device=device)
+        alone_rounds.append([m.median_s for m in alone])
+        if in_sequence:
+            timed = time_in_sequence(fns[:-1], config.cycles_per_round, labels=labels[:-1], device=device,
+                                     step=lambda cycle: progress.step(f"in sequence, cycle {cycle + 1}"))
+            sequence_rounds.append([m.median_s for m in timed])
+    return fit_rounds(profile, ops, alone_rounds, sequence_rounds, reference_flops)
+
+
+def fit_rounds(profile: HardwareProfile, ops: list[RepresentativeOp], alone_rounds: Sequence[Sequence[float]],
+               sequence_rounds: Sequence[Sequence[float]], reference_flops: float,
+               ) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+    """The profile fields and metadata fitted from per-round median times: `alone_rounds` per round,
+    per op then the reference matmul last; `sequence_rounds` per round, per op timed in sequence, or
+    none (no pass line: efficiency and fixed_overhead_s only)."""
+    medians = [statistics.median(column) for column in zip(*alone_rounds, strict=True)]
+    efficiency, fixed, metadata = fit_efficiency(profile, ops, medians[:-1], reference_flops / medians[-1])
+    fields = {"efficiency": efficiency, "fixed_overhead_s": fixed}
+    if sequence_rounds:
+        in_pass = paired_sequence_medians([row[:-1] for row in alone_rounds], sequence_rounds)
+        pass_efficiency, pass_fixed, pass_metadata = fit_efficiency(profile, ops, in_pass, name="pass_efficiency")
+        fields |= {"pass_efficiency": pass_efficiency, "pass_fixed_overhead_s": pass_fixed}
+        metadata |= pass_metadata
+    return fields, metadata
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def paired_sequence_medians(alone_rounds: Sequence[Sequence[float]],
+                            sequence_rounds: Sequence[Sequence[float]]) -> list[float]:
+    """Per op, its time in sequence as its median time alone times the median, over rounds, of its
+    in-sequence / alone ratio within a round. Each round times both back to back, so a slow spell
+    of a shared machine that hits one phase moves the ratio of that round only, not the whole line
+    (one such spell made a pass line 1.9x slower than its alone line for GEMMs)."""
+    per_op = zip(zip(*alone_rounds, strict=True), zip(*sequence_rounds, strict=True), strict=True)
+    return [statistics.median(alone) * statistics.median(s / a for a, s in zip(alone, seq, strict=True))
+            for alone, seq in per_op]
+
+
+def efficiency_callables(ops: list[RepresentativeOp], device: str) -> tuple[list[Callable[[], object]], list[str], float]:
+    """What to time for `ops`: each op on its inputs, then the reference matmul (the machine's speed
+    while they ran); their labels; the reference's FLOPs per call."""
+    reference, reference_flops = reference_matmul(device)
+    fns = [lambda fn=fn, inputs=inputs: fn(*inputs) for _, _, fn, inputs in ops]
+    return [*fns, reference], [op[0] for op in ops] + ["reference"], reference_flops
+
+
+def fit_efficiency(
+    profile: HardwareProfile, ops: list[RepresentativeOp], medians_s: Sequence[float],
+    reference_flops_per_s: float | None = None, name: str = "efficiency",
+) -> tuple[dict[str, float], dict[str, float], dict[str, str]]:
+    """(efficiency, fixed_overhead_s, metadata) from the median time of each of `ops`, fitted per class;
+    metadata keys start with `name`."""
+    points: dict[str, list[tuple[float, float, str, str]]] = {}
+    for (op_class, description, fn, inputs), median_s in zip(ops, medians_s, strict=True):
+        roofline_s, level = _roofline_s(fn, inputs, profile)
+        points.setdefault(op_class, []).append((roofline_s, median_s, level, description))
+    efficiency: dict[str, float] = {}
+    fixed: dict[str, float] = {}
+    metadata: dict[str, str] = {}
+    if reference_flops_per_s is not None:
+        metadata["reference_flops_per_s"] = f"{reference_flops_per_s:.4g}"
+    last_level = profile.memory_levels[-1].name
+    for op_class, samples in points.items():
+        factors, fixed[op_class] = fit_class(samples, last_level)
+        efficiency.update({op_class if level is None else f"{op_class}@{level}": f for level, f in factors.items()})
+        metadata[f"{name}.{op_class}"] = "; ".join(
+            str(CalibrationSample(description, r, t, level)) for r, t, level, description in samples
+        )
+    return efficiency, fixed, metadata
+
+
+def fit_class(samples: list[tuple[float, float, str, str]], last_level: str) -> tuple[dict[str | None, float], float]:
+    """({None: class efficiency, maybe last_level: its own}, fixed seconds) from (roofline s, measured
+    s, level, description) samples.
+
+    With two or more in-cache sizes, the line is fitted to those alone and the sizes that stream
+    from the last level (DRAM/HBM) get their own factor over the same fixed cost: a GEMM whose
+    weights do not fit in cache runs at a lower fraction of its roof than one whose weights do, and
+    one line through both would misstate each.
+    """
+    cached = [(r, t) for r, t, level, _ in samples if level != last_level]
+    streamed = [(r, t) for r, t, level, _ in samples if level == last_level]
+    if len(cached) < 2 or not streamed:
+        fixed, factor = fit_line([r for r, _, _, _ in samples], [t for _, t, _, _ in samples])
+        return {None: factor}, fixed
+    fixed, factor = fit_line([r for r, _ in cached], [t for _, t in cached])
+    # A streamed size no slower than the fixed cost says nothing about its rate: left out.
+    ratios = [r / (t - fixed) for r, t in streamed if t > fixed]
+    if not ratios:
+        return {None: factor}, fixed
+    streamed_factor = min(_MAX_FITTED_EFFICIENCY, max(1e-6, statistics.median(ratios)))
+    return {None: factor, last_level: streamed_factor}, fixed
+
+
+
+def recalibration_device(profile: HardwareProfile) -> str:
+    """The device here to time `profile`'s efficiency ops on; a one-line error when it has none or no
+    factors. Cheap: callers check it before slow work."""
+    device, why_not = local_device(profile)
+    if device is None:
+        raise RooflineError(f"cannot recalibrate: {why_not}")
+    if profile.source != "measured" or not profile.efficiency:
+        raise RooflineError(f"{profile.where} is not a measured profile with efficiency factors, so there is "
+                            "nothing to recalibrate; make one with: roofline hw measure --save FILE")
+    return device
+
+
+def recalibrate(profile: HardwareProfile, device: str | None = None, progress: bool = True) -> HardwareProfile:
+    """The measured `profile` with its efficiency lines (alone and, on a CPU, in a pass) timed again now,
+    on `device` (default: recalibration_device(profile)).
+
+    A shared machine's speed drifts by tens of percent over minutes; bandwidths and peaks are what
+    the hardware can do, but the factors say what it does now. Re-timing only the efficiency ops
+    (10-60 s) just before a measurement puts prediction and measurement in the same minutes. The
+    profile's own roofs and benchmark sizes are kept, so the factors mean what they meant.
+    """
+    here = recalibration_device(profile)  # the one-line errors: no device of its kind here, nothing to refit
+    device = device or here
+    config = config_of(profile)
+    bar = _Progress(efficiency_steps(config, device), progress, f"recalibrating on {device}")
+    try:
+        with torch.inference_mode(), retained_heap():
+            fields, metadata = measure_efficiency(profile, device, config, bar)
+    finally:
+        bar.close()
+    date = datetime.datetime.now().isoformat(timespec="seconds")
+    stale = ("pass_efficiency", "pass_fixed_overhead_s")  # a GPU recalibration has no pass line to keep
+    kept = {key: value for key, value in profile.metadata.items()
+            if not key.startswith(("efficiency.", "pass_efficiency."))}
+    refit: dict[str, Any] = {**{name: {} for name in stale}, **fields}
+    return dataclasses.replace(
+        profile, **refit,
+        metadata={**kept, **metadata, "recalibrated": date},
+        notes={**profile.notes, "recalibrated": f"efficiency factors timed again on {date}; roofs from {profile.metadata.get('date', '?')}"},
+    )
+
+
+
+def measure_profile(device: str = "cpu", quick: bool = False, progress: bool = True,
+                    config: BenchConfig | None = None) -> HardwareProfile:
+    """The full measured profile of `device`: its roofs (roofline.hardware.microbench.measure_roofs), then,
+    when the config asks for them, the efficiency lines fitted against those roofs."""
+    microbench.check_bench_device(device)
+    config = config or (microbench.QUICK if quick else microbench.FULL)
+    steps = microbench.roof_steps(config, device) + (efficiency_steps(config, device) if config.efficiency else 0)
+    bar = _Progress(steps, progress, f"measuring {device}")
+    try:
+        profile = microbench.measure_roofs(device, config, bar)
+        if not config.efficiency or not any(level.bandwidth_bytes_per_s for level in profile.memory_levels):
+            return profile
+        with torch.inference_mode(), retained_heap():
+            fields, metadata = measure_efficiency(profile, device, config, bar)
+    finally:
+        bar.close()
+    notes = {**profile.notes, "efficiency": (
+        "fitted per op class over fp32 ops at three sizes (in metadata): "
+        "time_measured = fixed_overhead_s + time_roofline / efficiency; time_calibrated uses that line")}
+    if "pass_efficiency" in fields:
+        notes["pass_efficiency"] = (
+            "the same line fitted to the same ops called once each per cycle over all of them, as "
+            f"layers run in a pass ({_count(config.cycles_per_round, 'cycle')} "
+            f"after each of {_count(config.rounds, 'round')} alone; per op, median alone x median "
+            "in-sequence/alone ratio)"
+        )
+    refit: dict[str, Any] = {**fields, "notes": notes, "metadata": {**profile.metadata, **metadata}}
+    return dataclasses.replace(profile, **refit)
+
+
+def ensure_measured_profile(progress: bool = True) -> HardwareProfile:
+    """This machine's saved measured profile; when there is none, measure one now (quick) and save it.
+    Only for callers that were asked to measure (`--measure-hw`): loading a profile never measures."""
+    from roofline.hardware import default_measured_path, detect, saved_measurement
+
+    detected = detect()
+    saved = saved_measurement(detected)
+    if saved is not None:
+        return saved
+    device = "cuda" if detected.kind == "gpu" else "cpu"
+    path = default_measured_path(detected)
+    warnings.warn(f"no measured profile of this machine yet: measuring it once (--quick), saving {path}", stacklevel=2)
+    save_profile(measure_profile(device=device, quick=True, progress=progress), path)
+    return load_profile_file(path)
