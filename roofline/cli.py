@@ -59,7 +59,7 @@ def _run_analyze(args: argparse.Namespace) -> int:
 # ---- predict, explain, sweep, compare, llm ------------------------------------------------------
 
 def _add_hw(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    parser.add_argument("--hw", required=required, help="profile name from hwprofiles/, a profile file, or auto")
+    parser.add_argument("--hw", required=required, help="profile name (roofline hw list), a profile file, or auto")
     parser.add_argument("--calibrated", action="store_true",
                         help="scale each op class by the efficiency measured on the device (measured profiles)")
 
