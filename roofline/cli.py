@@ -368,8 +368,21 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handle
 }
 
 
+def version() -> str:
+    """The installed distribution's version; a checkout run without installing falls back to __version__."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("roofline")
+    except metadata.PackageNotFoundError:
+        import roofline
+
+        return roofline.__version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="roofline", description="Roofline analysis for PyTorch models.")
+    parser.add_argument("--version", action="version", version=f"roofline {version()}")
     parser.add_argument("--no-warnings", action="store_true", help="silence roofline's warnings")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, setup, handler) in COMMANDS.items():

@@ -99,6 +99,23 @@ def test_hwprofiles_dir_is_overridable(tmp_path: Path, monkeypatch: pytest.Monke
     assert load_profile("MY-GPU").name == "NVIDIA T4"
 
 
+def test_profiles_are_package_data() -> None:
+    # Inside the package, so a wheel carries them (pyproject package-data) and importlib.resources finds them.
+    import roofline
+
+    assert hwprofiles_dir() == Path(roofline.__file__).resolve().parent / "hwprofiles"
+    assert load_profile("h100-sxm").where == "roofline/hwprofiles/h100-sxm.yaml"
+
+
+def test_no_profiles_is_an_error_not_an_empty_list(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The bug of a wheel without its package data: `hw list` printed an empty table.
+    monkeypatch.setenv("ROOFLINE_HWPROFILES", str(tmp_path))
+    with pytest.raises(RooflineError, match=r"no hardware profiles \(\*\.yaml\) in .*\$ROOFLINE_HWPROFILES"):
+        list_profiles()
+    with pytest.raises(RooflineError, match="no hardware profiles"):
+        load_profile("h100-sxm")
+
+
 # ---- malformed profiles ----------------------------------------------------------------------------
 
 GOOD = """\
