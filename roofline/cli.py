@@ -116,7 +116,7 @@ def _run_explain(args: argparse.Namespace) -> int:
     import json
 
     from roofline import analysis, explain
-    from roofline.formatting import format_table, format_time
+    from roofline.formatting import format_table
     from roofline.hardware import load_profile
 
     profile = load_profile(args.hw)
@@ -129,7 +129,7 @@ def _run_explain(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(table.to_json(orient="records", indent=2))
     else:
-        print(format_table(table, {"predicted_s": format_time, "share": lambda v: f"{v:.1%}"}))
+        print(format_table(table))  # predicted_s as a time, share as a percentage: formatting's column rules
     return 0
 
 
@@ -205,7 +205,7 @@ def _setup_compare(parser: argparse.ArgumentParser) -> None:
 def _run_compare(args: argparse.Namespace) -> int:
     from roofline import analysis, explain
     from roofline.errors import RooflineError
-    from roofline.formatting import format_markdown, format_table, format_time
+    from roofline.formatting import format_markdown, format_table
     from roofline.hardware import load_profile
     from roofline.precision import get_precision
 
@@ -226,12 +226,10 @@ def _run_compare(args: argparse.Namespace) -> int:
     elif args.format == "markdown":
         print(format_markdown(table))
     else:
-        def maybe(fmt: str) -> Callable[[float], str]:
-            return lambda v: "-" if math.isnan(v) else format(v, fmt)  # NaN: the device has no peak for it
-
-        print(format_table(table, {"predicted_latency_s": format_time, "memory_bound_fraction": maybe(".0%"),
-                                   "speedup": lambda v: "-" if math.isnan(v) else f"{v:.2f}x",
-                                   "bound_changes": maybe(".0f")}))
+        # NaN: the device has no peak for that precision. Times and fractions (as percentages) follow
+        # formatting's column rules.
+        print(format_table(table, {"speedup": lambda v: "-" if math.isnan(v) else f"{v:.2f}x",
+                                   "bound_changes": lambda v: "-" if math.isnan(v) else f"{v:.0f}"}))
     return 0
 
 
@@ -263,7 +261,7 @@ def _run_llm(args: argparse.Namespace) -> int:
 
 def _setup_hw(parser: argparse.ArgumentParser) -> None:
     hw = parser.add_subparsers(dest="hw_command", required=True, metavar="SUBCOMMAND")
-    listing = hw.add_parser("list", help="the shipped hardware profiles: peaks, DRAM bandwidth, ridge points")
+    listing = hw.add_parser("list", help="the shipped and saved hardware profiles: peaks, DRAM bandwidth, ridge points")
     listing.add_argument("--format", choices=("table", "json"), default="table", help="output format (default: table)")
     show = hw.add_parser("show", help="one profile with the source of every figure")
     show.add_argument("name", help="profile name (roofline hw list), path to a .yaml file, or auto")
@@ -285,7 +283,7 @@ def _run_hw(args: argparse.Namespace) -> int:
     from roofline.hardware import render
 
     if args.hw_command == "list":
-        print(render.render_list(hardware.list_profiles(), args.format))
+        print(render.render_list(hardware.list_profiles(), args.format, saved=hardware.saved_profiles()))
         return 0
     if args.hw_command == "show":
         print(render.render_profile(hardware.load_profile(args.name), args.format))
@@ -406,6 +404,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("roofline: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`roofline hw list | head`): not an error of ours, and no traceback.
+        # Point stdout at devnull so the interpreter's final flush does not raise again.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a program the pipe ended
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -217,7 +217,7 @@ def test_cli_unknown_profile_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
 def test_cli_list_and_show(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["hw", "list"]) == 0
     out = capsys.readouterr().out
-    assert "h100-sxm" in out and "ridge fp16" in out and "295.4" in out  # 989.5e12 / 3.35e12
+    assert "h100-sxm" in out and "ridge_fp16 (FLOP/B)" in out and "295.4" in out  # 989.5e12 / 3.35e12
     assert cli.main(["hw", "list", "--format", "json"]) == 0
     import json
 
@@ -225,6 +225,60 @@ def test_cli_list_and_show(capsys: pytest.CaptureFixture[str]) -> None:
     assert rows["t4"]["int8_flops_per_s"] == pytest.approx(130e12) and rows["v100-sxm2-32gb"]["int8_flops_per_s"] is None
     assert cli.main(["hw", "show", "raspberry-pi-5"]) == 0
     assert "ESTIMATE" in capsys.readouterr().out
+
+
+def _table_rows(text: str) -> dict[str, dict[str, str]]:
+    """A format_table text back into cells, cut at the spans of its dashed rule: row name -> header -> cell."""
+    import re
+
+    lines = text.splitlines()
+    spans = [m.span() for m in re.finditer(r"-+", lines[1])]
+    cut = lambda line: [line[a:b].strip() for a, b in spans]
+    header = cut(lines[0])
+    rows = [cut(line.ljust(len(lines[1]))) for line in lines[2:] if line and not line.startswith(("ridge =", "saved "))]
+    return {row[0]: dict(zip(header, row)) for row in rows}
+
+
+def test_cli_list_has_bf16_and_fp8_columns(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["hw", "list"]) == 0
+    rows = _table_rows(capsys.readouterr().out)
+    # Datasheet dense peaks: BF16 1,979 / 2 = 989.5 TFLOP/s (3 digits: 990), FP8 3,958 / 2 = 1,979 TFLOP/s.
+    assert rows["h100-sxm"] == {
+        "name": "h100-sxm", "device": "NVIDIA H100 SXM 80GB", "kind": "gpu", "source": "datasheet",
+        "fp32": "67 TFLOP/s", "bf16": "990 TFLOP/s", "fp16": "990 TFLOP/s", "fp8": "1.98 PFLOP/s", "int8": "1.98 PFLOP/s",
+        "dram": "3.35 TB/s", "ridge_fp32 (FLOP/B)": "20", "ridge_fp16 (FLOP/B)": "295.4",  # 67e12 / 3.35e12; 989.5e12 / 3.35e12
+    }
+    # Volta has neither bf16 nor fp8 (reference table: unsupported_types tf32;bf16;fp8).
+    assert (rows["v100-sxm2-32gb"]["bf16"], rows["v100-sxm2-32gb"]["fp8"], rows["v100-sxm2-32gb"]["fp16"]) == ("-", "-", "125 TFLOP/s")
+
+
+def test_cli_list_shows_saved_profiles_marked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    saved_dir = tmp_path / "saved"
+    monkeypatch.setenv("ROOFLINE_PROFILE_DIR", str(saved_dir))
+    measured = dataclasses.replace(load_profile("t4"), name="my box (measured)", source="measured", path=None)
+    save_profile(measured, saved_dir / "measured-my-box.yaml")
+    save_profile(measured, saved_dir / "t4.yaml")  # a stem the shipped t4 takes: listed by its path
+    (saved_dir / "broken.yaml").write_text("name: [unclosed\n")
+    with pytest.warns(UserWarning, match=r"skipping saved profile .*broken\.yaml: .*not valid YAML"):
+        assert cli.main(["hw", "list"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("measured-my-box "))
+    assert "my box (measured)" in row and "measured (saved)" in row
+    assert f"{saved_dir / 't4.yaml'} " in out
+    assert f"saved profiles ({saved_dir}): 2" in out
+    with pytest.warns(UserWarning):
+        assert cli.main(["hw", "list", "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["measured-my-box"]["saved"] is True and by_name["measured-my-box"]["source"] == "measured (saved)"
+    assert by_name["t4"]["saved"] is False and by_name["t4"]["source"] == "datasheet"
+    assert by_name["measured-my-box"]["fp16_flops_per_s"] == pytest.approx(65e12)
+    # The name a saved row shows is one --hw accepts.
+    assert load_profile("measured-my-box").name == "my box (measured)"
+    assert load_profile(str(saved_dir / "t4.yaml")).source == "measured"
 
 
 def test_profile_built_in_code_is_validated() -> None:
