@@ -65,6 +65,22 @@ def test_dense_not_sparse() -> None:
     assert load_profile("RTX4090").peak("fp16") == pytest.approx(165.2e12)
 
 
+def test_device_memory_is_the_usable_capacity_reported() -> None:
+    from roofline.formatting import format_bytes
+
+    # nvidia-smi on an H100 80GB HBM3 reports 81559 MiB (79.6 GiB), not the marketed 80 GB (74.5 GiB).
+    h100 = load_profile("h100-sxm").dram
+    assert h100.capacity_bytes == 81559 * 2**20 and format_bytes(h100.capacity_bytes) == "79.6 GiB"
+    assert format_bytes(load_profile("a100-80gb-sxm").dram.capacity_bytes) == "79.2 GiB"  # CUDA-visible
+    assert load_profile("t4").dram.capacity_bytes == 16 * 2**30 * 15 / 16  # ECC on GDDR6 takes 1/16
+    for profile in list_profiles():
+        level = profile.dram
+        if profile.kind == "gpu" and "Jetson" not in profile.name:  # Jetson: shared memory, nominal kept (the note says why)
+            assert level.capacity_bytes is not None and "usable capacity as the device reports it" in level.note
+            nominal = float(level.note.rsplit("Datasheet: ", 1)[1].split(" GB")[0]) * 1e9
+            assert 0.8 * nominal < level.capacity_bytes < 1.1 * nominal, profile.name
+
+
 def test_profile_api() -> None:
     h100 = load_profile("h100-sxm")
     assert h100.ridge_point("fp16") == pytest.approx(989.5e12 / 3350e9)
