@@ -89,3 +89,10 @@ def test_explicit_formatter_wins_and_text_cells_stay() -> None:
 
 def test_format_percent() -> None:
     assert format_percent(0.4567) == "45.7%" and format_percent(float("nan")) == "-"
+
+
+def test_display_header_rule() -> None:
+    assert display_header("arithmetic_intensity") == "arithmetic_intensity (FLOP/B)"
+    assert display_header("fused_arithmetic_intensity") == "fused_arithmetic_intensity (FLOP/B)"
+    assert display_header("ridge_fp32") == "ridge_fp32 (FLOP/B)"
+    assert display_header("predicted_s") == "predicted_s" and display_header("share") == "share"
