@@ -131,7 +131,7 @@ def _run_explain(args: argparse.Namespace) -> int:
     import json
 
     from roofline import analysis, explain
-    from roofline.formatting import format_table, format_time
+    from roofline.formatting import format_table
 
     profile = _profile(args.hw, args)
     result = analysis.analyze(_load_for(args), precision=args.precision)
@@ -144,8 +144,7 @@ def _run_explain(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(table.to_json(orient="records", indent=2))
     else:
-        print(format_table(table, {"predicted_s": format_time, "roofline_s": format_time, "efficiency_s": format_time,
-                                   "overhead_s": format_time, "share": lambda v: f"{v:.1%}"}))
+        print(format_table(table))  # times and shares: formatting's column rules
     return 0
 
 
@@ -221,7 +220,7 @@ def _setup_compare(parser: argparse.ArgumentParser) -> None:
 def _run_compare(args: argparse.Namespace) -> int:
     from roofline import analysis, explain
     from roofline.errors import RooflineError
-    from roofline.formatting import format_markdown, format_table, format_time
+    from roofline.formatting import format_markdown, format_table
     from roofline.precision import get_precision
 
     precisions = [get_precision(p).name for p in args.precision.split(",")]
@@ -248,13 +247,10 @@ def _run_compare(args: argparse.Namespace) -> int:
         if args.format == "markdown":
             print(format_markdown(shown))
         else:
-            def maybe(fmt: str) -> Callable[[float], str]:
-                return lambda v: "-" if math.isnan(v) else format(v, fmt)  # NaN: the device has no peak for it
-
-            print(format_table(shown, {"predicted_latency_s": format_time, "memory_bound_fraction": maybe(".0%"),
-                                       "efficiency_bound_fraction": maybe(".0%"), "overhead_bound_fraction": maybe(".0%"),
-                                       "speedup": lambda v: "-" if math.isnan(v) else f"{v:.2f}x",
-                                       "bound_changes": maybe(".0f")}))
+            # NaN: the device has no peak for that precision. Times and fractions (as percentages) follow
+            # formatting's column rules.
+            print(format_table(shown, {"speedup": lambda v: "-" if math.isnan(v) else f"{v:.2f}x",
+                                       "bound_changes": lambda v: "-" if math.isnan(v) else f"{v:.0f}"}))
         if notes:
             print("\n" + "\n".join(notes))
     return 0
@@ -288,7 +284,7 @@ def _run_llm(args: argparse.Namespace) -> int:
 
 def _setup_hw(parser: argparse.ArgumentParser) -> None:
     hw = parser.add_subparsers(dest="hw_command", required=True, metavar="SUBCOMMAND")
-    listing = hw.add_parser("list", help="the shipped hardware profiles: peaks, DRAM bandwidth, ridge points")
+    listing = hw.add_parser("list", help="the shipped and saved hardware profiles: peaks, DRAM bandwidth, ridge points")
     listing.add_argument("--format", choices=("table", "json"), default="table", help="output format (default: table)")
     show = hw.add_parser("show", help="one profile with the source of every figure")
     show.add_argument("name", help="profile name (roofline hw list), path to a .yaml file, or auto")
@@ -310,7 +306,7 @@ def _run_hw(args: argparse.Namespace) -> int:
     from roofline.hardware import render
 
     if args.hw_command == "list":
-        print(render.render_list(hardware.list_profiles(), args.format))
+        print(render.render_list(hardware.list_profiles(), args.format, saved=hardware.saved_profiles()))
         return 0
     if args.hw_command == "show":
         print(render.render_profile(hardware.load_profile(args.name), args.format))
@@ -395,8 +391,21 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handle
 }
 
 
+def version() -> str:
+    """The installed distribution's version; a checkout run without installing falls back to __version__."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("roofline")
+    except metadata.PackageNotFoundError:
+        import roofline
+
+        return roofline.__version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="roofline", description="Roofline analysis for PyTorch models.")
+    parser.add_argument("--version", action="version", version=f"roofline {version()}")
     parser.add_argument("--no-warnings", action="store_true", help="silence roofline's warnings")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, setup, handler) in COMMANDS.items():
@@ -420,6 +429,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("roofline: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`roofline hw list | head`): not an error of ours, and no traceback.
+        # Point stdout at devnull so the interpreter's final flush does not raise again.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a program the pipe ended
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,66 +2,151 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pandas as pd
 
-__all__ = ["format_bytes", "format_markdown", "format_si", "format_table", "format_time", "json_records", "json_value"]
+__all__ = ["column_formatter", "display_header", "format_bytes", "format_markdown", "format_number", "format_percent",
+           "format_si", "format_table", "format_time", "json_records", "json_value"]
 
 _PREFIXES = [(1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")]
 _BINARY = [(2**50, "Pi"), (2**40, "Ti"), (2**30, "Gi"), (2**20, "Mi"), (2**10, "Ki")]
+_TIMES = [(1.0, "s"), (1e-3, "ms"), (1e-6, "us"), (1e-9, "ns")]
+
+
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _fixed(value: float, digits: int) -> str:
+    """`digits` significant digits in plain fixed-point notation (what '.{digits}g' gives, never e-notation),
+    thousands separated: 12345.6 -> '12,346', 295.37 -> '295.4', 0.012345 -> '0.01235' (digits=4)."""
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    if value == 0:
+        return "0"
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(value))))
+    text = f"{value:,.{decimals}f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def _scaled(value: float, scales: Sequence[tuple[float, str]], digits: int, floor_unit: str) -> str:
+    """value / scale with the largest scale it reaches, moving up one when rounding reaches the next
+    (999,999 -> '1 M', not '1e+03 k'); below the smallest scale, the value itself in `floor_unit`."""
+    magnitude = abs(value)
+    for i, (scale, prefix) in enumerate(scales):
+        if magnitude >= scale:
+            rounded = float(f"{value / scale:.{digits}g}")
+            if i > 0 and abs(rounded) >= scales[i - 1][0] / scale:
+                scale, prefix = scales[i - 1]
+            return f"{_fixed(value / scale, digits)} {prefix}".rstrip()
+    return f"{_fixed(value, digits)} {floor_unit}".rstrip()
 
 
 def format_si(value: float, unit: str = "", digits: int = 3) -> str:
-    """1.23e9 -> '1.23 G<unit>' (decimal prefixes, as datasheets count FLOP/s and B/s)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    """1.23e9 -> '1.23 G<unit>' (decimal prefixes, as datasheets count FLOP/s and B/s); never e-notation."""
+    if _missing(value):
         return "-"
-    magnitude = abs(value)
-    for scale, prefix in _PREFIXES:
-        if magnitude >= scale:
-            return f"{value / scale:.{digits}g} {prefix}{unit}".rstrip()
-    return f"{value:.{digits}g} {unit}".rstrip()
+    text = _scaled(float(value), _PREFIXES, digits, "")
+    return f"{text}{unit}" if text[-1].isalpha() else f"{text} {unit}".rstrip()
 
 
 def format_bytes(value: float, digits: int = 3) -> str:
     """Byte counts with binary prefixes: 1536 -> '1.5 KiB'."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if _missing(value):
         return "-"
-    magnitude = abs(value)
-    for scale, prefix in _BINARY:
-        if magnitude >= scale:
-            return f"{value / scale:.{digits}g} {prefix}B"
-    return f"{value:.{digits}g} B"
+    return _scaled(float(value), _BINARY, digits, "") + "B" if abs(value) >= 2**10 else f"{_fixed(float(value), digits)} B"
 
 
 def format_time(seconds: float, digits: int = 3) -> str:
     """Seconds in the unit a person reads best: 3.2e-5 -> '32 us'."""
-    if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)):
+    if _missing(seconds):
         return "-"
-    magnitude = abs(seconds)
-    for scale, unit in ((1.0, "s"), (1e-3, "ms"), (1e-6, "us")):
-        if magnitude >= scale:
-            return f"{seconds / scale:.{digits}g} {unit}"
-    return f"{seconds / 1e-9:.{digits}g} ns"
+    if seconds != 0 and abs(seconds) < 1e-9:
+        return f"{_fixed(seconds / 1e-9, digits)} ns"
+    return _scaled(float(seconds), _TIMES, digits, "s")
+
+
+def format_number(value: float, digits: int = 4) -> str:
+    """A plain number with `digits` significant digits, thousands separated, never e-notation:
+    throughputs (11,111 samples/s), intensities and ridge points (295.4 FLOP/B)."""
+    return "-" if _missing(value) else _fixed(float(value), digits)
+
+
+def format_percent(fraction: float) -> str:
+    """A fraction as a percentage: 0.4567 -> '45.7%'."""
+    return "-" if _missing(fraction) else f"{float(fraction):.1%}"
+
+
+# ---- the display rules for table columns --------------------------------------------------------------
+# DataFrame columns keep their names (they are the CSV/JSON contract, units in the name: `predicted_s`,
+# `weight_bytes`); a table for people shows them through these rules, in this one place. Intensities and
+# ridge points carry their unit in the header (their cells are bare numbers); fractions print as
+# percentages; throughputs, times, byte counts and rates print with their unit in each cell.
+_INTENSITY_COLUMNS = ("arithmetic_intensity", "fused_arithmetic_intensity", "ridge_point")
+
+
+def _is_intensity(column: str) -> bool:
+    return column in _INTENSITY_COLUMNS or column.endswith("_intensity") or column.startswith("ridge_")
+
+
+def _is_fraction(column: str) -> bool:
+    return column == "share" or column.endswith(("_fraction", "_share"))
+
+
+def display_header(column: str) -> str:
+    """The header a table shows for a column: its name, with the unit where the cells have none."""
+    return f"{column} (FLOP/B)" if _is_intensity(column) else column
+
+
+def column_formatter(column: str) -> Callable[[Any], str] | None:
+    """The cell format a column's name implies (units in field names), or None for the plain default."""
+    if _is_fraction(column):
+        return format_percent
+    if _is_intensity(column):
+        return format_number
+    if column.endswith("flops_per_s"):
+        return lambda v: format_si(v, "FLOP/s")
+    if column.endswith("bytes_per_s"):
+        return lambda v: format_si(v, "B/s")
+    if column.endswith("_per_s"):  # throughput: samples/s, tokens/s
+        return format_number
+    if column.endswith("_s"):
+        return format_time
+    if column == "bytes" or column.startswith("bytes_") or column.endswith("_bytes"):
+        return format_bytes
+    if column in ("macs", "flops", "params"):
+        return format_si
+    return None
+
+
+def _cells(df: pd.DataFrame, column: Any, formatters: Mapping[str, Callable[[Any], str]] | None) -> list[str]:
+    explicit = (formatters or {}).get(column)
+    if explicit is not None:
+        return [explicit(v) for v in df[column].tolist()]
+    implied = column_formatter(str(column))
+    return [implied(v) if implied is not None and _is_number(v) else _default_cell(v) for v in df[column].tolist()]
+
+
+def _is_number(value: object) -> bool:
+    """Rules format numbers only: a column a caller already rendered as text (a report) stays as it is."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def format_table(df: pd.DataFrame, formatters: Mapping[str, Callable[[Any], str]] | None = None,
                  max_rows: int | None = None) -> str:
-    """A plain-text table with right-aligned numbers, formatted per column."""
+    """A plain-text table with right-aligned numbers: each column by `formatters`, else by its name's rule."""
     shown = df if max_rows is None or len(df) <= max_rows else df.head(max_rows)
-    cells: dict[str, list[str]] = {}
-    for column in shown.columns:
-        formatter = (formatters or {}).get(column)
-        values = shown[column].tolist()
-        cells[column] = [formatter(v) if formatter is not None else _default_cell(v) for v in values]
-    widths = {c: max([len(str(c))] + [len(s) for s in cells[c]]) for c in shown.columns}
+    cells = {c: _cells(shown, c, formatters) for c in shown.columns}
+    headers = {c: display_header(str(c)) for c in shown.columns}
+    widths = {c: max([len(headers[c])] + [len(s) for s in cells[c]]) for c in shown.columns}
     numeric = {c: pd.api.types.is_numeric_dtype(shown[c]) for c in shown.columns}
 
     def align(column: str, text: str) -> str:
         return text.rjust(widths[column]) if numeric[column] else text.ljust(widths[column])
 
-    lines = ["  ".join(align(c, str(c)) for c in shown.columns)]
+    lines = ["  ".join(align(c, headers[c]) for c in shown.columns)]
     lines.append("  ".join("-" * widths[c] for c in shown.columns))
     for i in range(len(shown)):
         lines.append("  ".join(align(c, cells[c][i]) for c in shown.columns).rstrip())
@@ -70,19 +155,19 @@ def format_table(df: pd.DataFrame, formatters: Mapping[str, Callable[[Any], str]
     return "\n".join(lines)
 
 
-def format_markdown(df: pd.DataFrame) -> str:
-    """A GitHub-flavoured Markdown table (pandas' to_markdown needs the tabulate package)."""
-    header = "| " + " | ".join(str(c) for c in df.columns) + " |"
+def format_markdown(df: pd.DataFrame, formatters: Mapping[str, Callable[[Any], str]] | None = None) -> str:
+    """A GitHub-flavoured Markdown table with the same headers and cells as format_table (pandas'
+    to_markdown needs the tabulate package)."""
+    cells = {c: _cells(df, c, formatters) for c in df.columns}
+    header = "| " + " | ".join(display_header(str(c)) for c in df.columns) + " |"
     rule = "|" + "|".join("---:" if pd.api.types.is_numeric_dtype(df[c]) else "---" for c in df.columns) + "|"
-    body = ["| " + " | ".join(_default_cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    body = ["| " + " | ".join(cells[c][i] for c in df.columns) + " |" for i in range(len(df))]
     return "\n".join([header, rule, *body])
 
 
 def _default_cell(value: object) -> str:
     if isinstance(value, float):
-        if math.isnan(value):
-            return "-"
-        return f"{value:.4g}"
+        return format_number(value)
     return str(value)
 
 

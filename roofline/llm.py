@@ -29,7 +29,15 @@ from tqdm import tqdm
 
 from roofline.analysis import Analysis
 from roofline.errors import RooflineError
-from roofline.formatting import format_bytes, format_si, format_table, format_time, json_records, json_value
+from roofline.formatting import (
+    format_bytes,
+    format_number,
+    format_si,
+    format_table,
+    format_time,
+    json_records,
+    json_value,
+)
 from roofline.hardware.profile import HardwareProfile
 from roofline.models import LoadedModel, _quiet_transformers, load
 from roofline.precision import MEASURABLE_DTYPES, Precision, get_precision
@@ -230,7 +238,7 @@ class LLMReport:
             (f"{self.model} on {self.profile.name} @ {self.precision.name}, attention {self.attention}: "
              f"batch {self.batch}, prompt {self.prompt_len}, generate {self.gen_len}"),
             (f"  time to first token {format_time(m['time_to_first_token_s'])}; per output token "
-             f"{format_time(m['time_per_output_token_s'])}; decode {m['decode_tokens_per_s']:.4g} tokens/s; "
+             f"{format_time(m['time_per_output_token_s'])}; decode {format_number(m['decode_tokens_per_s'])} tokens/s; "
              f"end to end {format_time(m['end_to_end_s'])}"),
             f"  memory: weights {format_bytes(m['weights_bytes'])} + KV cache {format_bytes(m['kv_cache_bytes'])} + "
             f"activations {format_bytes(m['peak_activation_bytes'])} = {format_bytes(m['memory_footprint_bytes'])} "

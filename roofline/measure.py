@@ -62,7 +62,7 @@ from torch.utils._pytree import tree_leaves, tree_map
 
 from roofline import costs
 from roofline.errors import RooflineError
-from roofline.formatting import format_markdown, format_table, format_time, json_records
+from roofline.formatting import format_markdown, format_number, format_table, format_time, json_records
 from roofline.models import LoadedModel
 from roofline.precision import MEASURABLE_DTYPES, get_precision
 from roofline.timing import (
@@ -148,7 +148,7 @@ class ModelMeasurement:
             flag = "  (! noisy)" if row["noisy"] else ""
             lines.append(
                 f"  end-to-end batch {row['batch']}: {format_time(row['latency_s'])} "
-                f"(IQR {format_time(row['iqr_s'])}), {row['throughput_samples_per_s']:.4g} samples/s{flag}"
+                f"(IQR {format_time(row['iqr_s'])}), {format_number(row['throughput_samples_per_s'])} samples/s{flag}"
             )
         if self.noisy_layers:
             lines.append(f"  {len(self.noisy_layers)} of {len(self.layers)} layers noisy (IQR > 10% of median)")
@@ -821,7 +821,7 @@ def _metadata(loaded: LoadedModel, settings: _Settings, batch: int, int8_layers:
 
 _FORMATTERS: dict[str, Callable[[Any], str]] = {
     "measured_s": format_time, "iqr_s": format_time, "in_pass_s": format_time, "latency_s": format_time,
-    "noisy": lambda v: "!" if v else "", "throughput_samples_per_s": lambda v: f"{v:.4g}",
+    "noisy": lambda v: "!" if v else "", "throughput_samples_per_s": format_number,
 }
 
 

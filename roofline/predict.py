@@ -39,6 +39,7 @@ from roofline.errors import RooflineError
 from roofline.formatting import (
     format_bytes,
     format_markdown,
+    format_number,
     format_si,
     format_table,
     format_time,
@@ -396,7 +397,7 @@ class Prediction:
         return (
             f"{self.analysis.model_name} on {self.profile.name} @ {self.precision.name} ({mode}): "
             f"{format_time(t['predicted_latency_s'])} per batch of {t['batch']}{alone}, "
-            f"{t['throughput_samples_per_s']:.4g} samples/s; peak {format_si(t['peak_flops_per_s'], 'FLOP/s')}, "
+            f"{format_number(t['throughput_samples_per_s'])} samples/s; peak {format_si(t['peak_flops_per_s'], 'FLOP/s')}, "
             f"DRAM {format_si(t['dram_bandwidth_bytes_per_s'], 'B/s')}\n  {self.bound_summary()}"
         )
 

@@ -31,7 +31,7 @@ import pandas as pd
 import roofline
 from roofline.analysis import LAYER_COLUMNS, Analysis
 from roofline.errors import RooflineError
-from roofline.formatting import format_bytes, format_markdown, format_si, format_time
+from roofline.formatting import format_bytes, format_markdown, format_number, format_si, format_time
 from roofline.hardware.profile import HardwareProfile
 from roofline.measure import speed_note
 from roofline.predict import Prediction, overhead_sentence
@@ -471,14 +471,14 @@ def _key_figures(data: ReportData) -> list[tuple[str, str]]:
         ("predicted latency", f"{format_time(pt['predicted_latency_s'])} per batch of {pt['batch']}"
                               + (f" (calibrated; sum of layers alone {format_time(pt['sum_of_layers_s'])})"
                                  if data.prediction.in_pass else " (calibrated)" if data.prediction.calibrated else "")),
-        ("predicted throughput", f"{pt['throughput_samples_per_s']:.4g} samples/s"),
+        ("predicted throughput", f"{format_number(pt['throughput_samples_per_s'])} samples/s"),
     ]
     measured = data.measured_totals
     if measured and measured["latency_s"] is not None:
         rows += [
             ("measured latency", (f"{format_time(measured['latency_s'])} per batch of {measured['batch']} "
                                   f"(sum of per-layer medians {format_time(measured['sum_of_layers_s'])})")),
-            ("measured throughput", f"{measured['throughput_samples_per_s']:.4g} samples/s"),
+            ("measured throughput", f"{format_number(measured['throughput_samples_per_s'])} samples/s"),
         ]
     else:
         rows.append(("measured", "not measured"))

@@ -9,3 +9,4 @@ python3 -m venv .venv
 .venv/bin/python -m ruff check roofline tests benchmarks
 .venv/bin/python -m mypy
 .venv/bin/python -m pytest -q "$@"
+bash scripts/wheel_check.sh

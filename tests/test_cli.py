@@ -134,3 +134,18 @@ def test_predict_recalibrate_predicts_with_the_factors_timed_now(capsys, tmp_pat
     data = json.loads(out)
     assert code == 0 and data["calibrated"] is True  # --recalibrate implies --calibrated
     assert data["totals"]["predicted_latency_s"] > 1.2 * stored  # the recalibrated profile predicted
+
+
+def test_version(capsys):
+    import re
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    # The one version is pyproject.toml's; the package's fallback __version__ must not drift from it.
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text(encoding="utf-8")
+    declared = re.search(r'^version = "([^"]+)"$', pyproject, re.MULTILINE).group(1)  # tomllib is 3.11+
+    assert capsys.readouterr().out == f"roofline {declared}\n"
+    import roofline
+
+    assert roofline.__version__ == declared

@@ -65,6 +65,22 @@ def test_dense_not_sparse() -> None:
     assert load_profile("RTX4090").peak("fp16") == pytest.approx(165.2e12)
 
 
+def test_device_memory_is_the_usable_capacity_reported() -> None:
+    from roofline.formatting import format_bytes
+
+    # nvidia-smi on an H100 80GB HBM3 reports 81559 MiB (79.6 GiB), not the marketed 80 GB (74.5 GiB).
+    h100 = load_profile("h100-sxm").dram
+    assert h100.capacity_bytes == 81559 * 2**20 and format_bytes(h100.capacity_bytes) == "79.6 GiB"
+    assert format_bytes(load_profile("a100-80gb-sxm").dram.capacity_bytes) == "79.2 GiB"  # CUDA-visible
+    assert load_profile("t4").dram.capacity_bytes == 16 * 2**30 * 15 / 16  # ECC on GDDR6 takes 1/16
+    for profile in list_profiles():
+        level = profile.dram
+        if profile.kind == "gpu" and "Jetson" not in profile.name:  # Jetson: shared memory, nominal kept (the note says why)
+            assert level.capacity_bytes is not None and "usable capacity as the device reports it" in level.note
+            nominal = float(level.note.rsplit("Datasheet: ", 1)[1].split(" GB")[0]) * 1e9
+            assert 0.8 * nominal < level.capacity_bytes < 1.1 * nominal, profile.name
+
+
 def test_profile_api() -> None:
     h100 = load_profile("h100-sxm")
     assert h100.ridge_point("fp16") == pytest.approx(989.5e12 / 3350e9)
@@ -97,6 +113,23 @@ def test_hwprofiles_dir_is_overridable(tmp_path: Path, monkeypatch: pytest.Monke
     assert hwprofiles_dir() == tmp_path
     assert [p.name for p in list_profiles()] == ["NVIDIA T4"]
     assert load_profile("MY-GPU").name == "NVIDIA T4"
+
+
+def test_profiles_are_package_data() -> None:
+    # Inside the package, so a wheel carries them (pyproject package-data) and importlib.resources finds them.
+    import roofline
+
+    assert hwprofiles_dir() == Path(roofline.__file__).resolve().parent / "hwprofiles"
+    assert load_profile("h100-sxm").where == "roofline/hwprofiles/h100-sxm.yaml"
+
+
+def test_no_profiles_is_an_error_not_an_empty_list(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The bug of a wheel without its package data: `hw list` printed an empty table.
+    monkeypatch.setenv("ROOFLINE_HWPROFILES", str(tmp_path))
+    with pytest.raises(RooflineError, match=r"no hardware profiles \(\*\.yaml\) in .*\$ROOFLINE_HWPROFILES"):
+        list_profiles()
+    with pytest.raises(RooflineError, match="no hardware profiles"):
+        load_profile("h100-sxm")
 
 
 # ---- malformed profiles ----------------------------------------------------------------------------
@@ -200,7 +233,7 @@ def test_cli_unknown_profile_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
 def test_cli_list_and_show(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["hw", "list"]) == 0
     out = capsys.readouterr().out
-    assert "h100-sxm" in out and "ridge fp16" in out and "295.4" in out  # 989.5e12 / 3.35e12
+    assert "h100-sxm" in out and "ridge_fp16 (FLOP/B)" in out and "295.4" in out  # 989.5e12 / 3.35e12
     assert cli.main(["hw", "list", "--format", "json"]) == 0
     import json
 
@@ -208,6 +241,60 @@ def test_cli_list_and_show(capsys: pytest.CaptureFixture[str]) -> None:
     assert rows["t4"]["int8_flops_per_s"] == pytest.approx(130e12) and rows["v100-sxm2-32gb"]["int8_flops_per_s"] is None
     assert cli.main(["hw", "show", "raspberry-pi-5"]) == 0
     assert "ESTIMATE" in capsys.readouterr().out
+
+
+def _table_rows(text: str) -> dict[str, dict[str, str]]:
+    """A format_table text back into cells, cut at the spans of its dashed rule: row name -> header -> cell."""
+    import re
+
+    lines = text.splitlines()
+    spans = [m.span() for m in re.finditer(r"-+", lines[1])]
+    cut = lambda line: [line[a:b].strip() for a, b in spans]
+    header = cut(lines[0])
+    rows = [cut(line.ljust(len(lines[1]))) for line in lines[2:] if line and not line.startswith(("ridge =", "saved "))]
+    return {row[0]: dict(zip(header, row)) for row in rows}
+
+
+def test_cli_list_has_bf16_and_fp8_columns(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["hw", "list"]) == 0
+    rows = _table_rows(capsys.readouterr().out)
+    # Datasheet dense peaks: BF16 1,979 / 2 = 989.5 TFLOP/s (3 digits: 990), FP8 3,958 / 2 = 1,979 TFLOP/s.
+    assert rows["h100-sxm"] == {
+        "name": "h100-sxm", "device": "NVIDIA H100 SXM 80GB", "kind": "gpu", "source": "datasheet",
+        "fp32": "67 TFLOP/s", "bf16": "990 TFLOP/s", "fp16": "990 TFLOP/s", "fp8": "1.98 PFLOP/s", "int8": "1.98 PFLOP/s",
+        "dram": "3.35 TB/s", "ridge_fp32 (FLOP/B)": "20", "ridge_fp16 (FLOP/B)": "295.4",  # 67e12 / 3.35e12; 989.5e12 / 3.35e12
+    }
+    # Volta has neither bf16 nor fp8 (reference table: unsupported_types tf32;bf16;fp8).
+    assert (rows["v100-sxm2-32gb"]["bf16"], rows["v100-sxm2-32gb"]["fp8"], rows["v100-sxm2-32gb"]["fp16"]) == ("-", "-", "125 TFLOP/s")
+
+
+def test_cli_list_shows_saved_profiles_marked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    saved_dir = tmp_path / "saved"
+    monkeypatch.setenv("ROOFLINE_PROFILE_DIR", str(saved_dir))
+    measured = dataclasses.replace(load_profile("t4"), name="my box (measured)", source="measured", path=None)
+    save_profile(measured, saved_dir / "measured-my-box.yaml")
+    save_profile(measured, saved_dir / "t4.yaml")  # a stem the shipped t4 takes: listed by its path
+    (saved_dir / "broken.yaml").write_text("name: [unclosed\n")
+    with pytest.warns(UserWarning, match=r"skipping saved profile .*broken\.yaml: .*not valid YAML"):
+        assert cli.main(["hw", "list"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("measured-my-box "))
+    assert "my box (measured)" in row and "measured (saved)" in row
+    assert f"{saved_dir / 't4.yaml'} " in out
+    assert f"saved profiles ({saved_dir}): 2" in out
+    with pytest.warns(UserWarning):
+        assert cli.main(["hw", "list", "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["measured-my-box"]["saved"] is True and by_name["measured-my-box"]["source"] == "measured (saved)"
+    assert by_name["t4"]["saved"] is False and by_name["t4"]["source"] == "datasheet"
+    assert by_name["measured-my-box"]["fp16_flops_per_s"] == pytest.approx(65e12)
+    # The name a saved row shows is one --hw accepts.
+    assert load_profile("measured-my-box").name == "my box (measured)"
+    assert load_profile(str(saved_dir / "t4.yaml")).source == "measured"
 
 
 def test_profile_built_in_code_is_validated() -> None:

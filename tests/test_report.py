@@ -238,7 +238,7 @@ def test_cpu_profile_measures_on_this_cpu(tmp_path: Path) -> None:
 
 def test_cli_report_prints_where_to_open_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cli"
-    code = main(["report", "zoo:mlp", "--hw", str(REPO / "hwprofiles" / "a100-80gb-sxm.yaml"), "--precision", "fp16",
+    code = main(["report", "zoo:mlp", "--hw", str(REPO / "roofline" / "hwprofiles" / "a100-80gb-sxm.yaml"), "--precision", "fp16",
                  "--no-measure", "--no-progress", "--out", str(out)])
     assert code == 0
     assert f"open {out / 'index.html'}" in capsys.readouterr().out

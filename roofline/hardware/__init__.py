@@ -1,9 +1,9 @@
-"""Hardware profiles: datasheet files in hwprofiles/, detection of this machine, and measurement.
+"""Hardware profiles: datasheet files shipped in roofline/hwprofiles/, detection of this machine, measurement.
 
-`load_profile` is the one way in: a name from hwprofiles/ (file stem, case-insensitive), a path to a
-YAML file, or "auto" (this machine: a measured profile of it saved in the user directory, else what
-detection gives). Loading never benchmarks: measuring is `roofline hw measure`, or `--measure-hw`
-(roofline.calibrate.ensure_measured_profile), always asked for.
+`load_profile` is the one way in: a name from roofline/hwprofiles/ or the user directory (file stem,
+case-insensitive), a path to a YAML file, or "auto" (this machine: a measured profile of it saved in the
+user directory, else what detection gives). Loading never benchmarks: measuring is `roofline hw measure`,
+or `--measure-hw` (roofline.calibrate.ensure_measured_profile), always asked for.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from roofline.hardware.profile import (
     load_profile_file,
     profile_paths,
     save_profile,
+    saved_profiles,
     user_profile_dir,
 )
 
@@ -34,6 +35,7 @@ __all__ = [
     "load_profile",
     "save_profile",
     "saved_measurement",
+    "saved_profiles",
     "user_profile_dir",
 ]
 
@@ -80,7 +82,7 @@ def _auto_profile() -> HardwareProfile:
 
 
 def load_profile(name_or_path: str) -> HardwareProfile:
-    """A profile by name (hwprofiles/ file stem), by path (.yaml), or 'auto' for this machine."""
+    """A profile by name (a shipped or saved file stem), by path (.yaml), or 'auto' for this machine."""
     key = name_or_path.strip()
     if key.lower() == "auto":
         return _auto_profile()
@@ -93,5 +95,5 @@ def load_profile(name_or_path: str) -> HardwareProfile:
     names = sorted(paths)
     raise RooflineError(
         f"unknown hardware profile {name_or_path!r}{close_matches(key.lower(), names)}; "
-        f"choose one of: {', '.join(names) or '(none found in ' + str(hwprofiles_dir()) + ')'}, a .yaml path, or auto"
+        f"choose one of: {', '.join(names)} (`roofline hw list`), a .yaml path, or auto"
     )

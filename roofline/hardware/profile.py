@@ -10,8 +10,10 @@ import math
 import os
 import re
 import types
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,7 @@ __all__ = [
     "profile_from_dict",
     "profile_paths",
     "save_profile",
+    "saved_profiles",
     "user_profile_dir",
 ]
 
@@ -446,7 +449,8 @@ _Dumper.add_representer(float, _represent_float)
 
 
 def _display_path(path: str) -> str:
-    """Paths inside the repository are shown relative to it (hwprofiles/h100-sxm.yaml)."""
+    """Shipped profiles are shown by their place in the package (roofline/hwprofiles/h100-sxm.yaml),
+    the same in a checkout and in an installed wheel; other files as given."""
     resolved = Path(path).resolve()
     root = Path(roofline.__file__).resolve().parents[1]
     try:
@@ -483,9 +487,20 @@ def save_profile(profile: HardwareProfile, path: str | os.PathLike[str]) -> Path
 
 
 def hwprofiles_dir() -> Path:
-    """The shipped profiles: repository-root hwprofiles/, or $ROOFLINE_HWPROFILES."""
+    """The shipped profiles: package data roofline/hwprofiles/ (read through importlib.resources, so an
+    installed wheel finds them), or the directory in $ROOFLINE_HWPROFILES."""
     override = os.environ.get("ROOFLINE_HWPROFILES")
-    return Path(override) if override else Path(roofline.__file__).resolve().parents[1] / "hwprofiles"
+    if override:
+        return Path(override)
+    shipped = resources.files("roofline").joinpath("hwprofiles")
+    if not isinstance(shipped, Path):
+        # A zipped install (a zipimport of the wheel): profiles are files read by path here and in
+        # error messages, so there is no directory to hand out.
+        raise RooflineError(
+            f"roofline's shipped profiles are not files on disk ({shipped}); install roofline unzipped "
+            "or set $ROOFLINE_HWPROFILES to a directory of profiles"
+        )
+    return shipped
 
 
 def user_profile_dir() -> Path:
@@ -494,20 +509,49 @@ def user_profile_dir() -> Path:
     return Path(override) if override else Path.home() / ".cache" / "roofline" / "hwprofiles"
 
 
+def _profile_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.glob("*.y*ml") if p.suffix in (".yaml", ".yml")) if directory.is_dir() else []
+
+
+def _shipped_files() -> list[Path]:
+    """The shipped profile files; none at all means a broken install (or a wrong override), never 'no devices'."""
+    directory = hwprofiles_dir()
+    files = _profile_files(directory)
+    if not files:
+        where = "$ROOFLINE_HWPROFILES" if os.environ.get("ROOFLINE_HWPROFILES") else "the installed package"
+        raise RooflineError(
+            f"no hardware profiles (*.yaml) in {directory} ({where}); "
+            "reinstall roofline, or point $ROOFLINE_HWPROFILES at a directory of profiles"
+        )
+    return files
+
+
 def profile_paths() -> dict[str, Path]:
     """Profile name (file stem, lower case) -> file; the shipped directory wins over the user one."""
-    found: dict[str, Path] = {}
-    for directory in (user_profile_dir(), hwprofiles_dir()):
-        if directory.is_dir():
-            for path in sorted(directory.glob("*.y*ml")):
-                if path.suffix in (".yaml", ".yml"):
-                    found[path.stem.lower()] = path
+    found: dict[str, Path] = {path.stem.lower(): path for path in _profile_files(user_profile_dir())}
+    found.update({path.stem.lower(): path for path in _shipped_files()})
     return found
+
+
+def _by_kind_and_name(profiles: list[HardwareProfile]) -> list[HardwareProfile]:
+    return sorted(profiles, key=lambda p: (p.kind != "gpu", p.name.lower()))
 
 
 def list_profiles() -> list[HardwareProfile]:
     """Every shipped profile, loaded and validated, GPUs first, then by name."""
-    directory = hwprofiles_dir()
-    paths = sorted(p for p in directory.glob("*.yaml")) if directory.is_dir() else []
-    profiles = [load_profile_file(p) for p in paths]
-    return sorted(profiles, key=lambda p: (p.kind != "gpu", p.name.lower()))
+    return _by_kind_and_name([load_profile_file(p) for p in _shipped_files()])
+
+
+def saved_profiles() -> list[HardwareProfile]:
+    """The profiles saved in the user directory (`hw measure`, `--hw auto`), GPUs first, then by name.
+
+    A file there that does not load is skipped with a warning naming it: one broken cache file must
+    not hide the others (`hw show FILE` gives its full error).
+    """
+    profiles = []
+    for path in _profile_files(user_profile_dir()):
+        try:
+            profiles.append(load_profile_file(path))
+        except RooflineError as error:
+            warnings.warn(f"skipping saved profile {path}: {error}", stacklevel=2)
+    return _by_kind_and_name(profiles)

@@ -4,28 +4,40 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from roofline.formatting import format_bytes, format_si, format_table, format_time
-from roofline.hardware.profile import HardwareProfile
+from roofline.hardware.profile import HardwareProfile, user_profile_dir
 
 __all__ = ["profiles_table", "render_list", "render_profile"]
 
-_TABLE_TYPES = ("fp32", "fp16", "int8")
+# Peak columns of `hw list`, and the ridge points it shows: fp32 and fp16 only, to keep the table within
+# a wide terminal (the others follow from the peaks and the DRAM bandwidth shown; the JSON has them all).
+_TABLE_TYPES = ("fp32", "bf16", "fp16", "fp8", "int8")
+_RIDGE_TYPES = ("fp32", "fp16")
 
 
-def profiles_table(profiles: Sequence[HardwareProfile]) -> pd.DataFrame:
-    """One row per profile: peaks and DRAM bandwidth in base units, ridge points in FLOP/byte (NaN = none)."""
+def _source(profile: HardwareProfile, saved: bool) -> str:
+    """datasheet for a shipped file; 'measured (saved)' for one `hw measure` or `--hw auto` kept."""
+    return f"{profile.source} (saved)" if saved else profile.source
+
+
+def profiles_table(profiles: Sequence[HardwareProfile], saved: Sequence[HardwareProfile] = ()) -> pd.DataFrame:
+    """One row per profile, shipped then saved: peaks and DRAM bandwidth in base units, ridge points in
+    FLOP/byte (NaN = none). `name` is what --hw accepts: the file stem, or the path of a saved file
+    whose stem a shipped profile already takes."""
+    shipped_names = {_stem(p.path) for p in profiles if p.path}
     rows = []
-    for profile in profiles:
+    for profile, is_saved in [*((p, False) for p in profiles), *((p, True) for p in saved)]:
         bandwidth = profile.dram.bandwidth_bytes_per_s
-        row: dict[str, object] = {
-            "name": profile.path and _stem(profile.path) or profile.name,
-            "device": profile.name,
-            "kind": profile.kind,
-        }
+        name = _stem(profile.path) if profile.path else profile.name
+        if is_saved and profile.path and name.lower() in shipped_names:
+            name = profile.path
+        row: dict[str, object] = {"name": name, "device": profile.name, "kind": profile.kind,
+                                  "source": _source(profile, is_saved), "saved": is_saved}
         for compute_type in _TABLE_TYPES:
             row[f"{compute_type}_flops_per_s"] = profile.peak_flops_per_s.get(compute_type, math.nan)
         row["dram_bytes_per_s"] = bandwidth if bandwidth is not None else math.nan
@@ -37,31 +49,29 @@ def profiles_table(profiles: Sequence[HardwareProfile]) -> pd.DataFrame:
 
 
 def _stem(path: str) -> str:
-    from pathlib import Path
-
-    return Path(path).stem
+    return Path(path).stem.lower()
 
 
-def render_list(profiles: Sequence[HardwareProfile], fmt: str) -> str:
-    """The `hw list` table, or JSON records with base units."""
-    table = profiles_table(profiles)
+def render_list(profiles: Sequence[HardwareProfile], fmt: str, saved: Sequence[HardwareProfile] = ()) -> str:
+    """The `hw list` table (shipped datasheet profiles, then the user's saved ones), or JSON records with base units."""
+    table = profiles_table(profiles, saved)
     if fmt == "json":
         records = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()} for row in table.to_dict("records")]
         return json.dumps(records, indent=2)
-    shown = table.rename(
-        columns={
-            "fp32_flops_per_s": "fp32", "fp16_flops_per_s": "fp16", "int8_flops_per_s": "int8",
-            "dram_bytes_per_s": "DRAM B/s", "ridge_fp32": "ridge fp32", "ridge_fp16": "ridge fp16", "ridge_int8": "ridge int8",
-        }
-    )
+    # Peaks under the compute type's own name (the cells carry FLOP/s); ridge headers get their unit
+    # from formatting.display_header like every other table.
+    shown = table[["name", "device", "kind", "source", *(f"{t}_flops_per_s" for t in _TABLE_TYPES), "dram_bytes_per_s",
+                   *(f"ridge_{t}" for t in _RIDGE_TYPES)]]
+    shown = shown.rename(columns={f"{t}_flops_per_s": t for t in _TABLE_TYPES} | {"dram_bytes_per_s": "dram"})
     peak = lambda v: format_si(v, "FLOP/s") if not math.isnan(v) else "-"
-    ridge = lambda v: f"{v:.1f}" if not math.isnan(v) else "-"
     formatters: dict[str, Callable[[Any], str]] = {
-        "fp32": peak, "fp16": peak, "int8": peak,
-        "DRAM B/s": lambda v: format_si(v, "B/s") if not math.isnan(v) else "not measured",
-        "ridge fp32": ridge, "ridge fp16": ridge, "ridge int8": ridge,
+        **{t: peak for t in _TABLE_TYPES},
+        "dram": lambda v: format_si(v, "B/s") if not math.isnan(v) else "not measured",
     }
-    return format_table(shown, formatters) + "\nridge = FLOP per DRAM byte where compute and memory time are equal"
+    notes = ["ridge = FLOP per DRAM byte where compute and memory time are equal; '-' = no peak for that type"]
+    where = user_profile_dir()
+    notes.append(f"saved profiles ({where}): {len(saved)}" + ("" if saved else "; `roofline hw measure` adds one"))
+    return format_table(shown, formatters) + "\n" + "\n".join(notes)
 
 
 def render_profile(profile: HardwareProfile, fmt: str) -> str:
