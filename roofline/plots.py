@@ -58,10 +58,10 @@ _OTHER_COLOUR = "#9A9A9A"
 _MAX_TYPES = 8
 _COMPUTE_COLOUR = "#D55E00"
 _OVERHEAD_COLOUR = "#8C8C8C"
-# Memory levels, fastest lightest: sky, blue, indigo, violet, navy. Lightness alone left neighbouring
+# Memory levels, fastest lightest: sky, blue, violet, indigo, navy. Lightness alone left neighbouring
 # levels too close to tell apart (issue 14: L2 and L3); these differ in hue as well, CIE76 > 25 between
 # neighbours, and a profile with fewer levels takes them spread out (first and last always), not the last few.
-_MEMORY_SHADES = ["#6CC5EA", "#1E88D2", "#273A96", "#9050B8", "#14173F"]
+_MEMORY_SHADES = ["#6CC5EA", "#1E88D2", "#9050B8", "#273A96", "#14173F"]
 _LABEL_FONTSIZE = 7.2
 ArtistT = TypeVar("ArtistT", bound=Artist)
 _FONT: dict[RcKeyType, Any] = {"font.size": 9, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 8}
@@ -108,7 +108,7 @@ def _shade_index(index: int, levels: int) -> int:
     last = len(_MEMORY_SHADES) - 1
     if levels <= 1:
         return last
-    return max(0, min(last, round(index * last / (levels - 1))))
+    return max(0, min(last, index * last // (levels - 1)))
 
 
 def layer_link(name: str) -> str:
@@ -466,6 +466,7 @@ def _bars(ax: Axes, frame: pd.DataFrame, label_column: str, level_names: Sequenc
         links = links * 2
     for bar, url in zip(bars, links):
         bar.set_url(url)
+        bar.set_gid(f"{bar.get_gid()}:{url.partition(':')[2]}")  # one id per bar: the SVG's ids stay unique
     ax.set_yticks(positions, [str(v) for v in frame[label_column]], fontsize=7.5)
     ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: format_time(v) if v else "0"))
