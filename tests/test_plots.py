@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import numpy as np
 import pandas as pd
@@ -179,7 +180,7 @@ def _lab(colour: str) -> np.ndarray:
 def test_memory_levels_get_colours_a_reader_can_tell_apart(levels: list[str]) -> None:
     # Issue 14: on a four-level CPU, L2 and L3 were two blues 24 apart in lightness alone.
     colours = [plots.bound_colour(f"memory:{name}", levels) for name in levels]
-    gaps = [float(np.linalg.norm(_lab(a) - _lab(b))) for a, b in zip(colours, colours[1:])]
+    gaps = [float(np.linalg.norm(_lab(a) - _lab(b))) for a, b in itertools.pairwise(colours)]
     assert all(gap > 25 for gap in gaps), dict(zip(levels[1:], gaps))  # CIE76; ~2.3 is just noticeable
     lightness = [_lab(c)[0] for c in colours]
     assert lightness == sorted(lightness, reverse=True)  # fastest lightest, DRAM darkest
