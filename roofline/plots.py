@@ -59,9 +59,10 @@ _MAX_TYPES = 8
 _COMPUTE_COLOUR = "#D55E00"
 _OVERHEAD_COLOUR = "#8C8C8C"
 # Memory levels, fastest lightest: sky, blue, violet, indigo, navy. Lightness alone left neighbouring
-# levels too close to tell apart (issue 14: L2 and L3); these differ in hue as well, CIE76 > 25 between
-# neighbours, and a profile with fewer levels takes them spread out (first and last always), not the last few.
-_MEMORY_SHADES = ["#6CC5EA", "#1E88D2", "#9050B8", "#273A96", "#14173F"]
+# levels too close to tell apart (issue 14: L2 and L3); these differ in hue as well (CIE76 > 25 between
+# neighbours, lightness falling 13 or more), and a profile with fewer levels takes them spread out (first
+# and last always), not the last few.
+_MEMORY_SHADES = ["#6CC5EA", "#1E88D2", "#7B45B0", "#253C8C", "#101538"]
 _LABEL_FONTSIZE = 7.2
 ArtistT = TypeVar("ArtistT", bound=Artist)
 _FONT: dict[RcKeyType, Any] = {"font.size": 9, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 8}

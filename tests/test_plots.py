@@ -183,7 +183,8 @@ def test_memory_levels_get_colours_a_reader_can_tell_apart(levels: list[str]) ->
     gaps = [float(np.linalg.norm(_lab(a) - _lab(b))) for a, b in itertools.pairwise(colours)]
     assert all(gap > 25 for gap in gaps), dict(zip(levels[1:], gaps))  # CIE76; ~2.3 is just noticeable
     lightness = [_lab(c)[0] for c in colours]
-    assert lightness == sorted(lightness, reverse=True)  # fastest lightest, DRAM darkest
+    # Fastest lightest, DRAM darkest, in clear steps: lightness is what a colour-blind reader still sees.
+    assert all(a - b >= 12 for a, b in itertools.pairwise(lightness)), lightness
     assert colours[-1] == plots.bound_colour("memory:DRAM", ["DRAM"])  # DRAM looks the same on every profile
     others = {plots.bound_colour("compute", levels), plots.bound_colour("overhead", levels)}
     assert not others & set(colours)
