@@ -3,8 +3,9 @@
 A report is meant to be opened by a person in a browser, so this checks it the way a browser sees it:
 the page loads from file:// with no JavaScript error (Chromium logs console messages on stderr with
 --enable-logging=stderr), every <img> loads and decodes (checked from a probe page, since headless
-Chromium does not log a failed file:// image), the charts are embedded images, and a screenshot is
-saved for a person to look at.
+Chromium does not log a failed file:// image), the charts are embedded (inline SVG, or images with data:
+URLs), and a screenshot is saved for a person to look at. tests/test_browser.py drives the interactive
+parts (tooltips, sorting) through chromedriver.
 
     python benchmarks/render_check.py reports/resnet50-cpu/index.html --screenshot /tmp/resnet50.png
 
@@ -47,6 +48,11 @@ document.getElementById("page").addEventListener("load", () => {{
       if (!img.complete || img.naturalWidth === 0) {{ lines.push("BROKEN image " + what); console.error("BROKEN image " + what); }}
       else {{ lines.push("IMAGE " + img.naturalWidth + "x" + img.naturalHeight + " " + what); }}
     }}
+    for (const svg of doc.querySelectorAll("svg.chart")) {{
+      const box = svg.getBoundingClientRect(), what = "embedded svg " + (svg.getAttribute("aria-label") || "chart");
+      if (box.width === 0 || box.height === 0) {{ lines.push("BROKEN " + what); console.error("BROKEN " + what); }}
+      else {{ lines.push("IMAGE " + Math.round(box.width) + "x" + Math.round(box.height) + " " + what); }}
+    }}
   }}
   document.getElementById("result").textContent = lines.join("\\n") + "\\nDONE";
 }});
@@ -61,7 +67,7 @@ class RenderResult:
     """What Chromium reported for one page."""
 
     errors: list[str]
-    images: list[str]  # "IMAGE <w>x<h> embedded|linked <alt>" per <img>, as the browser decoded it
+    images: list[str]  # "IMAGE <w>x<h> embedded|linked <alt>" per <img> or inline svg.chart, as the browser drew it
     screenshot: Path | None
 
     @property

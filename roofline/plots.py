@@ -7,16 +7,19 @@ before `save_chart` writes PNG and SVG. Figures are made without pyplot, on the 
 here touches a display or global figure state.
 
 Artists carry gids that name what they show ("predicted:Conv2d", "ceiling:fp32", "slope:DRAM",
-"ridge:DRAM", "band:2x", ...); `artists` finds them by prefix.
+"ridge:DRAM", "band:2x", ...); `artists` finds them by prefix. Each layer's point or bar also carries a
+url, `layer_link(name)` (`type_link` for a type's bar), which the SVG writer turns into an `<a>` around
+that one element: the HTML report hangs its tooltip and its link to the table row on it.
+Captions are returned, not drawn: the report prints each once, under its chart.
 """
 from __future__ import annotations
 
 import math
-import textwrap
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import quote
 
 import matplotlib
 import numpy as np
@@ -26,7 +29,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.patches import Patch
+from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 from matplotlib.transforms import Bbox
 
@@ -40,11 +43,13 @@ __all__ = [
     "Chart",
     "artists",
     "bound_colour",
+    "layer_link",
     "predicted_vs_measured_chart",
     "roofline_chart",
     "save_chart",
     "time_chart",
     "type_colours",
+    "type_link",
 ]
 
 # Colour-blind-safe qualitative palette (Okabe-Ito, then two greys' neighbours) for layer types.
@@ -53,7 +58,11 @@ _OTHER_COLOUR = "#9A9A9A"
 _MAX_TYPES = 8
 _COMPUTE_COLOUR = "#D55E00"
 _OVERHEAD_COLOUR = "#8C8C8C"
-_MEMORY_SHADES = ["#9ECAE1", "#6BAED6", "#3182BD", "#08519C", "#08306B"]  # fastest level lightest
+# Memory levels, fastest lightest: sky, blue, violet, indigo, navy. Lightness alone left neighbouring
+# levels too close to tell apart (issue 14: L2 and L3); these differ in hue as well (CIE76 > 25 between
+# neighbours, lightness falling 13 or more), and a profile with fewer levels takes them spread out (first
+# and last always), not the last few.
+_MEMORY_SHADES = ["#6CC5EA", "#1E88D2", "#7B45B0", "#253C8C", "#101538"]
 _LABEL_FONTSIZE = 7.2
 ArtistT = TypeVar("ArtistT", bound=Artist)
 _FONT: dict[RcKeyType, Any] = {"font.size": 9, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 8}
@@ -91,9 +100,26 @@ def bound_colour(bound: str, level_names: Sequence[str]) -> str:
         level = bound.partition(":")[2]
         names = list(level_names)
         index = names.index(level) if level in names else len(names) - 1
-        offset = len(_MEMORY_SHADES) - len(names)
-        return _MEMORY_SHADES[max(0, min(len(_MEMORY_SHADES) - 1, offset + index))]
+        return _MEMORY_SHADES[_shade_index(index, len(names))]
     return _OVERHEAD_COLOUR
+
+
+def _shade_index(index: int, levels: int) -> int:
+    """Level `index` of `levels` spread over the shades: the slowest gets the darkest, one level alone too."""
+    last = len(_MEMORY_SHADES) - 1
+    if levels <= 1:
+        return last
+    return max(0, min(last, index * last // (levels - 1)))
+
+
+def layer_link(name: str) -> str:
+    """The url a layer's point or bar carries in the SVG: the id of its row in the HTML report's table."""
+    return "#layer:" + quote(str(name), safe="")
+
+
+def type_link(layer_type: str) -> str:
+    """The url a layer type's bar carries: the id of its row in the report's by-type table."""
+    return "#type:" + quote(str(layer_type), safe="")
 
 
 def _type_handles(colours: dict[str, str]) -> list[Artist]:
@@ -131,7 +157,7 @@ def roofline_chart(layers: pd.DataFrame, profile: HardwareProfile, *, compute_ty
 def _roofline_chart(layers: pd.DataFrame, profile: HardwareProfile, compute_type: str, model: str,
                     precision: str, top_labels: int) -> Chart:
     figure = _new_figure(11.5, 6.6)
-    figure.subplots_adjust(left=0.075, right=0.76, top=0.91, bottom=0.14)
+    figure.subplots_adjust(left=0.075, right=0.76, top=0.93, bottom=0.09)
     ax = figure.add_subplot()
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -166,16 +192,19 @@ def _roofline_chart(layers: pd.DataFrame, profile: HardwareProfile, compute_type
         if not mask.any():
             continue
         part = shown[mask]
-        ax.scatter(part["arithmetic_intensity"], part["predicted_flops_per_s"], s=sizes[mask], facecolors="white",
-                   edgecolors=colour, linewidths=1.4, zorder=4, gid=f"predicted:{layer_type}")
+        points = ax.scatter(part["arithmetic_intensity"], part["predicted_flops_per_s"], s=sizes[mask],
+                            facecolors="white", edgecolors=colour, linewidths=1.4, zorder=4,
+                            gid=f"predicted:{layer_type}")
+        points.set_urls([layer_link(name) for name in part["name"]])
         if has_measured:
             measured = part["measured_flops_per_s"] > 0
             for _, row in part[measured].iterrows():
                 ax.plot([row["arithmetic_intensity"]] * 2, [row["predicted_flops_per_s"], row["measured_flops_per_s"]],
                         color=colour, linewidth=0.7, alpha=0.55, zorder=3, gid=f"join:{row['name']}")
-            ax.scatter(part.loc[measured, "arithmetic_intensity"], part.loc[measured, "measured_flops_per_s"],
-                       s=sizes[mask][measured.to_numpy()], color=colour, edgecolors="black", linewidths=0.4,
-                       alpha=0.9, zorder=5, gid=f"measured:{layer_type}")
+            points = ax.scatter(part.loc[measured, "arithmetic_intensity"], part.loc[measured, "measured_flops_per_s"],
+                                s=sizes[mask][measured.to_numpy()], color=colour, edgecolors="black", linewidths=0.4,
+                                alpha=0.9, zorder=5, gid=f"measured:{layer_type}")
+            points.set_urls([layer_link(name) for name in part.loc[measured, "name"]])
 
     heaviest = shown.sort_values("share", ascending=False, kind="stable")
     _place_labels(ax, figure, _distinct_spots(ax, heaviest, "arithmetic_intensity", "predicted_flops_per_s", top_labels))
@@ -203,7 +232,6 @@ def _roofline_chart(layers: pd.DataFrame, profile: HardwareProfile, compute_type
     if left_out:
         caption += (f" {left_out} layer{'s' if left_out != 1 else ''} with no FLOPs or no bytes (views, copies, "
                     "lookups) cannot sit on a log axis and are left out.")
-    figure.text(0.075, 0.015, textwrap.fill(caption, 170), fontsize=8, color="#444444", gid="caption")
     return Chart("roofline", figure, caption)
 
 
@@ -241,17 +269,26 @@ def _draw_slopes(ax: Axes, levels: Sequence[MemoryLevel], peak: float, x_lo: flo
         ax.plot([ridge], [peak], marker="D", markersize=5.5, color=colour, markeredgecolor="black",
                 markeredgewidth=0.6, linestyle="", zorder=6, gid=f"ridge:{level.name}")
         ridge_style = {"text": f"{ridge:.3g}", "xy": (ridge, peak), "textcoords": "offset points", "ha": "center",
-                       "fontsize": 7, "color": colour, "zorder": 6, "gid": f"ridge-label:{level.name}"}
-        _place_text(ax, taken, [{**ridge_style, "xytext": offset} for offset in ((0, -12), (0, -21), (0, -30))])
+                       "va": "top", "fontsize": 7, "color": colour, "zorder": 6, "gid": f"ridge-label:{level.name}",
+                       "bbox": {"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.85}}
+        # Ridges of neighbouring levels sit close together on the same ceiling (issue 14: their labels
+        # collided), so a label steps down, then sideways, until it is clear of every label placed so far.
+        _place_text(ax, taken, [{**ridge_style, "xytext": offset} for offset in _RIDGE_OFFSETS])
         # The label runs along the slope, at the first point along it where it collides with nothing.
         (x0, y0), (x1, y1) = ax.transData.transform([(x_lo, bandwidth * x_lo), (ridge, peak)])
         angle = math.degrees(math.atan2(y1 - y0, x1 - x0))
         style = {"text": f"{level.name} {format_si(bandwidth, 'B/s')}", "xytext": (-3, 4),
                  "textcoords": "offset points", "rotation": angle, "rotation_mode": "anchor", "fontsize": 8,
-                 "color": colour, "fontweight": "bold", "zorder": 6, "gid": f"slope-label:{level.name}"}
+                 "color": colour, "fontweight": "bold", "zorder": 6, "gid": f"slope-label:{level.name}",
+                 "bbox": {"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.8}}
         anchors = [ax.transData.inverted().transform((x0 + f * (x1 - x0), y0 + f * (y1 - y0)))
                    for f in (0.12, 0.24, 0.36, 0.48, 0.6, 0.05)]
         _place_text(ax, taken, [{**style, "xy": tuple(anchor)} for anchor in anchors])
+
+
+# Where a ridge label may go, in points from its ridge, nearest first: straight below, then down and sideways.
+_RIDGE_OFFSETS = [(0, -6), (0, -15), (0, -24), (0, -33), (0, -42), (-14, -6), (14, -6), (-14, -15), (14, -15),
+                  (-14, -24), (14, -24), (0, -51), (0, -60)]
 
 
 def _place_text(ax: Axes, taken: list[Bbox], candidates: Sequence[dict[str, Any]]) -> None:
@@ -333,7 +370,7 @@ def predicted_vs_measured_chart(layers: pd.DataFrame, *, model: str, device: str
     """
     with matplotlib.rc_context(_FONT):
         figure = _new_figure(9.0, 7.0)
-        figure.subplots_adjust(left=0.1, right=0.75, top=0.91, bottom=0.13)
+        figure.subplots_adjust(left=0.1, right=0.75, top=0.91, bottom=0.09)
         ax = figure.add_subplot()
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -348,8 +385,9 @@ def predicted_vs_measured_chart(layers: pd.DataFrame, *, model: str, device: str
         colours = type_colours(layers["type"].tolist(), layers["predicted_s"].tolist())
         for layer_type, colour in colours.items():
             part = timed[timed["type"] == layer_type]
-            ax.scatter(part["predicted_s"], part["measured_s"], s=26, color=colour, edgecolors="black",
-                       linewidths=0.3, alpha=0.9, zorder=4, gid=f"layer:{layer_type}")
+            points = ax.scatter(part["predicted_s"], part["measured_s"], s=26, color=colour, edgecolors="black",
+                                linewidths=0.3, alpha=0.9, zorder=4, gid=f"layer:{layer_type}")
+            points.set_urls([layer_link(name) for name in part["name"]])
         ratio = timed["measured_s"] / timed["predicted_s"]
         outside = timed[(ratio > 2) | (ratio < 0.5)]
         worst = outside.assign(_gap=np.abs(np.log(ratio[outside.index]))).sort_values("_gap", ascending=False, kind="stable")
@@ -371,7 +409,6 @@ def predicted_vs_measured_chart(layers: pd.DataFrame, *, model: str, device: str
         if len(timed) < len(layers):
             missing = len(layers) - len(timed)
             caption += f" {missing} layer{'s' if missing != 1 else ''} with no predicted or measured time left out."
-        figure.text(0.1, 0.015, textwrap.fill(caption, 130), fontsize=8, color="#444444", gid="caption")
     return Chart("predicted_vs_measured", figure, caption)
 
 
@@ -404,12 +441,13 @@ def time_chart(layers: pd.DataFrame, types: pd.DataFrame, *, level_names: Sequen
         if has_measured:
             handles.append(Patch(facecolor="white", edgecolor="black", label="predicted"))
             handles.append(Patch(facecolor="white", edgecolor="black", hatch="////", label="measured"))
-        figure.legend(handles=handles, loc="outside upper right", ncol=min(6, len(handles)), frameon=False)
+        # Below the plots: at the top, the title and the legend shared one band and overprinted (issue 14).
+        legend = figure.legend(handles=handles, loc="outside lower center", ncol=min(7, len(handles)), frameon=False)
+        legend.set_gid("legend")
         figure.suptitle(title, x=0.01, ha="left", fontweight="bold", fontsize=11)
         caption = "Bars coloured by the bound the roofline predicts for the layer (or the type's largest share)."
         if not has_measured:
             caption += " Not measured: predicted time only."
-        figure.supxlabel(caption, x=0.01, ha="left", fontsize=8, color="#444444")
     return Chart("time", figure, caption)
 
 
@@ -419,11 +457,17 @@ def _bars(ax: Axes, frame: pd.DataFrame, label_column: str, level_names: Sequenc
     colours = [bound_colour(b, level_names) for b in frame["bound"]]
     height = 0.4 if has_measured else 0.7
     shift = height / 2 if has_measured else 0.0
-    ax.barh(positions + shift, frame["predicted_s"], height=height, color=colours, edgecolor="black",
-            linewidth=0.3, gid=f"predicted-{gid}")
+    link = layer_link if label_column == "name" else type_link
+    links = [link(str(v)) for v in frame[label_column]]
+    bars: list[Rectangle] = list(ax.barh(positions + shift, frame["predicted_s"], height=height, color=colours,
+                                         edgecolor="black", linewidth=0.3, gid=f"predicted-{gid}"))
     if has_measured:
-        ax.barh(positions - shift, frame["measured_s"].fillna(0.0), height=height, color=colours, alpha=0.55,
-                hatch="////", edgecolor="black", linewidth=0.3, gid=f"measured-{gid}")
+        bars += ax.barh(positions - shift, frame["measured_s"].fillna(0.0), height=height, color=colours, alpha=0.55,
+                        hatch="////", edgecolor="black", linewidth=0.3, gid=f"measured-{gid}")
+        links = links * 2
+    for bar, url in zip(bars, links):
+        bar.set_url(url)
+        bar.set_gid(f"{bar.get_gid()}:{url.partition(':')[2]}")  # one id per bar: the SVG's ids stay unique
     ax.set_yticks(positions, [str(v) for v in frame[label_column]], fontsize=7.5)
     ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: format_time(v) if v else "0"))

@@ -7,13 +7,13 @@ leaves either no report or the previous complete one. report.json carries REPORT
 """
 from __future__ import annotations
 
-import base64
 import dataclasses
 import datetime
 import html
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -529,11 +529,15 @@ def _type_display(types: pd.DataFrame) -> pd.DataFrame:
 
 
 def _subtitle(data: ReportData) -> str:
+    """The line under the title: which profile, precision and prediction, when and by what."""
     p = data.prediction
+    profile = data.profile
     mode = "calibrated roofline" if p.calibrated else "roofline"
-    return (f"{data.profile.name} ({data.profile.kind}, {data.profile.source}) @ {p.precision.name} "
-            f"({p.precision.compute_type} math), {mode} prediction; generated {data.created} by roofline "
-            f"{roofline.__version__}")
+    # A measured profile is named "<machine> (measured)"; the source is said once, after the kind (issue 14).
+    name = profile.name.removesuffix(f" ({profile.source})")
+    return (f"{name}: {profile.kind} profile, {profile.source}. Precision {p.precision.name} "
+            f"({p.precision.compute_type} math), {mode} prediction. Generated {data.created} by roofline "
+            f"{roofline.__version__}.")
 
 
 def _write_markdown(data: ReportData, directory: Path, charts: Mapping[str, tuple[list[Path], str]]) -> None:
@@ -556,29 +560,186 @@ body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Helvetica,Arial,sans-seri
 padding:0 1.2em;color:#1d1d1f}
 h1{font-size:1.6em;margin-bottom:.1em} h2{font-size:1.2em;margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
 .sub{color:#555;margin-top:0} .notes{background:#fff8e1;border-left:4px solid #f0b400;padding:.5em 1em}
-.summary li{margin:.3em 0} figure{margin:1em 0} figure img{max-width:100%;height:auto;border:1px solid #eee}
+.summary li{margin:.3em 0} figure{margin:1em 0} svg.chart{max-width:100%;height:auto;border:1px solid #eee}
+svg.chart a{cursor:pointer} svg.chart a:hover,svg.chart a:focus{filter:brightness(.8);outline:none}
 figcaption{color:#555;font-size:.9em} table{border-collapse:collapse;font-size:12.5px}
 th,td{padding:3px 8px;border-bottom:1px solid #eee;text-align:right;white-space:nowrap}
-th{background:#f6f6f6;position:sticky;top:0} td:first-child,th:first-child,td.text,th.text{text-align:left}
+th{background:#f6f6f6;position:sticky;top:0;cursor:pointer;user-select:none} th:hover{background:#ececec}
+th[aria-sort=ascending]::after{content:" \\25B2"} th[aria-sort=descending]::after{content:" \\25BC"}
+td:first-child,th:first-child,td.text,th.text{text-align:left} tr:target td{background:#fff3b0}
 .key td{text-align:left;white-space:normal} .key td:first-child{color:#555;padding-right:2em}
 .scroll{max-height:70vh;overflow:auto;border:1px solid #eee} footer{color:#777;font-size:.85em;margin:2em 0}
+#tip{position:fixed;z-index:10;pointer-events:none;background:#222;color:#fff;padding:5px 8px;border-radius:4px;
+font-size:12px;line-height:1.4;white-space:pre;box-shadow:0 2px 6px rgba(0,0,0,.3)} #tip[hidden]{display:none}
+"""
+# The page's only script, inline so the report stays one self-contained file that loads nothing.
+# Tooltips: each chart point is an SVG <a> with a <title>, which a browser shows natively on hover; the
+# script moves that text into a styled box that appears at once and follows the pointer (and on keyboard
+# focus). Sorting: a click on a header sorts by that column, numbers by their raw value (data-v).
+_SCRIPT = """
+(() => {
+  const tip = document.getElementById("tip");
+  for (const link of document.querySelectorAll("svg.chart a")) {
+    const title = link.querySelector("title");
+    if (title) { link.dataset.tip = title.textContent; title.remove(); }
+  }
+  const show = (link, x, y) => {
+    tip.textContent = link.dataset.tip;
+    tip.hidden = false;
+    const box = tip.getBoundingClientRect();
+    tip.style.left = Math.max(4, Math.min(x + 14, innerWidth - box.width - 4)) + "px";
+    tip.style.top = Math.max(4, y + 14 + box.height > innerHeight ? y - box.height - 10 : y + 14) + "px";
+  };
+  const pointed = (event) => event.target.closest && event.target.closest("svg.chart a[data-tip]");
+  document.addEventListener("mouseover", (event) => {
+    const link = pointed(event);
+    if (link) { show(link, event.clientX, event.clientY); } else { tip.hidden = true; }
+  });
+  document.addEventListener("mousemove", (event) => {
+    const link = pointed(event);
+    if (link) { show(link, event.clientX, event.clientY); }
+  });
+  document.addEventListener("focusin", (event) => {
+    const link = pointed(event);
+    if (link) { const r = link.getBoundingClientRect(); show(link, r.right, r.bottom); } else { tip.hidden = true; }
+  });
+
+  const key = (row, column) => {
+    const cell = row.cells[column];
+    if (cell.dataset.v !== undefined) { return Number(cell.dataset.v); }
+    return cell.classList.contains("text") ? cell.textContent : NaN;
+  };
+  const compare = (a, b, ascending) => {
+    const missing = (v) => typeof v === "number" && Number.isNaN(v);
+    if (missing(a) || missing(b)) { return missing(a) - missing(b); }  // blanks last, either way
+    const order = typeof a === "number" ? a - b : a.localeCompare(b, undefined, {numeric: true});
+    return ascending ? order : -order;
+  };
+  for (const table of document.querySelectorAll("table.sortable")) {
+    const heads = Array.from(table.tHead.rows[0].cells);
+    heads.forEach((head, column) => {
+      head.tabIndex = 0;
+      head.title = "sort by " + head.textContent;
+      const sort = () => {
+        const now = head.getAttribute("aria-sort");
+        // Numbers sort largest first on the first click, text A to Z; a second click reverses.
+        const ascending = now ? now === "descending" : head.classList.contains("text");
+        heads.forEach((h) => h.removeAttribute("aria-sort"));
+        head.setAttribute("aria-sort", ascending ? "ascending" : "descending");
+        const body = table.tBodies[0];
+        const rows = Array.from(body.rows);
+        rows.sort((a, b) => compare(key(a, column), key(b, column), ascending));
+        body.append(...rows);
+      };
+      head.addEventListener("click", sort);
+      head.addEventListener("keydown", (event) => {
+        if (event.key === "Enter" || event.key === " ") { event.preventDefault(); sort(); }
+      });
+    });
+  }
+})();
 """
 _TEXT_COLUMNS = {"layer", "type", "bound"}
+# The raw column a displayed number sorts by (both tables), so "1.2 ms" sorts after "900 us".
+_SORT_KEYS = {"#": "order", "calls": "calls", "MACs": "macs", "FLOPs": "flops", "params": "params", "bytes": "bytes",
+              "FLOP/B": "arithmetic_intensity", "predicted": "predicted_s", "share": "share", "measured": "measured_s",
+              "meas/pred": "measured_over_predicted", "predicted in pass": "predicted_in_pass_s",
+              "measured in pass": "measured_in_pass_s"}
 
 
-def _html_table(frame: pd.DataFrame) -> str:
-    """Text columns left-aligned, numbers right-aligned (the CSS default)."""
-    def cell(tag: str, column: object, value: object) -> str:
+def _html_table(frame: pd.DataFrame, raw: pd.DataFrame | None = None, row_ids: Sequence[str] | None = None,
+                table_id: str | None = None) -> str:
+    """A sortable table: text columns left-aligned, numbers right-aligned (the CSS default).
+
+    Each number cell keeps the value it sorts by in data-v, taken from `raw`'s column of `_SORT_KEYS`
+    (missing values get none and sort last); `row_ids` are the targets of the charts' links.
+    """
+    def cell(tag: str, column: object, value: object, sort_value: Any = None) -> str:
         css = ' class="text"' if column in _TEXT_COLUMNS else ""
-        return f"<{tag}{css}>{html.escape(str(value))}</{tag}>"
+        number = "" if sort_value is None or pd.isna(sort_value) else f' data-v="{float(sort_value)!r}"'
+        return f"<{tag}{css}{number}>{html.escape(str(value))}</{tag}>"
 
-    head = "".join(cell("th", c, c) for c in frame.columns)
-    rows = "".join("<tr>" + "".join(cell("td", c, v) for c, v in zip(frame.columns, row)) + "</tr>"
-                   for row in frame.itertuples(index=False))
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+    columns = list(frame.columns)
+    keys = [raw[_SORT_KEYS[c]].tolist() if raw is not None and _SORT_KEYS.get(str(c)) in raw else None for c in columns]
+    head = "".join(cell("th", c, c) for c in columns)
+    rows = []
+    for i, row in enumerate(frame.itertuples(index=False)):
+        row_id = f' id="{html.escape(row_ids[i])}"' if row_ids is not None else ""
+        cells = "".join(cell("td", c, v, k[i] if k is not None else None) for c, v, k in zip(columns, row, keys))
+        rows.append(f"<tr{row_id}>{cells}</tr>")
+    table = f' id="{html.escape(table_id)}"' if table_id else ""
+    return f'<table{table} class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def _layer_tip(row: Mapping[str, Any]) -> str:
+    """What hovering a layer's point or bar shows: name, type, work, intensity, predicted and measured time."""
+    measured = float(row.get("measured_s", math.nan))
+    timed = not math.isnan(measured)
+    ratio = float(row.get("measured_over_predicted", math.nan))
+    against = f" ({ratio:.3g}x predicted)" if timed and not math.isnan(ratio) else ""
+    intensity = row["arithmetic_intensity"]
+    return "\n".join([
+        f"{row['name']} ({row['type']})",
+        f"FLOPs: {format_si(row['flops'])}",
+        f"bytes: {format_bytes(row['bytes'])}",
+        f"intensity: {f'{intensity:.3g} FLOP/B' if pd.notna(intensity) else '-'}",
+        f"predicted: {format_time(row['predicted_s'])}, {row['bound']}-bound",
+        f"measured: {format_time(measured) + against if timed else 'not measured'}",
+    ])
+
+
+def _type_tip(row: Mapping[str, Any]) -> str:
+    """What hovering a layer type's bar shows: its calls, work and times."""
+    measured = row.get("measured_s")
+    return "\n".join([
+        f"{row['type']}: {row['calls']} call{'s' if row['calls'] != 1 else ''}",
+        f"FLOPs: {format_si(row['flops'])}",
+        f"bytes: {format_bytes(row['bytes'])}",
+        f"predicted: {format_time(row['predicted_s'])} ({row['share']:.1%}), mostly {row['bound']}-bound",
+        f"measured: {format_time(measured) if measured is not None and pd.notna(measured) else 'not measured'}",
+    ])
+
+
+def _tips(data: ReportData) -> dict[str, str]:
+    """Tooltip text by the link each chart element carries (plots.layer_link / type_link)."""
+    from roofline import plots
+
+    tips = {plots.layer_link(row["name"]): _layer_tip(row) for row in data.layers.to_dict(orient="records")}
+    tips.update({plots.type_link(row["type"]): _type_tip(row) for row in data.types.to_dict(orient="records")})
+    return tips
+
+
+_SVG_LINK = re.compile(r'<a xlink:href="(#[^"]*)"(?: target="_blank")?>')
+_SVG_ID = re.compile(r'(?<=\s)id="([^"]+)"')
+_SVG_REF = re.compile(r'(url\(#|xlink:href="#)([^")]+)')
+
+
+def _inline_svg(svg: str, prefix: str, label: str, tips: Mapping[str, str]) -> str:
+    """A chart's SVG file as an element of the page: each linked point gets a <title> with its tip.
+
+    The XML prologue and metadata go (their DTD and namespace URLs are nothing a page should carry), and
+    every id is prefixed with the chart's name so that three charts' ids cannot clash in one document.
+    Links stay same-page (no new tab) and become SVG 2 `href`, so the id rewrite cannot touch them.
+    """
+    text = svg[svg.index("<svg"):]
+    text = re.sub(r"\s*<metadata>.*?</metadata>", "", text, count=1, flags=re.DOTALL)
+
+    def link(match: re.Match[str]) -> str:
+        target = match.group(1)
+        tip = tips.get(target)
+        title = f"<title>{html.escape(tip, quote=False)}</title>" if tip else ""
+        return f'<a href="{html.escape(target)}">{title}'
+
+    text = _SVG_LINK.sub(link, text)
+    ids = set(_SVG_ID.findall(text))
+    text = _SVG_ID.sub(lambda m: f'id="{prefix}-{m.group(1)}"', text)
+    text = _SVG_REF.sub(lambda m: m.group(1) + (f"{prefix}-{m.group(2)}" if m.group(2) in ids else m.group(2)), text)
+    return text.replace("<svg ", f'<svg class="chart" role="img" aria-label="{html.escape(label)}" ', 1)
 
 
 def _write_html(data: ReportData, directory: Path, charts: Mapping[str, tuple[list[Path], str]]) -> None:
+    from roofline import plots
+
     e = html.escape
     body = [f"<h1>Roofline report: {e(data.analysis.model_name)}</h1>", f'<p class="sub">{e(_subtitle(data))}</p>']
     if data.notes:
@@ -586,23 +747,31 @@ def _write_html(data: ReportData, directory: Path, charts: Mapping[str, tuple[li
     body.append('<h2>Summary</h2><ul class="summary">' + "".join(f"<li>{e(s)}</li>" for s in summary_lines(data)) + "</ul>")
     key = "".join(f"<tr><td>{e(k)}</td><td>{e(v)}</td></tr>" for k, v in _key_figures(data))
     body.append(f'<h2>Key figures</h2><table class="key"><tbody>{key}</tbody></table>')
+    tips = _tips(data)
     for name, (files, caption) in charts.items():
         png = next(path for path in files if path.suffix == ".png")
         svg = next(path for path in files if path.suffix == ".svg")
-        encoded = base64.b64encode(png.read_bytes()).decode("ascii")
-        body.append(f'<h2>{e(_CHART_TITLES[name])}</h2><figure id="chart-{e(name)}">'
-                    f'<img alt="{e(_CHART_TITLES[name])} chart" src="data:image/png;base64,{encoded}">'
-                    f'<figcaption>{e(caption)} <a href="{e(svg.name)}">SVG</a> · <a href="{e(png.name)}">PNG</a>'
-                    "</figcaption></figure>")
-    body.append("<h2>By layer type</h2>" + _html_table(_type_display(data.types)))
-    body.append(f"<h2>Layers ({len(data.layers)})</h2><p class=\"sub\">One row per module call, in execution order; "
-                "the same rows with every column are in <a href=\"layers.csv\">layers.csv</a> and "
-                "<a href=\"report.json\">report.json</a>.</p>"
-                f'<div class="scroll">{_html_table(_display_table(data.layers))}</div>')
+        title = _CHART_TITLES[name]
+        chart = _inline_svg(svg.read_text(encoding="utf-8"), f"chart-{name}", f"{title} chart", tips)
+        body.append(f'<h2>{e(title)}</h2><figure id="chart-{e(name)}">{chart}'
+                    f'<figcaption>{e(caption)} Hover a point or bar for its figures; click it for its row. '
+                    f'<a href="{e(svg.name)}">SVG</a> · <a href="{e(png.name)}">PNG</a></figcaption></figure>')
+    body.append("<h2>By layer type</h2>" + _html_table(
+        _type_display(data.types), data.types, [plots.type_link(t)[1:] for t in data.types["type"]], "types"))
+    layers = data.layers.assign(order=np.arange(1, len(data.layers) + 1))
+    shown = _display_table(layers)
+    shown.insert(0, "#", layers["order"].astype(str).tolist())  # execution order, to sort back to
+    table = _html_table(shown, layers, [plots.layer_link(name)[1:] for name in layers["name"]], "layers")
+    body.append(f"<h2>Layers ({len(data.layers)})</h2><p class=\"sub\">One row per module call, in execution order "
+                "(#); click a header to sort by it. The same rows with every column are in "
+                "<a href=\"layers.csv\">layers.csv</a> and <a href=\"report.json\">report.json</a>.</p>"
+                f'<div class="scroll">{table}</div>')
     body.append("<footer>Files: index.html, report.md, layers.csv, report.json, "
                 + ", ".join(path.name for files, _ in charts.values() for path in files) + ".</footer>")
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>Roofline report: {e(data.analysis.model_name)} on {e(data.profile.name)}</title>"
-            f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+            f"<style>{_CSS}</style></head><body>\n" + "\n".join(body)
+            + f'\n<div id="tip" role="tooltip" hidden></div>\n<script>{_SCRIPT}</script>\n</body></html>\n')
     (directory / "index.html").write_text(page, encoding="utf-8")
+

@@ -1,6 +1,9 @@
 """Charts draw what they are given: one point per layer with FLOPs, ceilings at the peaks, slopes at the bandwidths."""
 from __future__ import annotations
 
+import dataclasses
+import itertools
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -159,3 +162,67 @@ def test_roofline_chart_from_a_real_prediction() -> None:
     chart = plots.roofline_chart(layers, prediction.profile, compute_type="fp32", model="zoo:mlp",
                                  precision="fp32")
     assert _points(chart.figure.axes[0], "predicted:") == int((layers["flops"] > 0).sum())
+
+
+def _lab(colour: str) -> np.ndarray:
+    """CIE L*a*b* (D65) of an sRGB colour, to measure how far apart two colours look."""
+    from matplotlib.colors import to_rgb
+
+    rgb = np.array(to_rgb(colour))
+    linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]) @ linear
+    f = np.cbrt(xyz / np.array([0.95047, 1.0, 1.08883]))
+    return np.array([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+
+
+@pytest.mark.parametrize("levels", [["DRAM"], ["L2", "DRAM"], ["L1", "L2", "DRAM"], ["L1", "L2", "L3", "DRAM"],
+                                    ["L1", "L2", "L3", "SLC", "DRAM"]])
+def test_memory_levels_get_colours_a_reader_can_tell_apart(levels: list[str]) -> None:
+    # Issue 14: on a four-level CPU, L2 and L3 were two blues 24 apart in lightness alone.
+    colours = [plots.bound_colour(f"memory:{name}", levels) for name in levels]
+    gaps = [float(np.linalg.norm(_lab(a) - _lab(b))) for a, b in itertools.pairwise(colours)]
+    assert all(gap > 25 for gap in gaps), dict(zip(levels[1:], gaps))  # CIE76; ~2.3 is just noticeable
+    lightness = [_lab(c)[0] for c in colours]
+    # Fastest lightest, DRAM darkest, in clear steps: lightness is what a colour-blind reader still sees.
+    assert all(a - b >= 12 for a, b in itertools.pairwise(lightness)), lightness
+    assert colours[-1] == plots.bound_colour("memory:DRAM", ["DRAM"])  # DRAM looks the same on every profile
+    others = {plots.bound_colour("compute", levels), plots.bound_colour("overhead", levels)}
+    assert not others & set(colours)
+
+
+def test_ridge_labels_of_close_levels_do_not_collide() -> None:
+    # Three caches within 1.5x of each other put three ridges within a few points on one ceiling (issue 14).
+    levels = (MemoryLevel("L1", 1e5, 3.0e12), MemoryLevel("L2", 1e6, 2.5e12), MemoryLevel("L3", 1e7, 2.0e12),
+              MemoryLevel("DRAM", 1e10, 1e11))
+    profile = dataclasses.replace(_profile(), memory_levels=levels)
+    chart = plots.roofline_chart(_layers(measured=False), profile, compute_type="fp32", model="toy", precision="fp32")
+    ax = chart.figure.axes[0]
+    chart.figure.canvas.draw()
+    renderer = chart.figure.canvas.get_renderer()  # type: ignore[attr-defined]
+    labels = plots.artists(ax, "ridge-label:", Text)
+    assert sorted(label.get_text() for label in labels) == sorted(f"{PEAKS['fp32'] / lv.bandwidth_bytes_per_s:.3g}"
+                                                                  for lv in levels)
+    boxes = [Text.get_window_extent(label, renderer) for label in labels]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    for label in labels:  # each just below its own ridge, not wandered off
+        (ridge,) = plots.artists(ax, f"ridge:{label.get_gid().partition(':')[2]}", Line2D)
+        x, y = ax.transData.transform((_xy(ridge)[0][0], _xy(ridge)[1][0]))
+        box = Text.get_window_extent(label, renderer)
+        assert box.y1 < y and abs((box.x0 + box.x1) / 2 - x) < 40 * chart.figure.dpi / 72
+
+
+def test_time_chart_title_and_legend_do_not_overlap() -> None:
+    layers = _layers(measured=True)
+    types = layers.groupby("type", sort=False).agg(predicted_s=("predicted_s", "sum"),
+                                                   measured_s=("measured_s", "sum"), bound=("bound", "first"))
+    chart = plots.time_chart(layers, types.reset_index(), level_names=["L2", "DRAM"], title="a long title " * 8)
+    chart.figure.canvas.draw()
+    renderer = chart.figure.canvas.get_renderer()  # type: ignore[attr-defined]
+    title = chart.figure.get_suptitle()
+    (legend,) = chart.figure.legends
+    title_box = chart.figure._suptitle.get_window_extent(renderer)  # type: ignore[union-attr]
+    legend_box = legend.get_window_extent(renderer)
+    assert title and not title_box.overlaps(legend_box)
+    for ax in chart.figure.axes:  # nor does either cover a plot
+        assert not ax.get_window_extent(renderer).overlaps(legend_box)
+    assert chart.caption not in [t.get_text() for t in chart.figure.texts]  # the report prints it, once

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import torch
 import roofline
 from roofline.cli import main
 from roofline.errors import RooflineError
-from roofline.formatting import format_time
+from roofline.formatting import format_bytes, format_time
 from roofline.hardware import load_profile
 from roofline.hardware.profile import HardwareProfile, MemoryLevel
 from roofline.predict import Prediction, predict
@@ -67,8 +68,8 @@ def test_report_writes_every_file_and_the_html_embeds_charts_and_all_layers(pred
     assert all((out / name).stat().st_size > 0 for name in FILES)
     page = (out / "index.html").read_text()
     for title in ("Roofline chart", "Where the time goes chart"):
-        assert f'alt="{title}" src="data:image/png;base64,' in page
-    assert "Predicted against measured" not in page  # nothing measured: no such chart
+        assert f'<svg class="chart" role="img" aria-label="{title}"' in page  # inline: the page needs no other file
+    assert "<img" not in page and "Predicted against measured" not in page  # nothing measured: no such chart
     for name in prediction.layers["name"]:
         assert f'<td class="text">{html.escape(name)}</td>' in page
     data = json.loads((out / "report.json").read_text())
@@ -87,7 +88,7 @@ def test_measured_report_joins_on_name_and_adds_the_comparison_chart(prediction:
     measurement = _measurement(prediction)
     out = report_module.write_report(prediction, tmp_path / "measured", measurement=measurement)
     assert {"predicted_vs_measured.png", "predicted_vs_measured.svg"} <= {p.name for p in out.iterdir()}
-    assert 'alt="Predicted against measured chart" src="data:image/png;base64,' in (out / "index.html").read_text()
+    assert 'aria-label="Predicted against measured chart"' in (out / "index.html").read_text()
     csv = pd.read_csv(out / "layers.csv").set_index("name")
     expected = measurement.layers.set_index("name")["measured_s"]
     pd.testing.assert_series_equal(csv["measured_s"], expected, check_names=False)
@@ -96,6 +97,82 @@ def test_measured_report_joins_on_name_and_adds_the_comparison_chart(prediction:
     assert totals["latency_s"] == 2e-3 and totals["batch"] == 1
     assert totals["sum_of_layers_s"] == pytest.approx(expected.sum())
     assert "measured in pass" not in (out / "report.md").read_text()  # not timed inside the pass: no column
+
+
+class _Page(HTMLParser):
+    """Every id in a page, every chart link with the text of its <title>, and every external reference."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids: list[str] = []
+        self.links: dict[str, list[tuple[str, str]]] = {}  # chart id -> [(href, title text)]
+        self.external: list[str] = []
+        self._chart = ""
+        self._open_link: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        if found.get("id"):
+            self.ids.append(str(found["id"]))
+        if tag == "figure":
+            self._chart = str(found.get("id"))
+        for name in ("src", "href", "xlink:href"):
+            if str(found.get(name, "")).startswith(("http:", "https:", "//")):
+                self.external.append(str(found[name]))
+        if tag == "a" and str(found.get("href", "")).startswith("#"):
+            self._open_link = [str(found["href"]), ""]
+            self.links.setdefault(self._chart, []).append(("", ""))
+        elif tag == "title" and self._open_link is not None:
+            self._open_link.append("title")
+
+    def handle_data(self, data: str) -> None:
+        if self._open_link is not None and self._open_link[-1] == "title":
+            self._open_link[1] += data
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "a" and self._open_link is not None:
+            self.links[self._chart][-1] = (self._open_link[0], self._open_link[1])
+            self._open_link = None
+        elif tag == "figure":
+            self._chart = ""
+
+
+def test_html_charts_carry_a_titled_link_per_point_and_ids_that_do_not_clash(prediction: Prediction,
+                                                                            tmp_path: Path) -> None:
+    out = report_module.write_report(prediction, tmp_path / "measured", measurement=_measurement(prediction))
+    page = _Page()
+    page.feed((out / "index.html").read_text())
+    assert page.external == []  # the page reaches for nothing outside itself
+    assert len(page.ids) == len(set(page.ids))  # three charts' SVG ids, prefixed apart, and the table rows
+    layers = prediction.layers
+    drawn = layers[(layers["flops"] > 0) & (layers["arithmetic_intensity"] > 0)]
+    for chart, expected in (("chart-roofline", 2 * len(drawn)), ("chart-predicted_vs_measured", len(layers))):
+        links = [link for link in page.links[chart] if link[0].startswith("#layer:")]
+        assert len(links) == expected  # predicted and measured point per drawn layer; one per timed layer
+        for href, title in links:
+            name = href.removeprefix("#layer:")
+            row = layers.set_index("name").loc[name]
+            assert title.splitlines()[0] == f"{name} ({row['type']})"
+            assert f"bytes: {format_bytes(row['bytes'])}" in title
+            assert f"predicted: {format_time(row['predicted_s'])}" in title and "measured: " in title
+            assert f"layer:{name}" in page.ids  # the table row the point links to
+    bars = [href for href, _ in page.links["chart-time"]]
+    assert {href.removeprefix("#type:") for href in bars if href.startswith("#type:")} == set(layers["type"])
+
+
+def test_each_caption_is_printed_once_and_the_subtitle_names_the_source_once(tmp_path: Path) -> None:
+    # A measured profile's name already says "(measured)"; the header said it twice (issue 14).
+    profile = dataclasses.replace(_profile(), name="Test CPU (measured)", source="measured")
+    out = report_module.write_report(predict(roofline.analyze("zoo:convnet"), profile), tmp_path / "r")
+    page = (out / "index.html").read_text()
+    data = json.loads((out / "report.json").read_text())
+    subtitle = page.split('<p class="sub">', 1)[1].split("</p>", 1)[0]
+    assert subtitle.startswith("Test CPU: cpu profile, measured. Precision fp32 (fp32 math), roofline prediction.")
+    assert subtitle.count("measured") == 1
+    for name in data["charts"]:
+        svg = (out / f"{name}.svg").read_text()
+        assert "Bars coloured by" not in svg and "marker area is proportional" not in svg  # not drawn in the chart
+    assert page.count("marker area is proportional") == 1 and page.count("Bars coloured by the bound") == 1
 
 
 def test_layers_timed_inside_the_pass_are_shown_and_the_most_slowed_named(prediction: Prediction, tmp_path: Path) -> None:
