@@ -341,7 +341,9 @@ def sweep_conv(channels: int, size: tuple[int, int], groups: Sequence[int], prof
         rows.append({
             "groups": g, "macs": int(layer["macs"]), "params": int(analysis.totals["params"]),
             "bytes": float(layer["bytes"]), "arithmetic_intensity": float(layer["arithmetic_intensity"]),
-            "ridge_point": float(layer["ridge_point"]), "bound": layer["bound"],
+            "ridge_point": float(layer["ridge_point"]), "bound": layer["bound_label"],
+            "roofline_s": float(layer["roofline_s"]), "efficiency_s": float(layer["efficiency_s"]),
+            "overhead_s": float(layer["exposed_overhead_s"] + layer["module_call_s"]),
             "predicted_s": float(layer["predicted_s"]),
         })
     table = pd.DataFrame(rows)

@@ -58,6 +58,7 @@ _OTHER_COLOUR = "#9A9A9A"
 _MAX_TYPES = 8
 _COMPUTE_COLOUR = "#D55E00"
 _OVERHEAD_COLOUR = "#8C8C8C"
+_EFFICIENCY_COLOUR = "#009E73"  # bluish green (Okabe-Ito): below the roof for the kernel's own speed
 # Memory levels, fastest lightest: sky, blue, violet, indigo, navy. Lightness alone left neighbouring
 # levels too close to tell apart (issue 14: L2 and L3); these differ in hue as well (CIE76 > 25 between
 # neighbours, lightness falling 13 or more), and a profile with fewer levels takes them spread out (first
@@ -93,9 +94,12 @@ def type_colours(types: Sequence[str], weights: Sequence[float]) -> dict[str, st
 
 
 def bound_colour(bound: str, level_names: Sequence[str]) -> str:
-    """Compute orange, overhead grey, memory bounds in blues that darken from the fastest level to DRAM."""
+    """Compute orange, efficiency green, overhead grey, memory bounds in blues that darken from the fastest
+    level to DRAM."""
     if bound == "compute":
         return _COMPUTE_COLOUR
+    if bound.startswith("efficiency"):
+        return _EFFICIENCY_COLOUR
     if bound.startswith("memory"):
         level = bound.partition(":")[2]
         names = list(level_names)
@@ -192,6 +196,13 @@ def _roofline_chart(layers: pd.DataFrame, profile: HardwareProfile, compute_type
         if not mask.any():
             continue
         part = shown[mask]
+        if "attainable_flops_per_s" in part:
+            # Where each layer sits against its roof: from the roof at its intensity down to its predicted rate
+            # (efficiency and overhead are what the drop is made of; predict's terms say how much of each).
+            below = part[part["predicted_flops_per_s"] < 0.98 * part["attainable_flops_per_s"]]
+            for _, row in below.iterrows():
+                ax.plot([row["arithmetic_intensity"]] * 2, [row["attainable_flops_per_s"], row["predicted_flops_per_s"]],
+                        color=colour, linewidth=0.6, linestyle=":", alpha=0.6, zorder=2, gid=f"below-roof:{row['name']}")
         points = ax.scatter(part["arithmetic_intensity"], part["predicted_flops_per_s"], s=sizes[mask],
                             facecolors="white", edgecolors=colour, linewidths=1.4, zorder=4,
                             gid=f"predicted:{layer_type}")
@@ -229,6 +240,9 @@ def _roofline_chart(layers: pd.DataFrame, profile: HardwareProfile, compute_type
     legend.set_gid("legend")
 
     caption = f"{len(shown)} layers drawn; marker area is proportional to the layer's share of predicted time."
+    if "attainable_flops_per_s" in shown and bool((shown["predicted_flops_per_s"] < 0.98 * shown["attainable_flops_per_s"]).any()):
+        caption += (" A dotted line drops from a layer's roof at its intensity to its predicted rate: the gap is its "
+                    "efficiency and overhead terms.")
     if left_out:
         caption += (f" {left_out} layer{'s' if left_out != 1 else ''} with no FLOPs or no bytes (views, copies, "
                     "lookups) cannot sit on a log axis and are left out.")
