@@ -284,7 +284,8 @@ def _what_if(prediction: Prediction, layer: str, other_profiles: Sequence[Hardwa
         fused.unfused_s, f"{together} ({', '.join(fused.layers[1:]) or layer}): only "
         f"{format_bytes(fused.boundary_bytes)} of {format_bytes(fused.eager_bytes)} move; one overhead")
     faster = _with_bandwidth(profile, 2.0)
-    add("2x memory bandwidth", float(_row(predict(analysis, faster, calibrated=calibrated), layer)["predicted_s"]))
+    other = _row(predict(analysis, faster, calibrated=calibrated), layer)
+    add("2x memory bandwidth", float(other["predicted_s"]), note=f"bound {other['bound_label']}")
     for other_profile in other_profiles:
         if analysis.precision.compute_type not in other_profile.peak_flops_per_s:
             continue
