@@ -214,7 +214,7 @@ def test_a_failed_write_leaves_no_report_or_the_previous_one(prediction: Predict
 
 def test_refuses_to_replace_a_directory_that_is_not_a_report(prediction: Prediction, tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(RooflineError, match="not a roofline report"):
+    with pytest.raises(RooflineError, match="is not a directory roofline wrote"):
         report_module.write_report(prediction, tmp_path)
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
