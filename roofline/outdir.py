@@ -60,16 +60,32 @@ def write_atomically(out: str | Path, write: Callable[[Path], None], *, force: b
                      names: Collection[str] = ()) -> Path:
     """Call `write(directory)` on a fresh hidden directory, then install its files as `out`; returns `out`.
 
-    `out` is checked again first (it may have changed while the caller worked). SIGTERM is handled as
-    Ctrl-C while this runs, where it still has its default action: no staging directory survives it.
+    `out` is checked before and again after `write` (it may have changed while the caller worked).
+    SIGTERM is handled as Ctrl-C meanwhile, where it still has its default action: whatever stops the
+    run, the hidden directory goes, and `out` stays as it was.
     """
     with terminate_as_interrupt():
         plan = _plan(Path(out), force, names)
-        if plan.in_place:
-            _write_in_place(plan, write)
-        else:
-            _swap_in(plan, write)
-    return plan.out
+        out = plan.out
+        created = [parent for parent in reversed(out.parents) if not parent.exists()]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.writing-", dir=out if plan.in_place else out.parent))
+        try:
+            write(staging)
+            files = _staged_files(staging)
+            plan = _plan(out, force, names, staging=staging)
+            if plan.in_place or staging.parent == out:
+                _move_in(plan, staging, files)
+            else:
+                _swap_in(plan, staging, files)
+        except BaseException:
+            for parent in reversed(created):  # the parents this run made, if nothing else went into them
+                with contextlib.suppress(OSError):
+                    parent.rmdir()
+            raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)  # gone already when it was renamed to `out`
+    return out
 
 
 @contextlib.contextmanager
@@ -97,15 +113,17 @@ def terminate_as_interrupt() -> Iterator[None]:
 
 # ---- the rule --------------------------------------------------------------------------------------
 
-def _plan(out: Path, force: bool, names: Collection[str]) -> _Plan:
+def _plan(out: Path, force: bool, names: Collection[str], staging: Path | None = None) -> _Plan:
+    """What writing `out` would do, or a RooflineError saying why not; `staging` is this run's own directory."""
     out = Path(os.path.realpath(out.expanduser()))  # a link to a directory: the directory is what is replaced
     if not out.exists():
-        _check_writable(_nearest_existing(out), out)
+        if staging is None:
+            _check_writable(_nearest_existing(out), out)
         return _Plan(out, {}, (), in_place=False)
     if not out.is_dir():
         raise RooflineError(f"--out {out} exists and is not a directory; choose another --out")
     owned = _read_marker(out)
-    foreign = sorted(_foreign_entries(out, owned), key=lambda entry: entry in names)  # stable: the user's first
+    foreign = sorted(_foreign_entries(out, owned, staging), key=lambda entry: entry in names)  # stable: the user's first
     if foreign and not force:
         why = "holds files roofline did not write" if owned else "is not a directory roofline wrote"
         raise RooflineError(f"--out {out} {why} ({_describe(out, foreign[0], owned)}); choose another --out, "
@@ -115,7 +133,8 @@ def _plan(out: Path, force: bool, names: Collection[str]) -> _Plan:
         raise RooflineError(f"--out {out}: {blocked[0]} is a directory where roofline writes a file; "
                             "choose another --out")
     in_place = bool(foreign) or _holds_cwd(out)  # never move the user's working directory away
-    _check_writable(out if in_place else out.parent, out)
+    if staging is None:
+        _check_writable(out if in_place else out.parent, out)
     return _Plan(out, owned, tuple(foreign), in_place)
 
 
@@ -174,7 +193,7 @@ def _plain_name(name: str) -> bool:
     return bool(name) and name not in (".", "..", MARKER) and "/" not in name and "\\" not in name
 
 
-def _foreign_entries(out: Path, owned: dict[str, str]) -> list[str]:
+def _foreign_entries(out: Path, owned: dict[str, str], staging: Path | None = None) -> list[str]:
     """Entries of `out` that roofline did not write: unlisted, not a plain file, or changed since.
 
     A report is flat, so any directory (or link) in it is foreign. Listed files come after unlisted
@@ -182,7 +201,7 @@ def _foreign_entries(out: Path, owned: dict[str, str]) -> list[str]:
     """
     unlisted, changed = [], []
     for entry in sorted(out.iterdir(), key=lambda p: p.name):
-        if entry.name == MARKER and entry.is_file() and not entry.is_symlink():
+        if (entry.name == MARKER and entry.is_file() and not entry.is_symlink()) or entry == staging:
             continue
         if entry.name not in owned or entry.is_symlink() or not entry.is_file():
             unlisted.append(entry.name + ("/" if entry.is_dir() and not entry.is_symlink() else ""))
@@ -219,65 +238,47 @@ def _write_marker(directory: Path, files: dict[str, str], staging: Path) -> None
     os.replace(temporary, directory / MARKER)
 
 
-def _swap_in(plan: _Plan, write: Callable[[Path], None]) -> None:
-    """Write a whole new directory beside `out` and rename it into place."""
+def _swap_in(plan: _Plan, staging: Path, files: dict[str, str]) -> None:
+    """Rename the staged directory into place, the earlier one (if any) aside and then away."""
     out = plan.out
-    created = [parent for parent in reversed(out.parents) if not parent.exists()]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.writing-", dir=out.parent))
+    _write_marker(staging, files, staging)
+    staging.chmod(0o755)  # mkdtemp makes it private; a report is for reading
+    if not out.exists():
+        os.replace(staging, out)
+        return
+    retired = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+    os.replace(out, retired)
     try:
-        write(staging)
-        files = _staged_files(staging)
-        _write_marker(staging, files, staging)
-        staging.chmod(0o755)  # mkdtemp makes it private; a report is for reading
-        if out.exists():
-            retired = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(out, retired)
-            try:
-                os.replace(staging, out)
-            except BaseException:
-                os.replace(retired, out)
-                raise
-            _remove_owned(retired, plan.owned)
-        else:
-            os.replace(staging, out)
+        os.replace(staging, out)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        for parent in reversed(created):  # the parents this run made, if nothing else went into them
-            with contextlib.suppress(OSError):
-                parent.rmdir()
+        os.replace(retired, out)
         raise
+    _remove_owned(retired, plan.owned)
 
 
 def _remove_owned(retired: Path, owned: dict[str, str]) -> None:
-    """Delete the earlier directory's files by name; keep it if anything else turned up meanwhile."""
+    """Delete the earlier directory's files by name; keep it if anything else turned up in the last instant."""
     for name in (*owned, MARKER):
         with contextlib.suppress(FileNotFoundError):
             (retired / name).unlink()
     try:
         retired.rmdir()
     except OSError:
-        warnings.warn(f"kept {retired}: it holds files roofline did not write, added while it worked", stacklevel=3)
+        warnings.warn(f"kept {retired}: it holds files roofline did not write, added while it worked", stacklevel=4)
 
 
-def _write_in_place(plan: _Plan, write: Callable[[Path], None]) -> None:
-    """Write into a hidden directory inside `out`, then move each file over its namesake (--force, or
-    `out` holds the working directory). Each file is replaced atomically, the set is not."""
+def _move_in(plan: _Plan, staging: Path, files: dict[str, str]) -> None:
+    """Move each staged file over its namesake in `out` (--force, or `out` holds the working directory);
+    each file is replaced atomically, the set is not."""
     out = plan.out
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.writing-", dir=out))
-    try:
-        write(staging)
-        files = _staged_files(staging)
-        blocked = [name for name in files if (out / name).is_dir() and not (out / name).is_symlink()]
-        if blocked:
-            raise RooflineError(f"--out {out}: {blocked[0]} is a directory where roofline writes a file; "
-                                "choose another --out")
-        for name in files:
-            os.replace(staging / name, out / name)
-        for name in sorted(set(plan.owned) - set(files)):  # the earlier run's files this one does not make
-            target = out / name
-            if target.is_file() and not target.is_symlink() and name not in plan.foreign:  # unchanged since
-                target.unlink()
-        _write_marker(out, files, staging)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    blocked = [name for name in files if (out / name).is_dir() and not (out / name).is_symlink()]
+    if blocked:
+        raise RooflineError(f"--out {out}: {blocked[0]} is a directory where roofline writes a file; "
+                            "choose another --out")
+    for name in files:
+        os.replace(staging / name, out / name)
+    for name in sorted(set(plan.owned) - set(files)):  # the earlier run's files this one does not make
+        target = out / name
+        if target.is_file() and not target.is_symlink() and name not in plan.foreign:  # unchanged since
+            target.unlink()
+    _write_marker(out, files, staging)
