@@ -68,9 +68,14 @@ def write_atomically(out: str | Path, write: Callable[[Path], None], *, force: b
         plan = _plan(Path(out), force, names)
         out = plan.out
         created = [parent for parent in reversed(out.parents) if not parent.exists()]
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.writing-", dir=out if plan.in_place else out.parent))
+        staging: Path | None = None
         try:
+            try:
+                out.parent.mkdir(parents=True, exist_ok=True)
+                staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.writing-", dir=out if plan.in_place else out.parent))
+            except OSError as error:
+                raise RooflineError(f"--out {out}: cannot write there ({error.strerror or error}); "
+                                    "choose another --out") from error
             write(staging)
             files = _staged_files(staging)
             plan = _plan(out, force, names, staging=staging)
@@ -79,12 +84,14 @@ def write_atomically(out: str | Path, write: Callable[[Path], None], *, force: b
             else:
                 _swap_in(plan, staging, files)
         except BaseException:
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
             for parent in reversed(created):  # the parents this run made, if nothing else went into them
                 with contextlib.suppress(OSError):
                     parent.rmdir()
             raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)  # gone already when it was renamed to `out`
+        if plan.in_place or staging.parent == out:
+            shutil.rmtree(staging, ignore_errors=True)  # emptied by the moves; a swapped-in one is `out` now
     return out
 
 

@@ -243,6 +243,16 @@ def test_files_of_the_earlier_run_that_this_one_does_not_make_go(tmp_path: Path)
     assert _snapshot(out).keys() == {"a.txt", "mine.txt", outdir.MARKER} and (out / "mine.txt").read_text() == "mine"
 
 
+def test_a_failed_write_leaves_not_even_the_parents_it_made(tmp_path: Path) -> None:
+    def fail(directory: Path) -> None:
+        (directory / "a.txt").write_text("half")
+        raise OSError("disk full (simulated)")
+
+    with pytest.raises(OSError, match="simulated"):
+        outdir.write_atomically(tmp_path / "new" / "deeper" / "out", fail)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_file_added_while_working_is_kept(tmp_path: Path) -> None:
     out = tmp_path / "out"
     outdir.write_atomically(out, _writer({"a.txt": "1"}))
