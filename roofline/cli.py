@@ -10,9 +10,11 @@ import math
 import sys
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from roofline.errors import RooflineError
+from roofline.outdir import Terminated, terminate_as_interrupt
 
 __all__ = ["main"]
 
@@ -77,6 +79,13 @@ def _profile(name: str, args: argparse.Namespace) -> Any:
 
         return ensure_measured_profile(progress=not getattr(args, "no_progress", False))
     return load_profile(name)
+
+
+def _add_out(parser: argparse.ArgumentParser, what: str, default: str | None = None) -> None:
+    parser.add_argument("--out", default=default, help=f"directory for {what}" + (f" (default: {default})" if default else ""))
+    parser.add_argument("--force", action="store_true",
+                        help="write into an --out that holds files roofline did not write: replace only the files "
+                        "of the names it writes, keep the others")
 
 
 def _add_recalibrate(parser: argparse.ArgumentParser, why: str) -> None:
@@ -159,8 +168,12 @@ def _setup_sweep(parser: argparse.ArgumentParser) -> None:
     _add_hw(parser)
     parser.add_argument("--measure", action="store_true", help="also time each convolution on --device")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--out", help="directory for the sweep's CSV and chart")
+    _add_out(parser, "the sweep's CSV and chart")
     parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
+
+
+# The files a sweep --out may hold (a chart, where plots draws one): with --force only these are replaced.
+SWEEP_FILES = frozenset({"sweep.csv", "sweep.png", "sweep.svg"})
 
 
 def _run_sweep(args: argparse.Namespace) -> int:
@@ -168,7 +181,10 @@ def _run_sweep(args: argparse.Namespace) -> int:
     from roofline.errors import RooflineError
     from roofline.formatting import format_bytes, format_si, format_table, format_time
     from roofline.models import parse_input_shape
+    from roofline.outdir import check_out, write_atomically
 
+    if args.out:
+        check_out(args.out, force=args.force, names=SWEEP_FILES)  # before the sweep, which may time convolutions
     shape = parse_input_shape(args.size)[0]
     if len(shape) != 2:
         raise RooflineError(f"--size must be HxW, got {args.size!r}")
@@ -191,9 +207,13 @@ def _run_sweep(args: argparse.Namespace) -> int:
     if args.out:
         from roofline import plots
 
-        paths = plots.sweep_chart(table, profile, args.out) if hasattr(plots, "sweep_chart") else []
-        table.to_csv(f"{args.out}/sweep.csv", index=False)
-        print(f"wrote {args.out}/sweep.csv " + " ".join(str(p) for p in paths))
+        def write(directory: Path) -> None:
+            if hasattr(plots, "sweep_chart"):
+                plots.sweep_chart(table, profile, directory)
+            table.to_csv(directory / "sweep.csv", index=False)
+
+        out = write_atomically(args.out, write, force=args.force, names=SWEEP_FILES)
+        print("wrote " + " ".join(str(out / name) for name in sorted(SWEEP_FILES) if (out / name).is_file()))
     if args.format == "csv":
         print(table.to_csv(index=False).rstrip("\n"))
     elif args.format == "json":
@@ -362,16 +382,18 @@ def _setup_report(parser: argparse.ArgumentParser) -> None:
     _add_recalibrate(parser, "prediction and measurement then share the same minutes")
     parser.add_argument("--min-run-time", type=float, default=0.05, metavar="S",
                         help="measurement budget per layer and per batch size in seconds (default 0.05)")
-    parser.add_argument("--out", default="roofline-report", help="report directory (default: roofline-report)")
+    _add_out(parser, "the report", default="roofline-report")
     parser.add_argument("--no-progress", action="store_true", help="no progress messages or bars")
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from roofline.report import report
+    from roofline.report import REPORT_FILES, check_out, report
 
+    check_out(args.out, force=args.force, names=REPORT_FILES)  # before the profile, which --measure-hw may measure
     out = report(args.model, _profile(args.hw, args), out=args.out, precision=args.precision, measure=not args.no_measure,
                  calibrated=args.calibrated, progress=not args.no_progress, min_run_time_s=args.min_run_time,
-                 input_shape=args.input_shape, batch=args.batch, seq_len=args.seq_len, recalibrate=args.recalibrate)
+                 input_shape=args.input_shape, batch=args.batch, seq_len=args.seq_len, recalibrate=args.recalibrate,
+                 force=args.force)
     print(f"report written to {out}\nopen {out / 'index.html'}")
     return 0
 
@@ -422,10 +444,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.filterwarnings("ignore", module="roofline")
     warnings.formatwarning = lambda message, category, *rest: f"roofline: warning: {message}\n"
     try:
-        return int(args.handler(args))
+        with terminate_as_interrupt():  # SIGTERM cleans up as Ctrl-C does: no half-written --out left behind
+            return int(args.handler(args))
     except RooflineError as error:
         print(f"roofline: error: {error}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("roofline: terminated", file=sys.stderr)
+        return 143  # 128 + SIGTERM, as a shell reports a process the signal killed
     except KeyboardInterrupt:
         print("roofline: interrupted", file=sys.stderr)
         return 130

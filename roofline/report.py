@@ -3,7 +3,8 @@
 The analysis, the prediction and (when taken) the measurement are joined on the layer `name` into one
 table; every file is written from that table and the totals. Writing is atomic: everything goes into a
 hidden sibling directory first and is renamed into place only when complete, so an interrupted run
-leaves either no report or the previous complete one. report.json carries REPORT_FORMAT_VERSION.
+leaves either no report or the previous complete one. Only a directory roofline wrote is replaced
+(roofline.outdir's rule, checked before any work). report.json carries REPORT_FORMAT_VERSION.
 """
 from __future__ import annotations
 
@@ -12,12 +13,8 @@ import datetime
 import html
 import json
 import math
-import os
 import re
-import shutil
 import sys
-import tempfile
-import uuid
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,14 +27,14 @@ import pandas as pd
 
 import roofline
 from roofline.analysis import LAYER_COLUMNS, Analysis
-from roofline.errors import RooflineError
 from roofline.formatting import format_bytes, format_markdown, format_number, format_si, format_time
 from roofline.hardware.profile import HardwareProfile
 from roofline.measure import speed_note
+from roofline.outdir import check_out, write_atomically
 from roofline.predict import Prediction, overhead_sentence
 
-__all__ = ["REPORT_FORMAT_VERSION", "MeasurementLike", "ReportData", "joined_layers", "report", "type_table",
-           "write_report"]
+__all__ = ["REPORT_FILES", "REPORT_FORMAT_VERSION", "MeasurementLike", "ReportData", "check_out", "joined_layers",
+           "report", "type_table", "write_report"]
 
 # Version of report.json; bump on an incompatible change to its fields (pyperf's _JSON_VERSION habit).
 REPORT_FORMAT_VERSION = 1
@@ -53,6 +50,9 @@ _CHART_TITLES = {
     "predicted_vs_measured": "Predicted against measured",
     "time": "Where the time goes",
 }
+# Every file a report may hold (besides roofline.outdir's marker): with --force, only these are replaced.
+REPORT_FILES = frozenset({"index.html", "report.md", "layers.csv", "report.json",
+                          *(f"{chart}.{ext}" for chart in _CHART_TITLES for ext in ("png", "svg"))})
 
 
 class MeasurementLike(Protocol):
@@ -151,13 +151,15 @@ def type_table(layers: pd.DataFrame) -> pd.DataFrame:
 def report(model: Any, hw: str | HardwareProfile = "auto", *, out: str | Path = "roofline-report",
            precision: str = "fp32", measure: bool = True, calibrated: bool = False, progress: bool = True,
            min_run_time_s: float = 0.05, input_shape: str | None = None, batch: int | None = None,
-           seq_len: int | None = None, recalibrate: bool = False) -> Path:
+           seq_len: int | None = None, recalibrate: bool = False, force: bool = False) -> Path:
     """Analyse, predict on `hw`, measure on the matching local device (unless measure=False), write `out`.
 
     min_run_time_s is the timing budget per layer and per batch size (roofline.measure's).
     recalibrate (implies calibrated) times the measured profile's efficiency ops again first, on the
     device it describes, so prediction and measurement come from the same minutes of a machine whose
-    speed drifts. Returns the report directory; open `out/index.html`.
+    speed drifts. `out` is checked first (roofline.outdir's rule): a directory holding anything roofline
+    did not write is refused unless `force`, which writes the report's files into it and keeps the rest.
+    Returns the report directory; open `out/index.html`.
     """
     from roofline import models
     from roofline.analysis import analyze
@@ -168,7 +170,8 @@ def report(model: Any, hw: str | HardwareProfile = "auto", *, out: str | Path = 
     from roofline.precision import get_precision
     from roofline.predict import predict
 
-    get_precision(precision)  # fail on a bad name before the slow steps
+    check_out(out, force=force, names=REPORT_FILES)  # refuse a foreign --out before the slow steps, not after
+    get_precision(precision)
     _say(progress, f"resolving hardware profile {hw if isinstance(hw, str) else hw.name}")
     profile = load_profile(hw) if isinstance(hw, str) else hw
     device, why_not = local_device(profile)
@@ -201,7 +204,7 @@ def report(model: Any, hw: str | HardwareProfile = "auto", *, out: str | Path = 
         options = {k: v for k, v in (("input_shape", input_shape), ("batch", batch), ("seq_len", seq_len)) if v}
         measurement = _measure(model, device, precision, progress, min_run_time_s, options)
     _say(progress, "drawing charts and writing the report")
-    return write_report(prediction, out, measurement=measurement, notes=notes)
+    return write_report(prediction, out, measurement=measurement, notes=notes, force=force)
 
 
 def _measure(model: Any, device: str, precision: str, progress: bool, min_run_time_s: float,
@@ -221,8 +224,8 @@ def _say(progress: bool, message: str) -> None:
 # ---- writing -----------------------------------------------------------------------------------------
 
 def write_report(prediction: Prediction, out: str | Path, *, measurement: MeasurementLike | None = None,
-                 notes: Sequence[str] = ()) -> Path:
-    """Write the report directory `out` atomically; returns its path."""
+                 notes: Sequence[str] = (), force: bool = False) -> Path:
+    """Write the report directory `out` atomically; returns its path. `force` as in `report`."""
     layers = joined_layers(prediction, measurement.layers if measurement is not None else None)
     all_notes = list(notes)
     if measurement is not None:
@@ -249,7 +252,7 @@ def write_report(prediction: Prediction, out: str | Path, *, measurement: Measur
     pass_note = _pass_note(data.measured_totals, prediction)
     if pass_note:
         data = dataclasses.replace(data, notes=(*data.notes, pass_note))
-    return _write_atomically(Path(out), lambda directory: _write_all(data, directory))
+    return write_atomically(out, lambda directory: _write_all(data, directory), force=force, names=REPORT_FILES)
 
 
 def _write_all(data: ReportData, directory: Path) -> None:
@@ -258,49 +261,6 @@ def _write_all(data: ReportData, directory: Path) -> None:
     _write_json(data, directory, charts)
     _write_markdown(data, directory, charts)
     _write_html(data, directory, charts)
-
-
-def _write_atomically(out: Path, write: Callable[[Path], None]) -> Path:
-    """Write into a hidden sibling, then swap it in; on any error the old `out` (or nothing) remains."""
-    out = out.expanduser().absolute()
-    _check_replaceable(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.writing-", dir=out.parent))
-    try:
-        write(staging)
-        staging.chmod(0o755)  # mkdtemp makes it private; a report is for reading
-        if out.exists():
-            retired = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(out, retired)
-            try:
-                os.replace(staging, out)
-            except BaseException:
-                os.replace(retired, out)
-                raise
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return out
-
-
-def _check_replaceable(out: Path) -> None:
-    """Refuse to replace a directory that is not an earlier report: --out must never delete a user's files."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise RooflineError(f"--out {out} exists and is not a directory; choose another --out")
-    if not any(out.iterdir()):
-        return
-    try:
-        previous = json.loads((out / "report.json").read_text())
-    except (OSError, ValueError):
-        previous = None
-    if not isinstance(previous, dict) or "format_version" not in previous:
-        raise RooflineError(f"--out {out} exists and is not a roofline report (no report.json); "
-                            "choose another --out or remove it")
 
 
 def _write_charts(data: ReportData, directory: Path) -> dict[str, tuple[list[Path], str]]:

@@ -22,6 +22,7 @@ from roofline.errors import RooflineError
 from roofline.formatting import format_bytes, format_time
 from roofline.hardware import load_profile
 from roofline.hardware.profile import HardwareProfile, MemoryLevel
+from roofline.outdir import MARKER
 from roofline.predict import Prediction, predict
 
 # `roofline.report` is the function; the module is reached through sys.modules.
@@ -64,7 +65,7 @@ def _measurement(prediction: Prediction) -> FakeMeasurement:
 def test_report_writes_every_file_and_the_html_embeds_charts_and_all_layers(prediction: Prediction,
                                                                             tmp_path: Path) -> None:
     out = report_module.write_report(prediction, tmp_path / "report")
-    assert {p.name for p in out.iterdir()} == FILES
+    assert {p.name for p in out.iterdir()} == FILES | {MARKER}  # and the marker listing them (test_report_safety)
     assert all((out / name).stat().st_size > 0 for name in FILES)
     page = (out / "index.html").read_text()
     for title in ("Roofline chart", "Where the time goes chart"):
@@ -291,7 +292,7 @@ def test_a_failed_write_leaves_no_report_or_the_previous_one(prediction: Predict
 
 def test_refuses_to_replace_a_directory_that_is_not_a_report(prediction: Prediction, tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(RooflineError, match="not a roofline report"):
+    with pytest.raises(RooflineError, match="is not a directory roofline wrote"):
         report_module.write_report(prediction, tmp_path)
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
