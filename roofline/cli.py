@@ -234,15 +234,20 @@ def _run_compare(args: argparse.Namespace) -> int:
     from roofline.hardware import load_profile
     from roofline.precision import get_precision
 
-    batches = _positive_list(args.batches, "--batches") if args.batches else [args.batch or 1]
-    if args.batches and args.batch is not None:
+    batches = _positive_list(args.batches, "--batches") if args.batches else None
+    if batches and args.batch is not None:
         warnings.warn(f"--batch {args.batch} is ignored: --batches {args.batches} sets the batch sizes", stacklevel=1)
     precisions = [get_precision(p).name for p in args.precision.split(",")]
     profiles = [load_profile(name.strip()) for name in args.hw.split(",")]
     from roofline import models
 
-    loaded = models.load(args.model, input_shape=args.input_shape, batch=batches[0], seq_len=args.seq_len)
-    table = explain.compare(analysis.analyze(loaded), profiles, precisions, batches, calibrated=args.calibrated)
+    from roofline.predict import batch_size
+
+    # Without --batches, the model's own batch (--batch, or --input-shape's first dimension) is compared.
+    loaded = models.load(args.model, input_shape=args.input_shape, batch=batches[0] if batches else args.batch,
+                         seq_len=args.seq_len)
+    result = analysis.analyze(loaded)
+    table = explain.compare(result, profiles, precisions, batches or [batch_size(result)], calibrated=args.calibrated)
     if args.format == "csv":
         print(table.to_csv(index=False).rstrip("\n"))
     elif args.format == "json":

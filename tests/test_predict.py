@@ -200,19 +200,3 @@ def test_fit_class_gives_streaming_sizes_their_own_factor():
     # One in-cache size cannot carry a line of its own: one line through all, no level factor.
     factors, _ = fit_class(samples[2:], "DRAM")
     assert set(factors) == {None}
-
-
-def test_a_profile_whose_dram_bandwidth_is_unknown_streams_from_its_slowest_known_level():
-    import dataclasses
-
-    hw = dataclasses.replace(synthetic(), memory_levels=(MemoryLevel("L2", L2_SIZE, L2_BW), MemoryLevel("DRAM", 64e9, None)))
-    model = nn.Sequential(nn.Linear(1024, 1024), nn.Identity()).to("meta")  # Identity: a row with no op
-    analysis = roofline.analyze(model, inputs=[torch.randn(512, 1024, device="meta")])
-    prediction = predict(analysis, hw)
-    # Every op, even one too large for L2, is costed at L2's bandwidth; rows with no op and the
-    # totals' ridge point use L2 too.
-    assert set(prediction.ops["memory_level"]) == {"L2"}
-    assert set(prediction.layers["memory_level"]) == {"L2"}
-    assert (prediction.layers["ridge_point"] == PEAK / L2_BW).all()
-    assert prediction.totals["ridge_point"] == pytest.approx(PEAK / L2_BW)
-    assert prediction.totals["dram_bandwidth_bytes_per_s"] == L2_BW
