@@ -32,7 +32,7 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(f"{message} (usage: {self.prog} --help)")
 
 
-def _positive(value: int | float | None, flag: str) -> None:
+def _positive(value: float | None, flag: str) -> None:
     """Reject a count or duration that is zero or negative, naming the flag (None: not given)."""
     if value is not None and not (value > 0 and math.isfinite(value)):
         raise RooflineError(f"{flag} must be a positive number, got {value:g}")
@@ -229,20 +229,17 @@ def _setup_compare(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    from roofline import analysis, explain
+    from roofline import analysis, explain, models
     from roofline.formatting import format_markdown, format_table, format_time
     from roofline.hardware import load_profile
     from roofline.precision import get_precision
+    from roofline.predict import batch_size
 
     batches = _positive_list(args.batches, "--batches") if args.batches else None
     if batches and args.batch is not None:
         warnings.warn(f"--batch {args.batch} is ignored: --batches {args.batches} sets the batch sizes", stacklevel=1)
     precisions = [get_precision(p).name for p in args.precision.split(",")]
     profiles = [load_profile(name.strip()) for name in args.hw.split(",")]
-    from roofline import models
-
-    from roofline.predict import batch_size
-
     # Without --batches, the model's own batch (--batch, or --input-shape's first dimension) is compared.
     loaded = models.load(args.model, input_shape=args.input_shape, batch=batches[0] if batches else args.batch,
                          seq_len=args.seq_len)
