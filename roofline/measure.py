@@ -68,6 +68,7 @@ from roofline.precision import MEASURABLE_DTYPES, get_precision
 from roofline.timing import (
     NOISY_IQR_FRACTION,
     Measurement,
+    check_budget,
     reference_matmul,
     retained_heap,
     time_interleaved,
@@ -580,6 +581,7 @@ def measure(model: Any, inputs: Any = None, device: str = "cpu", precision: str 
         raise RooflineError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
     if rounds < 1:
         raise RooflineError(f"rounds must be a positive integer, got {rounds}")
+    check_budget(min_run_time_s, warmup, max_repeats)
     settings = _Settings(device, precision, {"min_run_time_s": min_run_time_s, "warmup": warmup,
                                              "max_repeats": max_repeats}, rounds, load_before)
     previous_threads = torch.get_num_threads()
