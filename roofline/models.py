@@ -329,7 +329,7 @@ def hf_config(rest: str, attention: str = "sdpa") -> Any:
     # validation runs on them.
     try:
         with _quiet_transformers():
-            config = transformers.AutoConfig.for_model(model_type, **overrides)
+            config = transformers.AutoConfig.for_model(model_type, **overrides) if overrides else default
     except _hf_validation_errors() as error:
         raise RooflineError(_hf_rejected(model_type, overrides, error)) from error
     _check_hf_heads(model_type, config, overrides)
