@@ -1,7 +1,6 @@
 """Bad input ends in one line on stderr and exit code 2, or in a warning; never a traceback or a wrong number (#14)."""
 import json
 import math
-import textwrap
 import warnings
 
 import pytest
@@ -121,7 +120,7 @@ def test_an_integer_key_in_a_profile_mapping(capsys, profile_file, change, field
     line = one_line_error(capsys, "hw", "show", profile_file(change))
     assert f"field '{field}'" in line and "keys must be names" in line
     with pytest.raises(RooflineError, match="keys must be names"):  # the same from code
-        HardwareProfile("x", "gpu", "v", "datasheet", "r", {"fp32": 1e12, 16: 2e12},  # type: ignore[dict-item]
+        HardwareProfile("x", "gpu", "v", "datasheet", "r", {"fp32": 1e12, 16: 2e12},
                         (MemoryLevel("DRAM", 1e9, 1e11),), 1e-6)
 
 
@@ -134,10 +133,10 @@ def test_predict_with_arguments_of_the_wrong_type():
     from roofline.predict import predict
 
     with pytest.raises(RooflineError, match=r"needs an Analysis .* got NoneType"):
-        predict(None, "t4")  # type: ignore[arg-type]
+        predict(None, "t4")
     analysis = roofline.analyze("zoo:mlp")
     with pytest.raises(RooflineError, match="needs a HardwareProfile or a profile name, path or 'auto', got int 42"):
-        predict(analysis, 42)  # type: ignore[arg-type]
+        predict(analysis, 42)
 
 
 # ---- wrong or silent results -----------------------------------------------------------------------
