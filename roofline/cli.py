@@ -11,7 +11,7 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from roofline.errors import RooflineError
 from roofline.outdir import Terminated, terminate_as_interrupt
@@ -21,6 +21,34 @@ __all__ = ["main"]
 Handler = Callable[[argparse.Namespace], int]
 
 FORMATS = ("table", "csv", "json", "markdown")
+
+
+class _UsageError(RooflineError):
+    """A command line argparse rejected: reported by `main` in one line like every other error."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of printing its usage block, so a usage error is one line too."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(f"{message} (usage: {self.prog} --help)")
+
+
+def _positive(value: float | None, flag: str) -> None:
+    """Reject a count or duration that is zero or negative, naming the flag (None: not given)."""
+    if value is not None and not (value > 0 and math.isfinite(value)):
+        raise RooflineError(f"{flag} must be a positive number, got {value:g}")
+
+
+def _positive_list(text: str, flag: str) -> list[int]:
+    """'1,8,64' -> [1, 8, 64]; anything but positive integers is an error naming the flag."""
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError as error:
+        raise RooflineError(f"{flag} must be comma-separated positive integers, got {text!r}") from error
+    if any(value < 1 for value in values):
+        raise RooflineError(f"{flag} must be comma-separated positive integers, got {text!r}")
+    return values
 
 
 def _add_format(parser: argparse.ArgumentParser) -> None:
@@ -178,21 +206,19 @@ SWEEP_FILES = frozenset({"sweep.csv", "sweep.png", "sweep.svg"})
 
 def _run_sweep(args: argparse.Namespace) -> int:
     from roofline import explain
-    from roofline.errors import RooflineError
     from roofline.formatting import format_bytes, format_si, format_table, format_time
     from roofline.models import parse_input_shape
     from roofline.outdir import check_out, write_atomically
 
     if args.out:
         check_out(args.out, force=args.force, names=SWEEP_FILES)  # before the sweep, which may time convolutions
+    for flag, value in (("--channels", args.channels), ("--kernel", args.kernel), ("--batch", args.batch)):
+        _positive(value, flag)
     shape = parse_input_shape(args.size)[0]
     if len(shape) != 2:
         raise RooflineError(f"--size must be HxW, got {args.size!r}")
     if args.groups:
-        try:
-            groups = [int(g) for g in args.groups.split(",")]
-        except ValueError as error:
-            raise RooflineError(f"--groups must be comma-separated integers, got {args.groups!r}") from error
+        groups = _positive_list(args.groups, "--groups")
     else:
         groups = [2**i for i in range(args.channels.bit_length()) if args.channels % 2**i == 0]
     if args.measure and args.device == "cuda":
@@ -238,21 +264,21 @@ def _setup_compare(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    from roofline import analysis, explain
-    from roofline.errors import RooflineError
+    from roofline import analysis, explain, models
     from roofline.formatting import format_markdown, format_table
     from roofline.precision import get_precision
+    from roofline.predict import batch_size
 
+    batches = _positive_list(args.batches, "--batches") if args.batches else None
+    if batches and args.batch is not None:
+        warnings.warn(f"--batch {args.batch} is ignored: --batches {args.batches} sets the batch sizes", stacklevel=1)
     precisions = [get_precision(p).name for p in args.precision.split(",")]
     profiles = [_profile(name, args) for name in args.hw.split(",")]
-    try:
-        batches = [int(b) for b in args.batches.split(",")] if args.batches else [args.batch or 1]
-    except ValueError as error:
-        raise RooflineError(f"--batches must be comma-separated integers, got {args.batches!r}") from error
-    from roofline import models
-
-    loaded = models.load(args.model, input_shape=args.input_shape, batch=batches[0], seq_len=args.seq_len)
-    table = explain.compare(analysis.analyze(loaded), profiles, precisions, batches, calibrated=args.calibrated)
+    # Without --batches, the model's own batch (--batch, or --input-shape's first dimension) is compared.
+    loaded = models.load(args.model, input_shape=args.input_shape, batch=batches[0] if batches else args.batch,
+                         seq_len=args.seq_len)
+    result = analysis.analyze(loaded)
+    table = explain.compare(result, profiles, precisions, batches or [batch_size(result)], calibrated=args.calibrated)
     notes = explain.compare_notes(table)
     if args.format == "csv":
         print(table.to_csv(index=False).rstrip("\n"))
@@ -364,6 +390,7 @@ def _setup_measure(parser: argparse.ArgumentParser) -> None:
 def _run_measure(args: argparse.Namespace) -> int:
     from roofline.measure import measure, parse_batch_sizes, render
 
+    _positive(args.min_run_time, "--min-run-time")
     sizes = parse_batch_sizes(args.batch_sizes) if args.batch_sizes else None
     result = measure(args.model, device=args.device, precision=args.precision, batch_sizes=sizes,
                      progress=not args.no_progress, min_run_time_s=args.min_run_time, num_threads=args.threads,
@@ -389,6 +416,7 @@ def _setup_report(parser: argparse.ArgumentParser) -> None:
 def _run_report(args: argparse.Namespace) -> int:
     from roofline.report import REPORT_FILES, check_out, report
 
+    _positive(args.min_run_time, "--min-run-time")
     check_out(args.out, force=args.force, names=REPORT_FILES)  # before the profile, which --measure-hw may measure
     out = report(args.model, _profile(args.hw, args), out=args.out, precision=args.precision, measure=not args.no_measure,
                  calibrated=args.calibrated, progress=not args.no_progress, min_run_time_s=args.min_run_time,
@@ -422,11 +450,11 @@ def version() -> str:
     except metadata.PackageNotFoundError:
         import roofline
 
-        return roofline.__version__
+        return str(roofline.__version__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="roofline", description="Roofline analysis for PyTorch models.")
+    parser = _Parser(prog="roofline", description="Roofline analysis for PyTorch models.")
     parser.add_argument("--version", action="version", version=f"roofline {version()}")
     parser.add_argument("--no-warnings", action="store_true", help="silence roofline's warnings")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -439,7 +467,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as error:
+        print(f"roofline: error: {error}", file=sys.stderr)
+        return 2
     if args.no_warnings:
         warnings.filterwarnings("ignore", module="roofline")
     warnings.formatwarning = lambda message, category, *rest: f"roofline: warning: {message}\n"

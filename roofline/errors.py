@@ -8,7 +8,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
-__all__ = ["RooflineError", "close_matches"]
+__all__ = ["RooflineError", "close_matches", "positive_int"]
 
 
 class RooflineError(Exception):
@@ -19,3 +19,10 @@ def close_matches(word: str, choices: Iterable[str], n: int = 3) -> str:
     """' (did you mean: a, b?)' when there are close matches, else ''."""
     matches = difflib.get_close_matches(word, list(choices), n=n, cutoff=0.6)
     return f" (did you mean: {', '.join(matches)}?)" if matches else ""
+
+
+def positive_int(what: str, value: object) -> int:
+    """`value` if it is an integer of at least 1; else an error naming `what` (a size of 0 gives tables of zeros)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise RooflineError(f"{what} must be a positive integer, got {value!r}")
+    return value

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from roofline.analysis import Analysis, analyze
-from roofline.errors import RooflineError, close_matches
+from roofline.errors import RooflineError, close_matches, positive_int
 from roofline.formatting import format_bytes, format_si, format_time
 from roofline.hardware.profile import HardwareProfile, MemoryLevel
 from roofline.precision import MEASURABLE_DTYPES, PRECISIONS, get_precision
@@ -329,6 +329,10 @@ def sweep_conv(channels: int, size: tuple[int, int], groups: Sequence[int], prof
     intensity falls below the ridge point and the layer turns memory-bound: latency falls far less
     than FLOPs.
     """
+    for what, value in (("channels", channels), ("kernel", kernel), ("batch", batch), *zip(("height", "width"), size)):
+        positive_int(what, value)
+    if not groups:
+        raise RooflineError("groups must list at least one group count")
     bad = [g for g in groups if g < 1 or channels % g]
     if bad:
         raise RooflineError(f"groups {bad} do not divide {channels} channels")
@@ -403,6 +407,10 @@ def compare(analysis: Analysis, profiles: Sequence[HardwareProfile], precisions:
 
     A combination the device has no peak for is listed with a reason, never with a number.
     """
+    if not batches:
+        raise RooflineError("batches must list at least one batch size")
+    for batch in batches:
+        positive_int("batch size", batch)
     base_batch = batch_size(analysis)
     rows = []
     reference: Prediction | None = None

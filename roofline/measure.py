@@ -66,7 +66,9 @@ from roofline.formatting import format_markdown, format_number, format_table, fo
 from roofline.models import LoadedModel
 from roofline.precision import MEASURABLE_DTYPES, get_precision
 from roofline.timing import (
+    NOISY_IQR_FRACTION,
     Measurement,
+    check_budget,
     reference_matmul,
     retained_heap,
     time_interleaved,
@@ -144,14 +146,18 @@ class ModelMeasurement:
                       f"{format_time(meta['plain_pass_s'])} without, {format_time(meta['hook_cost_per_call_s'])} "
                       "per module call taken off)") if "hooked_pass_s" in meta else ""
             lines.append(f"  the same layers inside the pass: {format_time(float(self.layers['in_pass_s'].sum()))}{hooked}")
+        from_speed = set(meta.get("noisy_from_machine_speed", []))
         for row in json_records(self.end_to_end):
             flag = "  (! noisy)" if row["noisy"] else ""
+            if f"batch {row['batch']}" in from_speed:
+                flag = "  (! noisy: the machine's own speed varied more than its IQR)"
             lines.append(
                 f"  end-to-end batch {row['batch']}: {format_time(row['latency_s'])} "
                 f"(IQR {format_time(row['iqr_s'])}), {format_number(row['throughput_samples_per_s'])} samples/s{flag}"
             )
         if self.noisy_layers:
-            lines.append(f"  {len(self.noisy_layers)} of {len(self.layers)} layers noisy (IQR > 10% of median)")
+            lines.append(f"  {len(self.noisy_layers)} of {len(self.layers)} layers noisy (IQR > 10% of median, or the "
+                         "machine's own speed varied more than their IQR)")
         lines.extend(f"  note: {note}" for note in meta.get("notes", []))
         return "\n".join(lines)
 
@@ -575,6 +581,7 @@ def measure(model: Any, inputs: Any = None, device: str = "cpu", precision: str 
         raise RooflineError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
     if rounds < 1:
         raise RooflineError(f"rounds must be a positive integer, got {rounds}")
+    check_budget(min_run_time_s, warmup, max_repeats)
     settings = _Settings(device, precision, {"min_run_time_s": min_run_time_s, "warmup": warmup,
                                              "max_repeats": max_repeats}, rounds, load_before)
     previous_threads = torch.get_num_threads()
@@ -583,7 +590,9 @@ def measure(model: Any, inputs: Any = None, device: str = "cpu", precision: str 
             raise RooflineError(f"num_threads must be a positive integer, got {num_threads}")
         torch.set_num_threads(num_threads)
     try:
-        with _math_mode(precision, device), torch.no_grad(), retained_heap() as allocator:
+        # The model's own prints go to stderr, so `--format json` on stdout stays parseable.
+        with _math_mode(precision, device), torch.no_grad(), retained_heap() as allocator, \
+                contextlib.redirect_stdout(sys.stderr):
             loaded = _prepare(model, inputs, device, precision, load_options)
             return _measure(loaded, dataclasses.replace(settings, allocator=allocator), batch_sizes, progress)
     finally:
@@ -651,21 +660,57 @@ def _measure(loaded: LoadedModel, settings: _Settings, batch_sizes: Sequence[int
     reference_times_s = layer_reference.raw_times_s + batch_reference.raw_times_s
     reference_flops_per_s = reference_flops / statistics.median(reference_times_s)
     slow, fast = speed_range(reference_times_s, reference_flops)
+    # Each set against the machine's speed while that set was timed (its own reference blocks).
+    layer_spread = speed_spread(layer_reference.raw_times_s, reference_flops)
+    batch_spread = speed_spread(batch_reference.raw_times_s, reference_flops)
+    unsteady = [*(row["name"] for row in _mark_unsteady(layer_rows, "measured_s", layer_spread)),
+                *(f"batch {row['batch']}" for row in _mark_unsteady(e2e_rows, "latency_s", batch_spread))]
     metadata = {**_metadata(loaded, settings, base, sorted(int8_paths)),
                 "reference_flops_per_s": reference_flops_per_s,
                 "reference_flops_per_s_range": [slow, fast],
+                "machine_speed_spread": {"layers": layer_spread, "end_to_end": batch_spread},
+                "noisy_from_machine_speed": unsteady,
                 # The hooked pass behind in_pass_s against the plain one: what the hooks cost, taken off.
                 **hook_metadata}
     metadata["notes"] += [note for note in [unsteady_note(slow, fast)] if note]
+    if unsteady:
+        metadata["notes"].append(_unsteady_rows_note(unsteady, layer_spread, batch_spread))
 
     layers = pd.DataFrame(layer_rows, columns=LAYER_COLUMNS + ["calls_per_block", "replayed_ops"])
     result = ModelMeasurement(model=loaded.name, device=device, precision=precision, layers=layers,
                               end_to_end=pd.DataFrame(e2e_rows, columns=END_TO_END_COLUMNS), metadata=metadata)
-    if result.noisy_layers:
-        shown = ", ".join(result.noisy_layers[:5]) + (", ..." if len(result.noisy_layers) > 5 else "")
-        warnings.warn(f"{len(result.noisy_layers)} of {len(layers)} layers measured noisy (IQR > 10% of median): "
-                      f"{shown}; close other programs or raise min_run_time_s", stacklevel=3)
+    noisy = [*result.noisy_layers, *(f"batch {b}" for b in result.end_to_end.loc[result.end_to_end["noisy"], "batch"])]
+    if noisy:
+        shown = ", ".join(noisy[:5]) + (", ..." if len(noisy) > 5 else "")
+        reasons = ["IQR > 10% of the median"] if len(noisy) > len(unsteady) else []
+        if unsteady:
+            reasons.append(f"{len(unsteady)} as the machine's own speed varied by {max(layer_spread, batch_spread):.0%} "
+                           "while timing (reference matmul), more than their IQR")
+        warnings.warn(f"{len(noisy)} of {len(layers) + len(e2e_rows)} figures measured noisy ({'; '.join(reasons)}): "
+                      f"{shown}; close other programs or raise --min-run-time (min_run_time_s=)", stacklevel=3)
     return result
+
+
+def _mark_unsteady(rows: list[dict[str, Any]], column: str, spread: float) -> list[dict[str, Any]]:
+    """Mark as noisy each row whose own IQR understates how much the machine's speed varied while it
+    was timed: its IQR is a spread within the blocks of one run, while a change of the machine's
+    speed moves every block of a round alike, so another run can differ by the speed's spread
+    (a batch 23% slower than two other runs once showed an IQR of 8.5% and a reference range of 87%).
+    Only a spread above the IQR threshold counts, so a steady machine marks nothing. Returns the rows
+    marked."""
+    if spread <= NOISY_IQR_FRACTION:
+        return []
+    marked = [row for row in rows if not row["noisy"] and row[column] > 0 and row["iqr_s"] / row[column] < spread]
+    for row in marked:
+        row["noisy"] = True
+    return marked
+
+
+def _unsteady_rows_note(marked: list[str], layer_spread: float, batch_spread: float) -> str:
+    shown = ", ".join(marked[:5]) + (", ..." if len(marked) > 5 else "")
+    return (f"{len(marked)} figures are marked noisy though their own IQR is small ({shown}): the machine's own speed "
+            f"varied by {layer_spread:.0%} while the layers were timed and {batch_spread:.0%} while the batch sizes "
+            "were (reference matmul, 10th to 90th percentile), so another run may differ by about that much")
 
 
 def _time_items(items: list[tuple[str, str, Callable[[], object]]], settings: _Settings, bar: Any) -> list[Measurement]:
@@ -724,6 +769,12 @@ def speed_range(times_s: Sequence[float], flops: float) -> tuple[float, float]:
         return flops / times_s[0], flops / times_s[0]
     deciles = statistics.quantiles(times_s, n=10, method="inclusive")
     return flops / deciles[-1], flops / deciles[0]
+
+
+def speed_spread(times_s: Sequence[float], flops: float) -> float:
+    """How much faster the machine ran at its fastest than at its slowest (speed_range), as a fraction."""
+    slow, fast = speed_range(times_s, flops)
+    return fast / slow - 1
 
 
 def unsteady_note(slow: float, fast: float) -> str | None:

@@ -12,6 +12,7 @@ import importlib
 import importlib.util
 import re
 import sys
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_leaves
 
 from roofline.errors import RooflineError, close_matches
 
@@ -56,6 +58,16 @@ def parse_input_shape(text: str) -> list[tuple[int, ...]]:
             )
         shapes.append(tuple(int(d) for d in part.split("x")))
     return shapes
+
+
+def _ignored(option: str, why: str) -> None:
+    """Warn that an option was given but has no effect, so no one reads a figure for a size they did not get."""
+    warnings.warn(f"{option} is ignored: {why}", stacklevel=3)
+
+
+SEQ_LEN_OPTION = "seq_len= (--seq-len)"
+BATCH_OPTION = "batch= (--batch)"
+SHAPE_OPTION = "input_shape= (--input-shape)"
 
 
 @contextlib.contextmanager
@@ -137,23 +149,32 @@ def load(spec: str | nn.Module, *, inputs: Any = None, input_shape: str | None =
         raise RooflineError(f"seq-len must be a positive integer, got {seq_len}")
     shapes = parse_input_shape(input_shape) if input_shape else None
     if isinstance(spec, nn.Module):
+        if seq_len is not None:
+            _ignored(SEQ_LEN_OPTION, "a module's inputs come from inputs= or input_shape=")
         return _finish(type(spec).__name__, spec, inputs, shapes, device, batch)
     if not isinstance(spec, str) or not spec.strip():
         raise RooflineError("MODEL must be a spec string such as torchvision:resnet50, hf:gpt2 or zoo:convnet")
     spec = spec.strip()
     scheme, _, rest = spec.partition(":")
     if spec.rpartition(":")[0].endswith(".py"):
+        if seq_len is not None:
+            _ignored(SEQ_LEN_OPTION, f"{spec}'s inputs come from its builder or {SHAPE_OPTION}")
         return _load_file(spec, inputs, shapes, device, batch)
     if scheme not in SCHEMES or not rest:
         raise RooflineError(
             f"unknown model spec {spec!r}: use torchvision:NAME, timm:NAME, hf:MODEL_TYPE, path/to/file.py:callable"
             " or zoo:NAME"
         )
+    if scheme in ("torchvision", "timm") and seq_len is not None:
+        _ignored(SEQ_LEN_OPTION, f"{spec} takes images, not token sequences")
     if scheme == "torchvision":
         return _load_torchvision(rest, spec, inputs, shapes, device, batch)
     if scheme == "timm":
         return _load_timm(rest, spec, inputs, shapes, device, batch)
     if scheme == "hf":
+        if shapes is not None or inputs is not None:
+            _ignored(SHAPE_OPTION if shapes is not None else "inputs=",
+                     f"{spec} builds its own inputs; set their size with {BATCH_OPTION} and {SEQ_LEN_OPTION}")
         return _load_hf(rest, spec, device, batch, seq_len, attention)
     return _load_zoo(rest, spec, inputs, shapes, device, batch, seq_len)
 
@@ -165,6 +186,8 @@ def _load_zoo(name: str, spec: str, inputs: Any, shapes: list[tuple[int, ...]] |
     entry = ZOO.get(name)
     if entry is None:
         raise RooflineError(f"unknown zoo model {name!r}{close_matches(name, ZOO)}; choose one of: {', '.join(ZOO)}")
+    if seq_len is not None and not (entry.sequences and inputs is None and shapes is None):
+        _ignored(SEQ_LEN_OPTION, "its inputs were given" if entry.sequences else f"{spec} takes no token sequences")
     with _weights_on(device):
         module = entry.build()
     if inputs is None and shapes is None:
@@ -183,14 +206,45 @@ def _finish(name: str, module: nn.Module, inputs: Any, shapes: list[tuple[int, .
             inputs = [inputs]
         elif isinstance(inputs, tuple):
             inputs = list(inputs)
+        _check_inputs(name, inputs)
+        if shapes is not None:
+            _ignored(SHAPE_OPTION, f"{name} comes with its own inputs")
+        if batch is not None:
+            _ignored(f"{BATCH_OPTION} {batch}", f"{name} comes with its own inputs, shapes {_shapes_of(inputs)}")
         return LoadedModel(name, module, inputs, device, meta or {})
+    given = shapes
     shapes = shapes or default_shapes
     if not shapes:
-        raise RooflineError(f"{name}: give the input shape, e.g. --input-shape 1x3x224x224")
+        raise RooflineError(
+            f"{name}: give the input shape, e.g. input_shape='1x3x224x224' (--input-shape 1x3x224x224 on the command line)"
+        )
     if batch is not None:
+        if given is not None and any(shape[0] != batch for shape in given):
+            warnings.warn(f"{BATCH_OPTION} {batch} replaces the first dimension of {SHAPE_OPTION} "
+                          f"{','.join('x'.join(map(str, shape)) for shape in given)}", stacklevel=3)
         shapes = [(batch, *shape[1:]) for shape in shapes]
     tensors = [torch.randn(shape, device=device) for shape in shapes]
     return LoadedModel(name, module, tensors, device, meta or {})
+
+
+def _check_inputs(name: str, inputs: list[Any] | dict[str, Any]) -> None:
+    """Inputs are a list of positional arguments or a dict of keyword ones, with at least one tensor among them."""
+    if isinstance(inputs, dict) and not all(isinstance(key, str) for key in inputs):
+        raise RooflineError(f"{name}: the inputs dict must map argument names (str) to tensors, got keys {list(inputs)}")
+    if not isinstance(inputs, (list, dict)) or not any(isinstance(v, torch.Tensor) for v in tree_leaves(inputs)):
+        if isinstance(inputs, (list, dict)):
+            kinds = sorted({type(v).__name__ for v in tree_leaves(inputs)})
+            got = f"a {type(inputs).__name__} of {', '.join(kinds) or 'nothing'}"
+        else:
+            got = f"{type(inputs).__name__} {inputs!r}"[:80]
+        raise RooflineError(
+            f"{name}: the inputs must be tensors (a tensor, a tuple or list of tensors, or a dict of name -> tensor); "
+            f"got {got}"
+        )
+
+
+def _shapes_of(inputs: list[Any] | dict[str, Any]) -> str:
+    return ", ".join("x".join(map(str, v.shape)) for v in tree_leaves(inputs) if isinstance(v, torch.Tensor))
 
 
 def _load_torchvision(name: str, spec: str, inputs: Any, shapes: Any, device: str, batch: int | None) -> LoadedModel:
@@ -279,13 +333,103 @@ def hf_config(rest: str, attention: str = "sdpa") -> Any:
     known = list(transformers.CONFIG_MAPPING.keys())
     if model_type not in known:
         raise RooflineError(f"unknown Hugging Face model type {model_type!r}{close_matches(model_type, known)}")
-    config = transformers.AutoConfig.for_model(model_type)
-    for key, value in overrides.items():
-        if not hasattr(config, key):
+    with _quiet_transformers():
+        default = transformers.AutoConfig.for_model(model_type)
+    for key in overrides:
+        if not hasattr(default, key):
             raise RooflineError(f"hf:{model_type} config has no field {key!r}")
-        setattr(config, key, value)
+    _check_hf_sizes(model_type, default, overrides)
+    # Overrides go to the constructor, not setattr afterwards: fields derived from them (llama's
+    # head_dim = hidden_size / heads, num_key_value_heads = heads) must follow, and the config's own
+    # validation runs on them.
+    try:
+        with _quiet_transformers():
+            config = transformers.AutoConfig.for_model(model_type, **overrides) if overrides else default
+    except _hf_validation_errors() as error:
+        raise RooflineError(_hf_rejected(model_type, overrides, error)) from error
+    _check_hf_heads(model_type, config, overrides)
     config._attn_implementation = attention
     return config
+
+
+# Config sizes an override must keep positive integers (None allowed where the config derives it).
+_HF_SIZES = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
+_HF_OPTIONAL_SIZES = ("num_key_value_heads", "head_dim", "intermediate_size", "max_position_embeddings")
+
+
+def _hf_validation_errors() -> tuple[type[Exception], ...]:
+    """What a transformers config constructor raises for a bad field: huggingface_hub's strict-dataclass
+    errors (transformers 5), ValueError and TypeError (older versions' own checks)."""
+    try:
+        from huggingface_hub.errors import StrictDataclassError
+    except ImportError:  # pragma: no cover  (huggingface_hub < 1.0)
+        return (ValueError, TypeError)
+    return (StrictDataclassError, ValueError, TypeError)
+
+
+def _hf_rejected(model_type: str, overrides: dict[str, Any], error: Exception) -> str:
+    """One line naming the override transformers rejected, its value, and transformers' reason."""
+    cause = error.__cause__ if isinstance(error.__cause__, Exception) else error
+    reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+    named = re.search(r"[Ff]ield '([^']+)'", str(error))
+    if named and named.group(1) in overrides:
+        field_name = named.group(1)
+        return f"hf:{model_type}: config field {field_name}={overrides[field_name]!r} rejected: {reason}"
+    given = "&".join(f"{k}={v!r}" for k, v in overrides.items())
+    return f"hf:{model_type}: config rejected the overrides {given}: {reason}"
+
+
+def _hf_field(config: Any, name: str) -> str:
+    """The name a config uses for a standard field (GPT-2 keeps hidden_size as n_embd), shown with both."""
+    real = getattr(config, "attribute_map", {}).get(name, name)
+    return name if real == name else f"{real} ({name})"
+
+
+def _hf_override(config: Any, overrides: dict[str, Any], name: str) -> tuple[bool, Any]:
+    """(given, value): whether the user overrode a standard field under either of its names, and its value."""
+    real = getattr(config, "attribute_map", {}).get(name, name)
+    for key in (name, real):
+        if key in overrides:
+            return True, overrides[key]
+    return False, getattr(config, name, None)
+
+
+def _check_hf_sizes(model_type: str, default: Any, overrides: dict[str, Any]) -> None:
+    """Sizes the user set must be positive integers, and hidden_size must divide by the head count
+    where the model derives its head width from them (llama, gpt2; not gemma, whose head_dim is its own)."""
+    for name in (*_HF_SIZES, *_HF_OPTIONAL_SIZES):
+        given, value = _hf_override(default, overrides, name)
+        if not given or (value is None and name in _HF_OPTIONAL_SIZES):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise RooflineError(f"hf:{model_type}: {_hf_field(default, name)} must be a positive integer, got {value!r}")
+    hidden_given, hidden = _hf_override(default, overrides, "hidden_size")
+    heads_given, heads = _hf_override(default, overrides, "num_attention_heads")
+    if not (hidden_given or heads_given) or "head_dim" in overrides:
+        return
+    if not (isinstance(hidden, int) and isinstance(heads, int)):
+        return  # a config with per-stage lists (swin) or no such fields
+    head_dim = getattr(default, "head_dim", None)
+    default_hidden, default_heads = getattr(default, "hidden_size", None), getattr(default, "num_attention_heads", None)
+    derived = head_dim is None or (isinstance(default_heads, int) and head_dim * default_heads == default_hidden)
+    if derived and hidden % heads:
+        near = min((d for d in range(1, hidden + 1) if hidden % d == 0), key=lambda d: (abs(d - heads), d))
+        raise RooflineError(
+            f"hf:{model_type}: {_hf_field(default, 'hidden_size')} {hidden} must divide by "
+            f"{_hf_field(default, 'num_attention_heads')} {heads} (each head gets hidden_size / heads dimensions); "
+            f"choose a head count that divides it, such as {near}"
+        )
+
+
+def _check_hf_heads(model_type: str, config: Any, overrides: dict[str, Any]) -> None:
+    """Grouped-query attention shares each key/value head among heads / kv_heads query heads: it must divide."""
+    heads_given, heads = _hf_override(config, overrides, "num_attention_heads")
+    kv_given, kv = _hf_override(config, overrides, "num_key_value_heads")
+    if (heads_given or kv_given) and isinstance(heads, int) and isinstance(kv, int) and heads % kv:
+        raise RooflineError(
+            f"hf:{model_type}: {_hf_field(config, 'num_attention_heads')} {heads} must divide by "
+            f"num_key_value_heads {kv} (each key/value head serves heads / num_key_value_heads query heads)"
+        )
 
 
 def _load_hf(rest: str, spec: str, device: str, batch: int | None, seq_len: int | None,
@@ -299,21 +443,26 @@ def _load_hf(rest: str, spec: str, device: str, batch: int | None, seq_len: int 
             try:
                 module = auto.from_config(config)  # type: ignore[no-untyped-call]  # transformers' auto classes are untyped
                 break
-            except ValueError:
-                continue
+            except ValueError as error:
+                if "Unrecognized configuration class" in str(error):  # this auto class has no model for it
+                    continue
+                raise RooflineError(f"{spec}: building the model failed: {_first_line(error)}") from error
+            except Exception as error:
+                raise RooflineError(f"{spec}: building the model failed: {_first_line(error)}") from error
     if module is None:
         raise RooflineError(f"{spec}: transformers has no model class for this config")
     batch = batch or 1
-    seq_len = seq_len or DEFAULT_SEQ_LEN
     name = getattr(module, "main_input_name", "input_ids")
     inputs: dict[str, Any]
     if name == "pixel_values":
+        if seq_len is not None:
+            _ignored(SEQ_LEN_OPTION, f"{spec} takes images, not token sequences")
         size = getattr(config, "image_size", DEFAULT_IMAGE_SIZE)
         channels = getattr(config, "num_channels", 3)
         inputs = {"pixel_values": torch.randn(batch, channels, size, size, device=device)}
     elif name == "input_ids":
         vocab = getattr(config, "vocab_size", 32000) or 32000
-        ids = torch.randint(0, vocab, (batch, seq_len), device=device)
+        ids = torch.randint(0, vocab, (batch, seq_len or DEFAULT_SEQ_LEN), device=device)
         inputs = {"input_ids": ids}
         if getattr(config, "is_encoder_decoder", False):
             inputs["decoder_input_ids"] = ids
@@ -323,6 +472,10 @@ def _load_hf(rest: str, spec: str, device: str, batch: int | None, seq_len: int 
         raise RooflineError(f"{spec}: input {name!r} is not supported yet (text and image models are)")
     module.eval()
     return LoadedModel(spec, module, inputs, device, {"config": config})
+
+
+def _first_line(error: BaseException) -> str:
+    return f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"
 
 
 @contextlib.contextmanager
@@ -354,7 +507,10 @@ def _load_file(spec: str, inputs: Any, shapes: Any, device: str, batch: int | No
     user_module = importlib.util.module_from_spec(loader_spec)
     sys.modules[module_name] = user_module
     try:
-        loader_spec.loader.exec_module(user_module)
+        with contextlib.redirect_stdout(sys.stderr):  # the user's prints must not mix into --format json
+            loader_spec.loader.exec_module(user_module)
+    except SystemExit as error:
+        raise RooflineError(f"importing {path_text} called sys.exit({error.code!r}); a model file must not exit") from error
     except Exception as error:
         raise RooflineError(f"importing {path_text} failed: {type(error).__name__}: {error}") from error
     factory = getattr(user_module, attribute, None)
@@ -363,9 +519,11 @@ def _load_file(spec: str, inputs: Any, shapes: Any, device: str, batch: int | No
         raise RooflineError(f"{path_text} does not define {attribute!r}{close_matches(attribute, names)}")
     if not callable(factory):
         raise RooflineError(f"{path_text}:{attribute} is not callable")
-    with _on_device(device):
+    with _on_device(device), contextlib.redirect_stdout(sys.stderr):  # its prints must not mix into --format json
         try:
             made = factory()
+        except SystemExit as error:
+            raise RooflineError(f"{spec}() called sys.exit({error.code!r}) instead of returning a module") from error
         except Exception as error:
             raise RooflineError(f"{spec}() failed: {type(error).__name__}: {error}") from error
     if isinstance(made, tuple) and len(made) == 2 and isinstance(made[0], nn.Module):

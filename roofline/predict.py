@@ -432,11 +432,16 @@ def format_percent(fraction: float) -> str:
 def predict(analysis: Analysis, profile: HardwareProfile | str, precision: str | Precision | None = None,
             calibrated: bool = False) -> Prediction:
     """Predict per-layer latency of `analysis` on `profile` (a HardwareProfile, name, path or 'auto')."""
+    if not isinstance(analysis, Analysis):
+        raise RooflineError(f"predict() needs an Analysis from roofline.analyze(...), got {type(analysis).__name__}")
+    if not isinstance(profile, (HardwareProfile, str)):
+        raise RooflineError(f"predict() needs a HardwareProfile or a profile name, path or 'auto', got "
+                            f"{type(profile).__name__} {profile!r}"[:200])
     if isinstance(profile, str):
         from roofline.hardware import load_profile
 
         profile = load_profile(profile)
-    if precision is not None and isinstance(analysis, Analysis):
+    if precision is not None:
         analysis = analysis.with_precision(get_precision(precision))
     prediction = Prediction(analysis, profile, calibrated)
     prediction.peak_flops_per_s  # noqa: B018  (fail early, naming the missing peak)

@@ -242,7 +242,8 @@ def write_report(prediction: Prediction, out: str | Path, *, measurement: Measur
             all_notes.append(f"{missing} analysed layers have no measured time (shown as '-').")
         noisy = layers.loc[layers["noisy"].fillna(False).astype(bool), "name"].tolist()
         if noisy:
-            all_notes.append(f"{len(noisy)} of {len(layers)} layer timings are noisy (IQR over 10% of the median): "
+            all_notes.append(f"{len(noisy)} of {len(layers)} layer timings are noisy (IQR over 10% of the median, or "
+                             "the machine's own speed varied more than their IQR): "
                              + ", ".join(noisy[:5]) + ("..." if len(noisy) > 5 else ""))
     unsupported = prediction.analysis.unsupported_ops
     if unsupported:

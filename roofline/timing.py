@@ -20,7 +20,7 @@ import torch
 
 from roofline.errors import RooflineError
 
-__all__ = ["Measurement", "reference_matmul", "retained_heap", "time_callable", "time_in_sequence", "time_interleaved"]
+__all__ = ["Measurement", "check_budget", "reference_matmul", "retained_heap", "time_callable", "time_in_sequence", "time_interleaved"]
 
 # A measurement whose IQR exceeds this fraction of its median is flagged (torch's Measurement does too).
 NOISY_IQR_FRACTION = 0.10
@@ -80,7 +80,7 @@ class Measurement:
         share = 100 * self.iqr_s / self.median_s
         return (
             f"{self.label or 'measurement'}: IQR is {share:.0f}% of the median ({self.repeats} blocks); "
-            "close other programs, pin threads or raise min_run_time_s"
+            "close other programs, pin threads or raise --min-run-time (min_run_time_s=)"
         )
 
     def __repr__(self) -> str:
@@ -91,6 +91,18 @@ class Measurement:
             f"Measurement({self.label!r}: median {format_time(self.median_s)}, IQR {format_time(self.iqr_s)}, "
             f"{self.repeats} x {self.number} calls on {self.device}, {self.num_threads} threads){flag}"
         )
+
+
+def check_budget(min_run_time_s: float, warmup: int = 0, max_repeats: int = 1) -> None:
+    """A timing budget must be a positive, finite time (a negative one would time the minimum and call it
+    a measurement); warm-up calls at least 0 and blocks at least 1."""
+    if isinstance(min_run_time_s, bool) or not isinstance(min_run_time_s, (int, float)) \
+            or not math.isfinite(min_run_time_s) or min_run_time_s <= 0:
+        raise RooflineError(f"min_run_time_s (--min-run-time) must be a positive number of seconds, got {min_run_time_s!r}")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise RooflineError(f"warmup must be a whole number of calls, at least 0, got {warmup!r}")
+    if isinstance(max_repeats, bool) or not isinstance(max_repeats, int) or max_repeats < 1:
+        raise RooflineError(f"max_repeats must be a positive integer, got {max_repeats!r}")
 
 
 def _synchronize(device: str) -> None:
@@ -139,6 +151,7 @@ def time_callable(
         raise RooflineError(f"device {device!r} requested but CUDA is not available; use --device cpu")
     if repeats is not None and repeats < 1:
         raise RooflineError(f"repeats must be at least 1, got {repeats}")
+    check_budget(min_run_time_s, warmup, max_repeats)
     previous_threads = torch.get_num_threads()
     if num_threads is not None:
         torch.set_num_threads(num_threads)

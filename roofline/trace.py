@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import sys
 import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -477,11 +478,15 @@ def trace(model: nn.Module, inputs: Sequence[Any] | dict[str, Any], *, model_nam
         _fused_attention(tracer) if attention == "fused" else _math_attention()
     )
     try:
-        with torch.no_grad(), tracer.tracker.active(), attention_ctx, _CountingMode(tracer):
+        # The model's own prints go to stderr, so `--format json` on stdout stays parseable.
+        with torch.no_grad(), tracer.tracker.active(), attention_ctx, _CountingMode(tracer), \
+                contextlib.redirect_stdout(sys.stderr):
             try:
                 out = model(*args, **kwargs)
             except RooflineError:
                 raise
+            except SystemExit as error:
+                raise RooflineError(f"the model's forward called sys.exit({error.code!r})") from error
             except Exception as error:
                 where = tracer.tracker.current()
                 place = f"module '{where.name}' ({where.module_type})" if where else "the model's forward"

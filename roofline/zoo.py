@@ -121,6 +121,7 @@ class ZooEntry:
     build: Callable[[], nn.Module]
     make_inputs: Callable[[int, int, str], list[torch.Tensor]]  # (batch, seq_len, device)
     description: str
+    sequences: bool = False  # whether make_inputs uses seq_len (so --seq-len on another one is ignored, said so)
 
 
 ZOO: dict[str, ZooEntry] = {
@@ -129,9 +130,10 @@ ZOO: dict[str, ZooEntry] = {
     "mobile-block": ZooEntry(MobileBlocks, lambda b, s, d: [torch.randn(b, 3, 112, 112, device=d)],
                              "MobileNetV2 inverted residual blocks with depthwise convolutions"),
     "tiny-transformer": ZooEntry(TinyTransformer, lambda b, s, d: [torch.randint(0, 1000, (b, s), device=d)],
-                                 "2-layer transformer encoder with SDPA, dim 128"),
+                                 "2-layer transformer encoder with SDPA, dim 128", sequences=True),
     "mlp": ZooEntry(lambda: nn.Sequential(nn.Linear(1024, 4096), nn.ReLU(), nn.Linear(4096, 4096), nn.ReLU(),
                                           nn.Linear(4096, 1000)),
                     lambda b, s, d: [torch.randn(b, 1024, device=d)], "3-layer MLP, 1024-4096-4096-1000"),
-    "lstm": ZooEntry(LSTMModel, lambda b, s, d: [torch.randn(b, s, 64, device=d)], "2-layer LSTM, hidden 128"),
+    "lstm": ZooEntry(LSTMModel, lambda b, s, d: [torch.randn(b, s, 64, device=d)], "2-layer LSTM, hidden 128",
+                     sequences=True),
 }

@@ -11,7 +11,7 @@ import os
 import re
 import types
 import warnings
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -186,6 +186,19 @@ class HardwareProfile:
             )
         return float(chosen.bandwidth_bytes_per_s)
 
+    def check_streaming_bandwidth(self) -> None:
+        """Prediction's rule for memory levels: an op streams from the fastest level that holds its
+        working set and has a bandwidth; a level with none (null) is skipped, so its ops are costed at
+        the next level down. The last level is where the largest ops stream from, so it must have one."""
+        last = self.dram
+        if last.bandwidth_bytes_per_s is None:
+            raise _fail(
+                self.where, f"memory_levels[{len(self.memory_levels) - 1}].bandwidth_bytes_per_s",
+                f"the last memory level ({last.name}) needs a bandwidth for prediction: ops too large for every "
+                "cache stream from it (a faster level may be null; its ops are then costed at the next level that "
+                "has one); give its figure or run `roofline hw measure`",
+            )
+
     def ridge_point(self, compute_type: str, level: str | MemoryLevel | None = None) -> float:
         """Arithmetic intensity (FLOP/byte) where compute and memory time are equal: peak / bandwidth."""
         return self.peak(compute_type) / self.bandwidth(level)
@@ -193,11 +206,7 @@ class HardwareProfile:
     def streaming_levels(self) -> tuple[MemoryLevel, ...]:
         """The levels an op can stream from, fastest first: those with a known bandwidth. The last level
         (DRAM/HBM) must be one of them, or a working set too large for every cache would have no roof."""
-        if self.dram.bandwidth_bytes_per_s is None:
-            raise RooflineError(
-                f"{self.where}: memory level {self.dram.name!r} (the last, where streaming ops read) has no bandwidth; "
-                "measure it (roofline hw measure) or use a datasheet profile"
-            )
+        self.check_streaming_bandwidth()
         return tuple(level for level in self.memory_levels if level.bandwidth_bytes_per_s is not None)
 
     def memory_level_for(self, working_set_bytes: float) -> MemoryLevel:
@@ -319,6 +328,13 @@ def _number(where: str, field_path: str, value: object, unit: str, low: float, h
     return number
 
 
+def _check_keys(where: str, field_path: str, mapping: Mapping[Any, Any]) -> None:
+    """Keys are names (a compute type, an op class): a number there is a typo YAML read as an int."""
+    for key in mapping:
+        if not isinstance(key, str):
+            raise _fail(where, f"{field_path}.{key}", f"keys must be names (strings), got the {type(key).__name__} {key!r}")
+
+
 def _check_values(profile: HardwareProfile) -> None:
     """Checks on a constructed profile, whether it came from a file or from code."""
     where = profile.where
@@ -328,6 +344,8 @@ def _check_values(profile: HardwareProfile) -> None:
         raise _fail(where, "source", f"must be one of {', '.join(SOURCES)}, got {profile.source!r}")
     if not profile.peak_flops_per_s:
         raise _fail(where, "peak_flops_per_s", "needs at least one compute type")
+    for name in ("peak_flops_per_s", *_FACTOR_FIELDS, *_FIXED_FIELDS):
+        _check_keys(where, name, getattr(profile, name))
     for key, value in profile.peak_flops_per_s.items():
         if key not in COMPUTE_TYPES:
             raise _fail(where, f"peak_flops_per_s.{key}", f"unknown compute type{close_matches(key, COMPUTE_TYPES)}; accepted: {', '.join(COMPUTE_TYPES)}")
@@ -342,6 +360,8 @@ def _check_values(profile: HardwareProfile) -> None:
             if previous is not None and level.capacity_bytes <= previous:
                 raise _fail(where, f"memory_levels[{i}].capacity_bytes", "levels go from fastest (smallest) to slowest (largest); this one is not larger than the one before")
             previous = level.capacity_bytes
+    if profile.source != "detected":  # detection leaves bandwidths unknown until `hw measure`; prediction refuses then
+        profile.check_streaming_bandwidth()
     _number(where, "overhead_s", profile.overhead_s, "seconds", 1e-9, _MAX_OVERHEAD_S)
     _number(where, "module_call_s", profile.module_call_s, "seconds", 1e-9, _MAX_OVERHEAD_S, allow_none=True)
     level_names = [level.name for level in profile.memory_levels]
@@ -380,6 +400,7 @@ def profile_from_dict(data: object, where: str, path: str | None = None) -> Hard
     for key in ("peak_flops_per_s", *_FACTOR_FIELDS, *_FIXED_FIELDS, "notes", "metadata"):
         if not isinstance(data.get(key, {}), dict):
             raise _fail(where, key, f"must be a mapping, got {type(data[key]).__name__}")
+        _check_keys(where, key, data.get(key, {}))
     aliases = data.get("aliases", [])
     if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
         raise _fail(where, "aliases", "must be a list of strings")
@@ -427,7 +448,24 @@ def profile_from_dict(data: object, where: str, path: str | None = None) -> Hard
 # ---- files ---------------------------------------------------------------------------------------
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads 80e9 and 3.35e12 as numbers (YAML 1.1 wants 3.35e+12)."""
+    """SafeLoader that also reads 80e9 and 3.35e12 as numbers (YAML 1.1 wants 3.35e+12), and refuses a
+    key given twice in one mapping (PyYAML keeps the last silently: an edited figure may not be the one read)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden on purpose
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                seen = key in first_line
+            except TypeError:  # an unhashable key: SafeLoader's own error names it
+                continue
+            if seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first given at line {first_line[key] + 1})", key_node.start_mark)
+            first_line[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
 
 
 _Loader.add_implicit_resolver(
@@ -466,6 +504,9 @@ def load_profile_file(path: str | os.PathLike[str]) -> HardwareProfile:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as error:
         raise RooflineError(f"{where}: cannot read hardware profile ({error.strerror or error})") from error
+    except UnicodeDecodeError as error:
+        raise RooflineError(f"{where}: a hardware profile must be UTF-8 text; byte {error.object[error.start]:#04x} "
+                            f"at offset {error.start} is not") from error
     try:
         data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as error:
