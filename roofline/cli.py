@@ -234,8 +234,8 @@ def _run_sweep(args: argparse.Namespace) -> int:
         from roofline import plots
 
         def write(directory: Path) -> None:
-            if hasattr(plots, "sweep_chart"):
-                plots.sweep_chart(table, profile, directory)
+            chart = plots.sweep_chart(table, title=f"conv {args.channels}ch {args.size} k{args.kernel} on {profile.name}")
+            plots.save_chart(chart, directory)
             table.to_csv(directory / "sweep.csv", index=False)
 
         out = write_atomically(args.out, write, force=args.force, names=SWEEP_FILES)

@@ -46,6 +46,7 @@ __all__ = [
     "layer_link",
     "predicted_vs_measured_chart",
     "roofline_chart",
+    "sweep_chart",
     "save_chart",
     "time_chart",
     "type_colours",
@@ -492,6 +493,35 @@ def _bars(ax: Axes, frame: pd.DataFrame, label_column: str, level_names: Sequenc
 
 
 # ---- files --------------------------------------------------------------------------------------
+
+def sweep_chart(table: pd.DataFrame, *, title: str) -> Chart:
+    """A group sweep (explain.sweep_conv's table): predicted (and measured) time against the group count, beside
+    the time the layer would take if it fell with its FLOPs, so the gap between the two lines is the lesson."""
+    with matplotlib.rc_context(_FONT):
+        figure = _new_figure(7.5, 4.6)
+        figure.subplots_adjust(left=0.12, right=0.97, top=0.9, bottom=0.13)
+        ax = figure.add_subplot()
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        groups = table["groups"].to_numpy(dtype=float)
+        first = float(table["predicted_s"].iloc[0])
+        ax.plot(groups, first / table["flops_ratio"].to_numpy(dtype=float), linestyle="--", color=_OVERHEAD_COLOUR,
+                label="if time fell with FLOPs", gid="sweep:flops")
+        ax.plot(groups, table["predicted_s"], marker="o", color=_COMPUTE_COLOUR, label="predicted", gid="sweep:predicted")
+        if "measured_s" in table:
+            ax.plot(groups, table["measured_s"], marker="s", color=_MEMORY_SHADES[-1], label="measured",
+                    gid="sweep:measured")
+        for g, seconds, bound in zip(groups, table["predicted_s"], table["bound"], strict=True):
+            ax.annotate(str(bound).split(" ")[0], (g, seconds), textcoords="offset points", xytext=(4, 6), fontsize=7)
+        ax.set_xlabel("groups")
+        ax.set_ylabel("time per call (s)")
+        ax.set_title(title, loc="left")
+        ax.grid(True, which="both", alpha=0.25)
+        ax.legend(frameon=False)
+    caption = (f"{len(table)} group counts; each predicted point is labelled with its bound. The dashed line is "
+               "the first point's time divided by the FLOPs ratio.")
+    return Chart("sweep", figure, caption)
+
 
 def save_chart(chart: Chart, directory: str | Path, *, dpi: int = 100) -> list[Path]:
     """Write the chart as `<name>.png` and `<name>.svg` in `directory`; returns both paths."""

@@ -107,3 +107,21 @@ def test_cli_explain_and_sweep(capsys):
     assert "do not divide 32 channels" in capsys.readouterr().err
     assert main(["compare", "zoo:convnet", "--hw", "t4,h100-sxm", "--precision", "fp32,fp16,int8"]) == 0
     assert "NVIDIA H100" in capsys.readouterr().out
+
+
+def test_sweep_out_writes_its_table_and_a_chart_a_person_can_open(tmp_path):
+    from roofline import plots
+
+    out = tmp_path / "sweep"
+    assert main(["sweep", "conv", "--channels", "32", "--size", "14x14", "--groups", "1,8,32", "--hw", "t4",
+                 "--out", str(out)]) == 0
+    assert {p.name for p in out.iterdir()} >= {"sweep.csv", "sweep.png", "sweep.svg"}
+    assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    table = explain.sweep_conv(32, (14, 14), [1, 8, 32], profile(), progress=False)
+    chart = plots.sweep_chart(table, title="t")
+    ax = chart.figure.axes[0]
+    from matplotlib.lines import Line2D
+
+    flops_line = plots.artists(ax, "sweep:flops", Line2D)[0]
+    # The dashed line is the first time divided by the FLOPs ratio: 32x lower at groups=32.
+    assert flops_line.get_ydata()[-1] == pytest.approx(table["predicted_s"].iloc[0] / 32)
