@@ -164,13 +164,27 @@ def fit_rounds(profile: HardwareProfile, ops: list[RepresentativeOp], alone_roun
     none (no pass line: efficiency and fixed_overhead_s only)."""
     medians = [statistics.median(column) for column in zip(*alone_rounds, strict=True)]
     efficiency, fixed, metadata = fit_efficiency(profile, ops, medians[:-1], reference_flops / medians[-1])
+    metadata |= _spread_metadata(ops, [row[:-1] for row in alone_rounds], "efficiency")
     fields = {"efficiency": efficiency, "fixed_overhead_s": fixed}
     if sequence_rounds:
         in_pass = paired_sequence_medians([row[:-1] for row in alone_rounds], sequence_rounds)
         pass_efficiency, pass_fixed, pass_metadata = fit_efficiency(profile, ops, in_pass, name="pass_efficiency")
         fields |= {"pass_efficiency": pass_efficiency, "pass_fixed_overhead_s": pass_fixed}
-        metadata |= pass_metadata
+        metadata |= pass_metadata | _spread_metadata(ops, sequence_rounds, "pass_efficiency")
     return fields, metadata
+
+
+def _spread_metadata(ops: list[RepresentativeOp], rounds: Sequence[Sequence[float]], name: str) -> dict[str, str]:
+    """Per class, how much its ops' times moved from round to round: the median over its ops of half the
+    range over rounds, relative to the median (a prediction interval's timing part; HardwareProfile.spread)."""
+    if len(rounds) < 2:
+        return {}
+    per_class: dict[str, list[float]] = {}
+    for (op_class, *_), times in zip(ops, zip(*rounds, strict=True), strict=True):
+        middle = statistics.median(times)
+        if middle > 0:
+            per_class.setdefault(op_class, []).append((max(times) - min(times)) / (2 * middle))
+    return {f"{name}_spread.{c}": f"{statistics.median(v):.4g}" for c, v in per_class.items()}
 
 
 def _count(n: int, noun: str) -> str:

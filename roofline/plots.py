@@ -400,6 +400,12 @@ def predicted_vs_measured_chart(layers: pd.DataFrame, *, model: str, device: str
         colours = type_colours(layers["type"].tolist(), layers["predicted_s"].tolist())
         for layer_type, colour in colours.items():
             part = timed[timed["type"] == layer_type]
+            if "predicted_low_s" in part and bool(part["predicted_low_s"].notna().any()):
+                # A calibrated prediction's interval, as horizontal error bars on the predicted axis.
+                bars = part[part["predicted_low_s"].notna()]
+                ax.errorbar(bars["predicted_s"], bars["measured_s"], fmt="none", ecolor=colour, elinewidth=0.8,
+                            alpha=0.6, zorder=3, gid=f"interval:{layer_type}",
+                            xerr=[bars["predicted_s"] - bars["predicted_low_s"], bars["predicted_high_s"] - bars["predicted_s"]])
             points = ax.scatter(part["predicted_s"], part["measured_s"], s=26, color=colour, edgecolors="black",
                                 linewidths=0.3, alpha=0.9, zorder=4, gid=f"layer:{layer_type}")
             points.set_urls([layer_link(name) for name in part["name"]])
@@ -424,6 +430,8 @@ def predicted_vs_measured_chart(layers: pd.DataFrame, *, model: str, device: str
         if len(timed) < len(layers):
             missing = len(layers) - len(timed)
             caption += f" {missing} layer{'s' if missing != 1 else ''} with no predicted or measured time left out."
+        if "predicted_low_s" in timed and bool(timed["predicted_low_s"].notna().any()):
+            caption += " Horizontal bars: each calibrated prediction's 80% interval."
     return Chart("predicted_vs_measured", figure, caption)
 
 

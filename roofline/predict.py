@@ -50,7 +50,7 @@ from roofline.hardware.profile import HardwareProfile, MemoryLevel
 from roofline.precision import Precision, get_precision
 from roofline.trace import UNUSED_NAME
 
-__all__ = ["FusedGroup", "Prediction", "bound_label", "overhead_exit_batch", "overhead_sentence", "predict", "render"]
+__all__ = ["INTERVAL_COLUMNS", "INTERVAL_COVERAGE", "FusedGroup", "Prediction", "bound_label", "overhead_exit_batch", "overhead_sentence", "predict", "render"]
 
 # The classes whose fp32 ops a GPU with TF32 runs in TF32 by PyTorch's defaults (cuDNN convolutions);
 # fp32 matmuls stay in full fp32 (torch.backends.cuda.matmul.allow_tf32 is False by default).
@@ -62,9 +62,15 @@ OVERHEAD_REGIME_FRACTION = 0.5
 # The largest batch searched (powers of two) for where a model leaves the overhead regime.
 MAX_SEARCHED_BATCH = 4096
 
+# Prediction intervals (calibrated only): the stated coverage and its two-sided normal quantile, on log time.
+INTERVAL_COVERAGE = 0.8
+_INTERVAL_Z = 1.2816  # Phi^-1(0.9): 80% of a normal lies within +-1.2816 sigma
+
 # The terms every op and layer carries, in the order they are rendered; they add up as the module says.
 TERM_COLUMNS = ["compute_s", "memory_s", "roofline_s", "efficiency_s", "overhead_s", "exposed_overhead_s",
                 "module_call_s", "predicted_s", "pass_penalty_s", "in_pass_s"]
+# A calibrated prediction's interval at INTERVAL_COVERAGE, per layer (NaN for a plain roofline, which has none).
+INTERVAL_COLUMNS = ["predicted_low_s", "predicted_high_s", "in_pass_low_s", "in_pass_high_s"]
 
 
 def batch_size(analysis: Analysis) -> int:
@@ -187,6 +193,8 @@ class Prediction:
         else:
             records["in_pass_s"] = records["predicted_s"]
         records["pass_penalty_s"] = records["in_pass_s"] - records["predicted_s"]
+        records["sigma"] = records["op_class"].map(self._class_sigma(in_pass=False)).astype(float)
+        records["in_pass_sigma"] = records["op_class"].map(self._class_sigma(in_pass=self.in_pass)).astype(float)
         records["ridge_point"] = peak / bandwidth
         records["attainable_flops_per_s"] = np.minimum(peak, records["arithmetic_intensity"] * bandwidth)
         return records
@@ -202,6 +210,36 @@ class Prediction:
         """The factor of a class the profile has none for: the median of its classes (in-cache factors only)."""
         factors = (self.profile.pass_efficiency if in_pass else self.profile.efficiency) or self.profile.efficiency
         return float(np.median([value for key, value in factors.items() if "@" not in key] or list(factors.values())))
+
+    def _class_sigma(self, in_pass: bool) -> dict[str, float]:
+        """Per op class, the spread (sigma of log time) of the calibrated line's error, from its own evidence:
+        the residuals of the fitted line at the sizes it was fitted on, and the round-to-round spread of those
+        timings, added in quadrature. A class with no evidence (no factor of its own) takes the largest sigma
+        of the classes that have some; a plain prediction, or a profile with no evidence, has none (NaN)."""
+        if not self.calibrated:
+            return {}
+        sigmas: dict[str, float] = {}
+        for op_class in {key.partition("@")[0] for key in self.profile.efficiency}:
+            residuals = self._residuals(op_class, in_pass)
+            if not residuals:
+                continue
+            spread = self.profile.calibration_spread(op_class, in_pass) or 0.0
+            sigmas[op_class] = math.sqrt(float(np.mean(np.square(residuals))) + spread**2)
+        if not sigmas:
+            return {}
+        widest = max(sigmas.values())
+        return {c: sigmas.get(c, widest) for c in (*sigmas, *self.analysis.records["op_class"].unique())}
+
+    def _residuals(self, op_class: str, in_pass: bool) -> list[float]:
+        """log(measured / line) at each size the class's line was fitted on."""
+        fixed_field = self.profile.pass_fixed_overhead_s if in_pass else self.profile.fixed_overhead_s
+        fixed = fixed_field.get(op_class, self.profile.overhead_s)
+        out = []
+        for sample in self.profile.calibration_samples(op_class, in_pass):
+            factor = self.profile.efficiency_for(op_class, sample.level, in_pass)
+            if factor and sample.measured_s > 0:
+                out.append(math.log(sample.measured_s / (fixed + sample.roofline_s / factor)))
+        return out
 
     def _overhead(self, op_class: pd.Series, in_pass: bool = False) -> pd.Series:
         """Per-op overhead: the class's fitted fixed cost when calibrated, else the profile's one figure."""
@@ -255,6 +293,15 @@ class Prediction:
                 layers["compute_roof_s"], layers["memory_roof_s"], layers["efficiency_s"],
                 layers["exposed_overhead_s"] + layers["module_call_s"], layers["memory_level"], strict=True)
         ]
+        for column, sigma in (("predicted_s", "sigma"), ("in_pass_s", "in_pass_sigma")):
+            half = _interval_sigma(ops, column, sigma, "layer").reindex(layers["name"]).to_numpy(dtype=float)
+            # The module call is a measured constant with no error of its own: it narrows the layer's interval.
+            timed = layers[column].to_numpy(dtype=float)
+            half = half * np.divide(timed - layers["module_call_s"].to_numpy(), timed, out=np.zeros_like(timed),
+                                    where=timed > 0)
+            stem = column.removesuffix("_s")
+            layers[f"{stem}_low_s"] = layers[column].to_numpy() * np.exp(-_INTERVAL_Z * half)
+            layers[f"{stem}_high_s"] = layers[column].to_numpy() * np.exp(_INTERVAL_Z * half)
         kernel = layers["roofline_s"] + layers["efficiency_s"]
         layers["efficiency"] = (layers["roofline_s"] / kernel.where(kernel > 0)).fillna(1.0)  # the ops' mean factor
         layers["bound_label"] = [bound_label(b, r, e) for b, r, e in
@@ -286,8 +333,16 @@ class Prediction:
             "module_call_s": float(layers["module_call_s"].sum()),
             "pass_penalty_s": float(layers["pass_penalty_s"].sum()),
         }
+        ops = self.ops.assign(whole="model")
+        half = float(_interval_sigma(ops, "in_pass_s", "in_pass_sigma", "whole").get("model", math.nan))
+        # The module calls carry no error of their own (a measured constant): they scale the interval's width down.
+        weight = (latency - float(layers["module_call_s"].sum())) / latency if latency else 0.0
+        low, high = latency * math.exp(-_INTERVAL_Z * half * weight), latency * math.exp(_INTERVAL_Z * half * weight)
         return {
             "predicted_latency_s": latency,
+            "predicted_latency_low_s": low,
+            "predicted_latency_high_s": high,
+            "interval_coverage": INTERVAL_COVERAGE if not math.isnan(half) else math.nan,
             "sum_of_layers_s": alone,  # each layer timed alone, as `measure` times them
             "batch": batch,
             "throughput_samples_per_s": batch / latency if latency else float("inf"),
@@ -378,8 +433,9 @@ class Prediction:
         return text
 
     def to_dict(self) -> dict[str, Any]:
-        columns = ["name", "type", "flops", "bytes", "arithmetic_intensity", *TERM_COLUMNS, "bound", "roof",
-                   "memory_level", "compute_type", "ridge_point", "attainable_flops_per_s", "fraction_of_roof"]
+        columns = ["name", "type", "flops", "bytes", "arithmetic_intensity", *TERM_COLUMNS, *INTERVAL_COLUMNS,
+                   "bound", "roof", "memory_level", "compute_type", "ridge_point", "attainable_flops_per_s",
+                   "fraction_of_roof"]
         return {
             "model": self.analysis.model_name,
             "hardware": self.profile.name,
@@ -390,13 +446,28 @@ class Prediction:
             "layers": json_records(self.layers[columns]),
         }
 
+    def interval_text(self, measured_s: float | None = None) -> str:
+        """'3.3 ms [2.9 ms, 3.8 ms] (80% interval)', and against a measurement, whether it falls inside; a plain
+        roofline says what it is instead."""
+        t = self.totals
+        if math.isnan(t["interval_coverage"]):
+            text = (f"{format_time(t['predicted_latency_s'])} (plain roofline: no interval)" if not self.calibrated else
+                    f"{format_time(t['predicted_latency_s'])} (no interval: the profile keeps no calibration evidence)")
+        else:
+            text = (f"{format_time(t['predicted_latency_s'])} [{format_time(t['predicted_latency_low_s'])}, "
+                    f"{format_time(t['predicted_latency_high_s'])}] ({t['interval_coverage']:.0%} interval)")
+        if measured_s is None or math.isnan(t["interval_coverage"]):
+            return text
+        inside = t["predicted_latency_low_s"] <= measured_s <= t["predicted_latency_high_s"]
+        return f"predicted {text}; measured {format_time(measured_s)}: {'inside' if inside else 'outside'}"
+
     def summary(self) -> str:
         t = self.totals
         mode = "calibrated" if self.calibrated else "roofline"
         alone = f" (layers alone: {format_time(t['sum_of_layers_s'])})" if self.in_pass else ""
         return (
             f"{self.analysis.model_name} on {self.profile.name} @ {self.precision.name} ({mode}): "
-            f"{format_time(t['predicted_latency_s'])} per batch of {t['batch']}{alone}, "
+            f"{self.interval_text()} per batch of {t['batch']}{alone}, "
             f"{format_number(t['throughput_samples_per_s'])} samples/s; peak {format_si(t['peak_flops_per_s'], 'FLOP/s')}, "
             f"DRAM {format_si(t['dram_bandwidth_bytes_per_s'], 'B/s')}\n  {self.bound_summary()}"
         )
@@ -406,6 +477,18 @@ class Prediction:
 
     def _repr_html_(self) -> str:
         return f"<pre>{self.summary()}</pre>" + str(self.layers.to_html(index=False, float_format=lambda v: f"{v:.4g}"))
+
+
+def _interval_sigma(ops: pd.DataFrame, time: str, sigma: str, group: str) -> pd.Series:
+    """Per group (a layer, the model), the sigma of log time of a sum of ops: errors within an op class are
+    taken as fully correlated (one fitted line is off the same way for all of its ops, so they do not average
+    out as 1/sqrt(n)), and independent between classes: sqrt(sum over classes of (class share x sigma)^2)."""
+    if sigma not in ops or ops[sigma].isna().all():
+        return pd.Series(math.nan, index=ops[group].unique(), dtype=float)
+    by_class = ops.groupby([group, "op_class"], sort=False).agg(time=(time, "sum"), sigma=(sigma, "first"))
+    total = by_class.groupby(level=0, sort=False)["time"].transform("sum")
+    share = (by_class["time"] / total.where(total > 0)).fillna(0.0)
+    return np.sqrt(((share * by_class["sigma"]) ** 2).groupby(level=0, sort=False).sum())
 
 
 def _bound(compute_s: float, memory_s: float, efficiency_s: float, overhead_s: float, level: str) -> str:
@@ -494,7 +577,7 @@ def render(prediction: Prediction, fmt: str = "table") -> str:
     table = prediction.layers[columns]
     if fmt == "csv":
         return str(prediction.layers[["name", "type", "flops", "bytes", "arithmetic_intensity", *TERM_COLUMNS,
-                                      "bound", "roof", "memory_level"]].to_csv(index=False)).rstrip("\n")
+                                      *INTERVAL_COLUMNS, "bound", "roof", "memory_level"]].to_csv(index=False)).rstrip("\n")
     notes = [prediction.summary(), overhead_sentence(prediction)]
     text = "\n  ".join(n for n in notes if n)
     if fmt == "markdown":

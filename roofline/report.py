@@ -27,11 +27,12 @@ import pandas as pd
 
 import roofline
 from roofline.analysis import LAYER_COLUMNS, Analysis
+from roofline.fidelity import faster_than_roof, roof_sentence
 from roofline.formatting import format_bytes, format_markdown, format_number, format_si, format_time
 from roofline.hardware.profile import HardwareProfile
 from roofline.measure import speed_note
 from roofline.outdir import check_out, write_atomically
-from roofline.predict import Prediction, overhead_sentence
+from roofline.predict import INTERVAL_COLUMNS, Prediction, overhead_sentence
 
 __all__ = ["REPORT_FILES", "REPORT_FORMAT_VERSION", "MeasurementLike", "ReportData", "check_out", "joined_layers",
            "report", "type_table", "write_report"]
@@ -42,7 +43,7 @@ REPORT_FORMAT_VERSION = 1
 _PREDICTED_COLUMNS = ["compute_s", "memory_s", "roofline_s", "efficiency_s", "overhead_s", "exposed_overhead_s",
                       "module_call_s", "pass_penalty_s", "predicted_s", "in_pass_s", "bound", "roof", "bound_label",
                       "efficiency", "memory_level", "ridge_point", "attainable_flops_per_s", "predicted_flops_per_s",
-                      "fraction_of_roof", "share"]
+                      "fraction_of_roof", "share", *INTERVAL_COLUMNS]
 _MEASURED_COLUMNS = {"measured_s": "measured_s", "iqr_s": "measured_iqr_s", "repeats": "repeats", "noisy": "noisy",
                      "in_pass_s": "measured_in_pass_s", "timed_as": "timed_as", "ran_as": "ran_as"}
 _CHART_TITLES = {
@@ -228,8 +229,13 @@ def write_report(prediction: Prediction, out: str | Path, *, measurement: Measur
     """Write the report directory `out` atomically; returns its path. `force` as in `report`."""
     layers = joined_layers(prediction, measurement.layers if measurement is not None else None)
     all_notes = list(notes)
+    flagged = faster_than_roof(prediction, layers[["name", "measured_s"]])
+    layers["faster_than_roof"] = layers["name"].isin(flagged["name"])
     if measurement is not None:
         all_notes += [f"Measurement: {note}" for note in measurement.metadata.get("notes", [])]
+        roof = roof_sentence(flagged)
+        if roof:
+            all_notes.append(roof)
         speed = speed_note(prediction.profile.metadata, measurement.metadata)
         if speed:
             all_notes.append(speed)
@@ -387,7 +393,8 @@ def summary_lines(data: ReportData, top: int = 3) -> list[str]:
     if measured and measured["latency_s"]:
         predicted = p.totals["predicted_latency_s"]
         lines.append(f"Measured {format_time(measured['latency_s'])} per batch of {measured['batch']} against "
-                     f"{format_time(predicted)} predicted ({measured['latency_s'] / predicted:.3g}x).")
+                     f"{format_time(predicted)} predicted ({measured['latency_s'] / predicted:.3g}x)"
+                     + (f": {p.interval_text(measured['latency_s'])}." if p.calibrated else "."))
         excess = (layers["measured_s"] - layers["predicted_s"]).where(layers["measured_s"] > layers["predicted_s"])
         worst = layers.loc[excess.dropna().sort_values(ascending=False, kind="stable").index[:top]]
         if len(worst):
@@ -460,6 +467,9 @@ def _display_table(layers: pd.DataFrame) -> pd.DataFrame:
         "bytes": each("bytes", format_bytes),
         "FLOP/B": each("arithmetic_intensity", lambda v: f"{v:.3g}"),
         "predicted": each("predicted_s", format_time),
+        **({"80% interval": [f"{format_time(lo)} - {format_time(hi)}" if pd.notna(lo) else "-"
+                             for lo, hi in zip(layers["predicted_low_s"], layers["predicted_high_s"], strict=True)]}
+           if bool(layers["predicted_low_s"].notna().any()) else {}),
         "bound": layers["bound_label"],
         "share": each("share", lambda v: f"{v:.1%}"),
         "measured": each("measured_s", format_time),
@@ -603,7 +613,8 @@ _SCRIPT = """
 _TEXT_COLUMNS = {"layer", "type", "bound"}
 # The raw column a displayed number sorts by (both tables), so "1.2 ms" sorts after "900 us".
 _SORT_KEYS = {"#": "order", "calls": "calls", "MACs": "macs", "FLOPs": "flops", "params": "params", "bytes": "bytes",
-              "FLOP/B": "arithmetic_intensity", "predicted": "predicted_s", "share": "share", "measured": "measured_s",
+              "FLOP/B": "arithmetic_intensity", "predicted": "predicted_s", "80% interval": "predicted_high_s",
+              "share": "share", "measured": "measured_s",
               "meas/pred": "measured_over_predicted", "predicted in pass": "predicted_in_pass_s",
               "measured in pass": "measured_in_pass_s"}
 

@@ -239,6 +239,14 @@ class HardwareProfile:
             return self.efficiency[key] * self.pass_efficiency[op_class] / self.efficiency[op_class]
         return self.pass_efficiency.get(op_class)
 
+    def calibration_spread(self, op_class: str, in_pass: bool = False) -> float | None:
+        """How much the class's calibration ops moved between timing rounds (relative half-range), if recorded."""
+        text = self.metadata.get(f"{'pass_efficiency' if in_pass else 'efficiency'}_spread.{op_class}")
+        try:
+            return float(text) if text is not None else None
+        except ValueError:
+            return None
+
     def calibration_samples(self, op_class: str, in_pass: bool = False) -> list[CalibrationSample]:
         """The timed ops a class's efficiency line was fitted to (from metadata), for the evidence behind a factor."""
         text = self.metadata.get(f"{'pass_efficiency' if in_pass else 'efficiency'}.{op_class}", "")

@@ -1,0 +1,118 @@
+"""Fidelity you can see (issue 16): prediction intervals from the calibration's own evidence, and a
+measurement faster than the roof flagged with its figures."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+import roofline
+from roofline.fidelity import ROOF_MARGIN, faster_than_roof, roof_sentence
+from roofline.hardware.profile import CalibrationSample, HardwareProfile, MemoryLevel
+from roofline.predict import INTERVAL_COVERAGE, predict
+
+Z = 1.2816  # the 80% two-sided normal quantile
+
+
+def _profile(residual: float, spread: float | None = None) -> HardwareProfile:
+    """A measured CPU whose gemm line (fixed 1 us, efficiency 0.5) missed its three sizes by exp(+-residual)."""
+    samples = []
+    for roof, sign in ((1e-5, 1), (1e-4, -1), (1e-3, 1)):
+        line = 1e-6 + roof / 0.5
+        samples.append(str(CalibrationSample(f"linear {roof}", roof, line * math.exp(sign * residual), "DRAM")))
+    metadata = {"efficiency.gemm": "; ".join(samples), "date": "2026-12-01T00:00:00"}
+    if spread is not None:
+        metadata["efficiency_spread.gemm"] = str(spread)
+    return HardwareProfile(
+        name="measured", kind="cpu", vendor="test", source="measured", reference="test",
+        peak_flops_per_s={"fp32": 1e11}, memory_levels=(MemoryLevel("DRAM", 1e10, 1e10),), overhead_s=1e-6,
+        efficiency={"gemm": 0.5}, fixed_overhead_s={"gemm": 1e-6}, metadata=metadata,
+    )
+
+
+def _linear(layers: int = 1):
+    with torch.device("meta"):
+        model = nn.Sequential(*[nn.Linear(512, 512, bias=False) for _ in range(layers)])
+        return roofline.analyze(model.eval(), inputs=[torch.randn(64, 512)])
+
+
+def _width(prediction, name="0") -> float:
+    row = prediction.layers.set_index("name").loc[name]
+    return math.log(row["predicted_high_s"] / row["predicted_low_s"])
+
+
+def test_the_interval_widens_when_the_calibration_residuals_do():
+    analysis = _linear()
+    narrow, wide = predict(analysis, _profile(0.05), calibrated=True), predict(analysis, _profile(0.3), calibrated=True)
+    assert _width(wide) > 5 * _width(narrow)
+    # sigma = the RMS of the log residuals (all 0.05 here), no spread recorded: half-width z * sigma on log time.
+    assert _width(narrow) == pytest.approx(2 * Z * 0.05, rel=0.02)  # the evidence is kept to 3 digits
+    row = narrow.layers.set_index("name").loc["0"]
+    assert row["predicted_low_s"] < row["predicted_s"] < row["predicted_high_s"]
+
+
+def test_the_timed_spread_adds_in_quadrature():
+    analysis = _linear()
+    with_spread = predict(analysis, _profile(0.05, spread=0.12), calibrated=True)
+    assert _width(with_spread) == pytest.approx(2 * Z * math.hypot(0.05, 0.12), rel=0.02)
+
+
+def test_errors_within_a_class_do_not_average_out():
+    one, four = predict(_linear(1), _profile(0.1), calibrated=True), predict(_linear(4), _profile(0.1), calibrated=True)
+    width_one = math.log(one.totals["predicted_latency_high_s"] / one.totals["predicted_latency_low_s"])
+    width_four = math.log(four.totals["predicted_latency_high_s"] / four.totals["predicted_latency_low_s"])
+    assert width_four == pytest.approx(width_one, rel=1e-6)  # four gemms: one line, fully correlated, no 1/sqrt(4)
+    assert four.totals["interval_coverage"] == INTERVAL_COVERAGE
+
+
+def test_a_plain_prediction_has_no_interval_and_says_so():
+    plain = predict(_linear(), _profile(0.1))
+    assert plain.layers["predicted_low_s"].isna().all() and math.isnan(plain.totals["predicted_latency_low_s"])
+    assert "plain roofline: no interval" in plain.interval_text()
+    assert "not an estimate" in plain.bound_summary()
+
+
+def test_interval_text_says_whether_a_measurement_falls_inside():
+    calibrated = predict(_linear(), _profile(0.1), calibrated=True)
+    t = calibrated.totals
+    assert calibrated.interval_text(t["predicted_latency_s"]).endswith(": inside")
+    assert calibrated.interval_text(t["predicted_latency_high_s"] * 1.01).endswith(": outside")
+    assert "80% interval" in calibrated.summary()
+
+
+def test_a_measurement_faster_than_the_roof_is_flagged_with_its_figures():
+    prediction = predict(_linear(), "t4")
+    roof = float(prediction.layers.set_index("name").loc["0", "roofline_s"])
+    measured = pd.DataFrame({"name": ["0"], "measured_s": [roof / 3]})
+    flagged = faster_than_roof(prediction, measured)
+    assert list(flagged["name"]) == ["0"] and flagged["times_the_roof"].iloc[0] == pytest.approx(3)
+    flops = 2 * 64 * 512 * 512
+    if flagged["roof"].iloc[0] == "compute":
+        assert flagged["measured_rate"].iloc[0] == pytest.approx(flops / (roof / 3))
+    sentence = roof_sentence(flagged)
+    assert sentence is not None and "faster than the roofline allows" in sentence
+    assert "the count, the profile or the timing is wrong" in sentence.lower()
+    # Within the margin for timing noise: not flagged.
+    inside = pd.DataFrame({"name": ["0"], "measured_s": [roof / (1 + ROOF_MARGIN / 2)]})
+    assert faster_than_roof(prediction, inside).empty and roof_sentence(faster_than_roof(prediction, inside)) is None
+
+
+def test_the_report_carries_the_roof_flag(tmp_path):
+    from roofline.report import write_report
+
+    prediction = predict(_linear(), "t4")
+    roof = float(prediction.layers.set_index("name").loc["0", "roofline_s"])
+
+    class Fake:
+        layers = pd.DataFrame({"name": ["0"], "measured_s": [roof / 4], "iqr_s": [0.0], "repeats": [5],
+                               "noisy": [False]})
+        end_to_end = pd.DataFrame({"batch": [64], "latency_s": [roof / 4], "iqr_s": [0.0],
+                                   "throughput_samples_per_s": [64 / (roof / 4)]})
+        metadata: dict[str, object] = {"notes": []}
+
+    out = write_report(prediction, tmp_path / "r", measurement=Fake())
+    assert "faster than the roofline allows" in (out / "report.md").read_text()
+    assert "faster_than_roof" in (out / "layers.csv").read_text().splitlines()[0]
