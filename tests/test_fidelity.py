@@ -3,6 +3,7 @@ measurement faster than the roof flagged with its figures."""
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import pandas as pd
 import pytest
@@ -111,7 +112,7 @@ def test_the_report_carries_the_roof_flag(tmp_path):
                                "noisy": [False]})
         end_to_end = pd.DataFrame({"batch": [64], "latency_s": [roof / 4], "iqr_s": [0.0],
                                    "throughput_samples_per_s": [64 / (roof / 4)]})
-        metadata: dict[str, object] = {"notes": []}
+        metadata: ClassVar[dict[str, object]] = {"notes": []}
 
     out = write_report(prediction, tmp_path / "r", measurement=Fake())
     assert "faster than the roofline allows" in (out / "report.md").read_text()
