@@ -20,7 +20,8 @@ import torch
 
 from roofline.errors import RooflineError
 
-__all__ = ["Measurement", "check_budget", "reference_matmul", "retained_heap", "time_callable", "time_in_sequence", "time_interleaved"]
+__all__ = ["Measurement", "Ratio", "check_budget", "reference_matmul", "retained_heap", "time_callable", "time_in_sequence",
+           "time_interleaved", "time_ratio"]
 
 # A measurement whose IQR exceeds this fraction of its median is flagged (torch's Measurement does too).
 NOISY_IQR_FRACTION = 0.10
@@ -216,6 +217,64 @@ def time_interleaved(
                     measured[0].num_threads, names[index])
         for index, measured in enumerate(parts)
     ]
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """time(a) / time(b), measured in alternation: the per-block ratios and their median and quartiles."""
+
+    block_ratios: tuple[float, ...]
+    a: Measurement
+    b: Measurement
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.block_ratios)
+
+    @property
+    def quartiles(self) -> tuple[float, float]:
+        """The 25th and 75th percentiles of the block ratios (both the median for fewer than two blocks)."""
+        if len(self.block_ratios) < 2:
+            return self.median, self.median
+        q = statistics.quantiles(self.block_ratios, n=4, method="inclusive")
+        return q[0], q[2]
+
+    @property
+    def spread(self) -> float:
+        """Half the interquartile range of the block ratios, relative to their median."""
+        low, high = self.quartiles
+        return (high - low) / (2 * self.median) if self.median else 0.0
+
+
+def time_ratio(a: Callable[[], object], b: Callable[[], object], blocks: int = 12, block_s: float = 0.05,
+               device: str = "cpu", num_threads: int | None = None) -> Ratio:
+    """How many times longer `a` takes than `b`, timed A B, B A, A B, ... in short blocks.
+
+    A shared machine drifts 1.2-1.6x over minutes, and an absolute time inherits all of it; two
+    callables timed back to back in the same few hundred milliseconds see the same machine, so each
+    block's ratio cancels most of the drift, and the order swaps each block so a steady trend within
+    a block cancels too. The result is the median of the per-block ratios, with their quartiles.
+    """
+    if blocks < 1:
+        raise RooflineError(f"blocks must be at least 1, got {blocks}")
+    ratios: list[float] = []
+    parts: dict[str, list[Measurement]] = {"a": [], "b": []}
+    for index in range(blocks):
+        order = (("a", a), ("b", b)) if index % 2 == 0 else (("b", b), ("a", a))
+        timed = {}
+        for name, fn in order:
+            m = time_callable(fn, device=device, min_run_time_s=block_s, warmup=2 if index == 0 else 1,
+                              num_threads=num_threads, label=name)
+            parts[name].append(m)
+            timed[name] = m.median_s
+        ratios.append(timed["a"] / timed["b"])
+
+    def merged(name: str) -> Measurement:
+        ms = parts[name]
+        return Measurement(tuple(t for m in ms for t in m.raw_times_s), ms[0].number, ms[0].device, ms[0].num_threads,
+                           name)
+
+    return Ratio(tuple(ratios), merged("a"), merged("b"))
 
 
 def time_in_sequence(

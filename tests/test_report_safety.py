@@ -212,7 +212,7 @@ def test_sweep_out_follows_the_same_rule(capsys: pytest.CaptureFixture[str], tmp
     printed = capsys.readouterr().out
     assert f"wrote {out / 'sweep.csv'}" in printed
     assert (out / "sweep.csv").read_text() == printed.split("\n", 1)[1]  # the table it printed, as written
-    assert set(json.loads((out / outdir.MARKER).read_text())["files"]) == {"sweep.csv"}
+    assert set(json.loads((out / outdir.MARKER).read_text())["files"]) == {"sweep.csv", "sweep.png", "sweep.svg"}
     assert main(sweep) == 0  # its own directory: replaced
     capsys.readouterr()
     (out / "MY_NOTES.txt").write_text("mine\n")
