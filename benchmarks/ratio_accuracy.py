@@ -99,7 +99,7 @@ def _build(side: Side, device: str) -> tuple[nn.Module, list[torch.Tensor] | dic
 
 
 def _predicted(side: Side, profile: HardwareProfile, calibrated: bool) -> float:
-    """The time `measure` would see for this side: a whole forward pass repeated (the pass latency)."""
+    """The time the benchmark measures for this side: its whole forward pass, repeated."""
     if callable(side.spec):
         module, inputs = _build(side, "meta")
         analysis = roofline.analyze(module.to("meta"), inputs=[x.to("meta") for x in inputs], precision=side.precision,
@@ -107,7 +107,11 @@ def _predicted(side: Side, profile: HardwareProfile, calibrated: bool) -> float:
     else:
         analysis = roofline.analyze(load(side.spec, batch=side.batch, seq_len=side.seq_len), precision=side.precision,
                                     warn_unsupported=False)
-    return float(predict(analysis, profile, calibrated=calibrated).totals["predicted_latency_s"])
+    totals = predict(analysis, profile, calibrated=calibrated).totals
+    # One layer repeated is that layer alone, warm (as `measure` times a layer); a model's layers run once per
+    # pass, after the others, so its pass latency is the sum of the layers in a pass.
+    single = int((analysis.layers["ops"] > 0).sum()) <= 1
+    return float(totals["sum_of_layers_s" if single else "predicted_latency_s"])
 
 
 def _callable(side: Side, device: str) -> Callable[[], object]:
