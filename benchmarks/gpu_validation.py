@@ -107,8 +107,11 @@ def main() -> int:
                                           <= prediction.totals["predicted_latency_high_s"])
                 joined = prediction.layers.merge(measured.layers[["name", "measured_s"]], on="name")
                 joined = joined[(joined["measured_s"] > 0) & (joined["predicted_s"] > 0)]
-                joined = joined.assign(model=label, error=joined["predicted_s"] / joined["measured_s"] - 1)
-                layer_rows.append(joined[["model", "name", "type", "predicted_s", "measured_s", "error", "bound_label"]])
+                joined = joined.assign(model=label, error=joined["predicted_s"] / joined["measured_s"] - 1,
+                                       inside=(joined["predicted_low_s"] <= joined["measured_s"])
+                                       & (joined["measured_s"] <= joined["predicted_high_s"]))
+                layer_rows.append(joined[["model", "name", "type", "predicted_s", "predicted_low_s", "predicted_high_s",
+                                          "measured_s", "error", "inside", "bound_label"]])
         rows.append(row)
     table = pd.DataFrame(rows)
     layers = pd.concat(layer_rows, ignore_index=True) if layer_rows else pd.DataFrame()
