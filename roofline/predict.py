@@ -121,11 +121,10 @@ class Prediction:
     calibrated: bool = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.analysis, Analysis):
-            raise RooflineError(f"predict needs an Analysis (from roofline.analyze), got {type(self.analysis).__name__}")
+        _check_analysis(self.analysis)
         if not isinstance(self.profile, HardwareProfile):
-            raise RooflineError("predict needs a HardwareProfile, or a profile name, path or 'auto'; "
-                                f"got {type(self.profile).__name__}")
+            raise RooflineError(f"predict() needs a HardwareProfile or a profile name, path or 'auto', got "
+                                f"{type(self.profile).__name__} {self.profile!r}"[:200])
         if self.calibrated and not self.profile.efficiency:
             raise RooflineError(
                 f"profile {self.profile.name!r} has no efficiency factors for calibrated prediction;"
@@ -152,8 +151,7 @@ class Prediction:
 
     @cached_property
     def _levels(self) -> tuple[MemoryLevel, ...]:
-        levels = self.profile.streaming_levels()
-        return levels
+        return self.profile.streaming_levels()
 
     @property
     def in_pass(self) -> bool:
@@ -512,14 +510,15 @@ def format_percent(fraction: float) -> str:
     return f"{percent:.2g}%" if percent < 10 else f"{percent:.0f}%"
 
 
+def _check_analysis(analysis: object) -> None:
+    if not isinstance(analysis, Analysis):
+        raise RooflineError(f"predict() needs an Analysis from roofline.analyze(...), got {type(analysis).__name__}")
+
+
 def predict(analysis: Analysis, profile: HardwareProfile | str, precision: str | Precision | None = None,
             calibrated: bool = False) -> Prediction:
     """Predict per-layer latency of `analysis` on `profile` (a HardwareProfile, name, path or 'auto')."""
-    if not isinstance(analysis, Analysis):
-        raise RooflineError(f"predict() needs an Analysis from roofline.analyze(...), got {type(analysis).__name__}")
-    if not isinstance(profile, (HardwareProfile, str)):
-        raise RooflineError(f"predict() needs a HardwareProfile or a profile name, path or 'auto', got "
-                            f"{type(profile).__name__} {profile!r}"[:200])
+    _check_analysis(analysis)  # before loading a profile by name
     if isinstance(profile, str):
         from roofline.hardware import load_profile
 
