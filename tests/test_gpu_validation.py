@@ -17,7 +17,7 @@ def test_the_gpu_validation_script_runs_on_its_cpu_path(tmp_path: Path) -> None:
     out = tmp_path / "results"
     env = {**os.environ, "PYTHON": sys.executable}
     done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_validation.sh"), "--device", "cpu", "--quick",
-                           "--out", str(out)], capture_output=True, text=True, env=env, timeout=900)
+                           "--out", str(out)], check=False, capture_output=True, text=True, env=env, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     stems = [p.name.removesuffix(".txt") for p in out.glob("*.txt")]
     assert len(stems) == 1 and stems[0].startswith("cpu-")
