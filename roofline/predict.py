@@ -13,14 +13,18 @@ The one model of time (everything that prints or plots a time renders these term
   a GPU queues launches while earlier kernels run, so op time = max(kernel_s, overhead) (max), and
   only the part of the launch not hidden behind the kernel (exposed_overhead_s) adds time;
 - a layer pays, on a CPU, one Python module call (module_call_s) besides its ops;
+- a model split across devices (roofline.parallel.shard) pays, on the ops that carry them, its
+  collectives on the profile's interconnect (collective_s: ring all-reduce 2(N-1)/N x bytes / bandwidth
+  + (N-1) x latency, all-gather, pipeline sends), after the kernel: they do not overlap with compute;
 - inside a full pass (calibrated, with a pass line measured), the same ops use the pass line; the
   difference from the layer alone is pass_penalty_s.
 
 So, for every op and every layer, exactly:
-    predicted_s = roofline_s + efficiency_s + exposed_overhead_s + module_call_s
+    predicted_s = roofline_s + efficiency_s + exposed_overhead_s + module_call_s + collective_s
     in_pass_s   = predicted_s + pass_penalty_s
 and the end-to-end latency is the sum of in_pass_s. A layer's bound is the largest of its roofline
-time on the compute roof, on the memory roof, its efficiency time and its exposed overhead.
+time on the compute roof, on the memory roof, its efficiency time, its exposed overhead and its
+collective time (bound "interconnect").
 """
 from __future__ import annotations
 
@@ -47,6 +51,7 @@ from roofline.formatting import (
     json_value,
 )
 from roofline.hardware.profile import HardwareProfile, MemoryLevel
+from roofline.parallel import COLLECTIVE_COLUMNS, collective_seconds
 from roofline.precision import Precision, get_precision
 from roofline.trace import UNUSED_NAME
 
@@ -64,7 +69,7 @@ MAX_SEARCHED_BATCH = 4096
 
 # The terms every op and layer carries, in the order they are rendered; they add up as the module says.
 TERM_COLUMNS = ["compute_s", "memory_s", "roofline_s", "efficiency_s", "overhead_s", "exposed_overhead_s",
-                "module_call_s", "predicted_s", "pass_penalty_s", "in_pass_s"]
+                "module_call_s", "collective_s", "predicted_s", "pass_penalty_s", "in_pass_s"]
 
 
 def batch_size(analysis: Analysis) -> int:
@@ -177,19 +182,32 @@ class Prediction:
         records["overhead_s"] = self._overhead(records["op_class"])
         kernel = records["roofline_s"] / records["efficiency"]
         records["efficiency_s"] = kernel - records["roofline_s"]
-        records["predicted_s"] = _combine(self.rule, kernel, records["overhead_s"])
-        records["exposed_overhead_s"] = records["predicted_s"] - kernel
+        records["collective_s"] = self._collective(records)
+        records["predicted_s"] = _combine(self.rule, kernel, records["overhead_s"]) + records["collective_s"]
+        records["exposed_overhead_s"] = records["predicted_s"] - kernel - records["collective_s"]
         records["module_call_s"] = 0.0
         if self.in_pass:
             efficiency = self._efficiency(records["op_class"], records["memory_level"], in_pass=True)
             overhead = self._overhead(records["op_class"], in_pass=True)
-            records["in_pass_s"] = _combine(self.rule, records["roofline_s"] / efficiency, overhead)
+            records["in_pass_s"] = (_combine(self.rule, records["roofline_s"] / efficiency, overhead)
+                                    + records["collective_s"])
         else:
             records["in_pass_s"] = records["predicted_s"]
         records["pass_penalty_s"] = records["in_pass_s"] - records["predicted_s"]
         records["ridge_point"] = peak / bandwidth
         records["attainable_flops_per_s"] = np.minimum(peak, records["arithmetic_intensity"] * bandwidth)
         return records
+
+    def _collective(self, records: pd.DataFrame) -> Any:
+        """Interconnect time of the collectives roofline.parallel attached to ops (0 for a model on one device)."""
+        moved = records[list(COLLECTIVE_COLUMNS)].to_numpy(dtype=float) * self.precision.activation_bytes
+        if not moved.any():
+            return 0.0
+        link = self.profile.interconnect
+        if link is None:
+            raise RooflineError(f"{self.profile.where}: no 'interconnect' entry, which --tp/--pp need to cost "
+                                "collectives; add one (name, bandwidth_bytes_per_s, latency_s, source)")
+        return collective_seconds(moved[:, 0], moved[:, 1], moved[:, 2], self.analysis.trace.tensor_parallel, link)
 
     def _efficiency(self, op_class: pd.Series, level: pd.Series, in_pass: bool = False) -> pd.Series:
         if not self.calibrated:
@@ -219,7 +237,7 @@ class Prediction:
         module call, the layer's roof, its bound and where its time sits against the roof."""
         ops = self.ops
         sums = ["compute_s", "memory_s", "roofline_s", "efficiency_s", "overhead_s", "exposed_overhead_s",
-                "predicted_s", "pass_penalty_s", "in_pass_s"]
+                "collective_s", "predicted_s", "pass_penalty_s", "in_pass_s"]
         by_layer = ops.groupby("layer", sort=False)
         summed = by_layer[sums].sum()
         on_compute = ops["roofline_s"].where(ops["roof"] == "compute", 0.0)
@@ -251,9 +269,10 @@ class Prediction:
         layers["roof"] = np.where(layers["compute_roof_s"] >= layers["memory_roof_s"], "compute",
                                   "memory:" + layers["memory_level"])
         layers["bound"] = [
-            _bound(c, m, e, o, level) for c, m, e, o, level in zip(
+            _bound(c, m, e, o, level, x) for c, m, e, o, level, x in zip(
                 layers["compute_roof_s"], layers["memory_roof_s"], layers["efficiency_s"],
-                layers["exposed_overhead_s"] + layers["module_call_s"], layers["memory_level"], strict=True)
+                layers["exposed_overhead_s"] + layers["module_call_s"], layers["memory_level"],
+                layers["collective_s"], strict=True)
         ]
         kernel = layers["roofline_s"] + layers["efficiency_s"]
         layers["efficiency"] = (layers["roofline_s"] / kernel.where(kernel > 0)).fillna(1.0)  # the ops' mean factor
@@ -276,7 +295,7 @@ class Prediction:
 
         # Shares of the pass's time by each layer's bound (what sets its speed)...
         by_bound = {kind: float(layers.loc[layers["bound"].str.startswith(kind), "in_pass_s"].sum())
-                    for kind in ("memory", "compute", "efficiency")}
+                    for kind in ("memory", "compute", "efficiency", "interconnect")}
         # ... and the exact terms of the latency, which add up to it.
         terms = {
             "roofline_compute_s": float(layers["compute_roof_s"].sum()),
@@ -284,6 +303,7 @@ class Prediction:
             "efficiency_s": float(layers["efficiency_s"].sum()),
             "exposed_overhead_s": float(layers["exposed_overhead_s"].sum()),
             "module_call_s": float(layers["module_call_s"].sum()),
+            "collective_s": float(layers["collective_s"].sum()),
             "pass_penalty_s": float(layers["pass_penalty_s"].sum()),
         }
         return {
@@ -300,6 +320,7 @@ class Prediction:
             "memory_bound_time_fraction": share(by_bound["memory"]),
             "compute_bound_time_fraction": share(by_bound["compute"]),
             "efficiency_bound_time_fraction": share(by_bound["efficiency"]),
+            "interconnect_bound_time_fraction": share(by_bound["interconnect"]),
             "overhead_bound_time_fraction": max(0.0, 1.0 - share(sum(by_bound.values()))) if latency else 0.0,
             "peak_flops_per_s": self.peak_flops_per_s,
             "dram_bandwidth_bytes_per_s": streaming,
@@ -345,7 +366,8 @@ class Prediction:
         return FusedGroup(
             layers=tuple(group), unfused_s=float(rows["predicted_s"].sum()), compute_s=compute, memory_s=memory,
             roofline_s=roofline, kernel_s=kernel, overhead_s=overhead, module_call_s=module_call, rule=self.rule,
-            predicted_s=float(_combine(self.rule, kernel, overhead)) + module_call, boundary_bytes=boundary,
+            predicted_s=float(_combine(self.rule, kernel, overhead)) + module_call + float(rows["collective_s"].sum()),
+            boundary_bytes=boundary,
             eager_bytes=eager,
         )
 
@@ -408,9 +430,11 @@ class Prediction:
         return f"<pre>{self.summary()}</pre>" + str(self.layers.to_html(index=False, float_format=lambda v: f"{v:.4g}"))
 
 
-def _bound(compute_s: float, memory_s: float, efficiency_s: float, overhead_s: float, level: str) -> str:
+def _bound(compute_s: float, memory_s: float, efficiency_s: float, overhead_s: float, level: str,
+           collective_s: float = 0.0) -> str:
     """What sets a layer's speed: the largest of its terms (ties go to the roofline, then efficiency)."""
-    parts = {"compute": compute_s, f"memory:{level}": memory_s, "efficiency": efficiency_s, "overhead": overhead_s}
+    parts = {"compute": compute_s, f"memory:{level}": memory_s, "efficiency": efficiency_s, "overhead": overhead_s,
+             "interconnect": collective_s}
     if not any(parts.values()):
         return "overhead"
     return max(parts, key=lambda k: parts[k])
@@ -484,7 +508,8 @@ def render(prediction: Prediction, fmt: str = "table") -> str:
         return json.dumps(prediction.to_dict(), indent=2)
     columns = ["name", "type", "flops", "bytes", "arithmetic_intensity", "roofline_s",
                *(["efficiency_s"] if prediction.calibrated else []), "exposed_overhead_s",
-               *(["module_call_s"] if prediction.module_call_s else []), "predicted_s",
+               *(["module_call_s"] if prediction.module_call_s else []),
+               *(["collective_s"] if prediction.totals["collective_s"] else []), "predicted_s",
                *(["in_pass_s"] if prediction.in_pass else []), "bound"]
     table = prediction.layers[columns]
     if fmt == "csv":

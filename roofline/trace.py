@@ -76,6 +76,11 @@ class OpRecord:
     supported: bool
     input_shapes: str
     output_shapes: str
+    # Elements this op's output sends over the interconnect when the model is split across devices
+    # (roofline.parallel attaches them; a trace of one device has none).
+    allreduce_elements: int = 0
+    allgather_elements: int = 0
+    p2p_elements: int = 0
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,7 @@ class Trace:
     unsupported: dict[str, int]
     attention: str
     outputs: Any = field(default=None, repr=False, compare=False)
+    tensor_parallel: int = 1  # devices each op is split across (roofline.parallel.shard); its collectives' group
 
 
 @dataclass
