@@ -386,8 +386,9 @@ def trace_llm(model: str, *, prompt_len: int = 1024, gen_len: int = 256, batch: 
 
 def report_for(traces: LLMTraces, profile: HardwareProfile, precision: Precision, *, tp: int = 1, pp: int = 1,
                microbatches: int | None = None, calibrated: bool = False) -> LLMReport:
-    """Predict traced passes on `profile` split TP=tp x PP=pp (microbatches: default pp; must divide the batch)."""
-    micro = microbatches or pp
+    """Predict traced passes on `profile` split TP=tp x PP=pp (microbatches must divide the batch; by default the
+    largest divisor of it up to pp: one microbatch per stage where the batch allows)."""
+    micro = microbatches or max(d for d in range(1, min(pp, traces.batch) + 1) if traces.batch % d == 0)
     if micro < 1 or traces.batch % micro:
         raise RooflineError(f"--microbatches {micro} must be a positive divisor of the batch ({traces.batch})")
     if tp * pp > 1 and traces.plan is None:
