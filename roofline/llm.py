@@ -127,6 +127,7 @@ class LLMReport:
     pp: int = 1  # pipeline stages
     microbatches: int = 1  # a phase's prediction is one microbatch of batch / microbatches sequences
     plan: ParallelPlan | None = None  # how the model splits (None on one device)
+    traces: LLMTraces | None = dataclasses.field(default=None, repr=False, compare=False)  # for re-predicting
 
     @property
     def devices(self) -> int:
@@ -406,7 +407,7 @@ def report_for(traces: LLMTraces, profile: HardwareProfile, precision: Precision
     decode = tuple(Phase(f"decode@{context}", context, 1, phase_prediction(step)) for context, step in traces.decode)
     return LLMReport(traces.model, profile, precision, traces.batch, traces.prompt_len, traces.gen_len,
                      traces.attention, prefill, decode, traces.kv_elements_per_token, tp=tp, pp=pp,
-                     microbatches=micro, plan=traces.plan if tp * pp > 1 else None)
+                     microbatches=micro, plan=traces.plan if tp * pp > 1 else None, traces=traces)
 
 
 def fit_error(report: LLMReport) -> RooflineError:

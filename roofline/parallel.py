@@ -210,7 +210,7 @@ def shard(analysis: Analysis, plan: ParallelPlan, tp: int = 1, pp: int = 1) -> A
 
     records = []
     for index, (record, owner) in enumerate(zip(trace.records, owner_of, strict=True)):
-        changes: dict[str, int] = {}
+        changes: dict[str, Any] = {}
         if owner is not None:
             share = 1 / tp
             changes = {

@@ -17,8 +17,10 @@ device list is, and tokens/s under continuous batching. Re-predicts; never re-tr
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -32,7 +34,8 @@ from roofline.precision import Precision
 from roofline.predict import predict
 from roofline.trace import OpRecord, Trace
 
-__all__ = ["compare_devices", "continuous_batching", "decode_at", "smallest_fit", "turn_sentence"]
+__all__ = ["compare_devices", "continuous_batching", "decode_at", "render_devices", "render_serving", "smallest_fit",
+           "turn_sentence", "write_devices"]
 
 SPLITS = (1, 2, 4, 8)  # TP and PP degrees tried: one node of up to 8 devices
 _COUNTS = ("macs", "flops", "weight_read", "act_read", "kv_read", "fixed_read_bytes", "act_written", "kv_written",
@@ -91,6 +94,11 @@ def compare_devices(traces: LLMTraces, profiles: Sequence[HardwareProfile], prec
     return pd.DataFrame(rows)
 
 
+def _counts(values: dict[str, int]) -> dict[str, Any]:
+    """Count fields for dataclasses.replace (typed loosely: OpRecord's other fields are not ints)."""
+    return dict(values)
+
+
 def decode_at(traces: LLMTraces, context: int) -> Trace:
     """A decode step at `context` tokens of cache, each op's counts affine between the first and last traced steps."""
     (c0, first), (c1, last) = traces.decode[0], traces.decode[-1]
@@ -107,7 +115,7 @@ def decode_at(traces: LLMTraces, context: int) -> Trace:
     def between(a: int, b: int) -> int:
         return max(0, round(a + (b - a) * t))
 
-    records = [dataclasses.replace(a, **{f: between(getattr(a, f), getattr(b, f)) for f in _COUNTS})
+    records = [dataclasses.replace(a, **_counts({f: between(getattr(a, f), getattr(b, f)) for f in _COUNTS}))
                for a, b in zip(first.records, last.records, strict=True)]
     return dataclasses.replace(
         first, records=records, model_name=f"{traces.model} decode@{context}", outputs=None,
@@ -135,7 +143,7 @@ def _merged(decode: Analysis, prefill: Analysis) -> Analysis:
             continue
         base = records[match]
         records[match] = dataclasses.replace(
-            base, **{f: getattr(base, f) + getattr(record, f) for f in _COUNTS if f != "weight_read"},
+            base, **_counts({f: getattr(base, f) + getattr(record, f) for f in _COUNTS if f != "weight_read"}),
             weight_read=max(base.weight_read, record.weight_read))
     trace = dataclasses.replace(
         decode.trace, records=records, model_name=decode.trace.model_name + " + prefill chunk",
@@ -210,3 +218,91 @@ def turn_sentence(table: pd.DataFrame) -> str:
         else:
             sentences.append(f"at context {context} no batch tried fits")
     return "; ".join(sentences)
+
+
+_DEVICE_COLUMNS = ["device", "tp", "pp", "devices", "interconnect", "memory_per_device_bytes", "device_memory_bytes",
+                   "time_to_first_token_s", "time_per_output_token_s", "tokens_per_s", "tokens_per_s_per_device",
+                   "collective_fraction", "max_batch_that_fits", "note"]
+_SERVING_COLUMNS = ["context", "batch", "prefill_tokens_per_step", "time_per_output_token_s", "time_to_first_token_s",
+                    "tokens_per_s", "memory_bound_fraction", "compute_bound_fraction", "bound", "arithmetic_intensity",
+                    "memory_per_device_bytes", "fits"]
+_MARKER = "<!-- written by roofline compare --tp -->"
+
+
+def _tokens(value: Any) -> str:
+    return "-" if pd.isna(value) else f"{value:,.1f}"
+
+
+def devices_notes(table: pd.DataFrame, traces: LLMTraces, precision: Precision) -> list[str]:
+    """What the device table assumes, in sentences."""
+    notes = [
+        (f"{traces.model} @ {precision.name}: batch {traces.batch}, prompt {traces.prompt_len}, generate "
+         f"{traces.gen_len}; decode tokens/s at the middle of the generation (roofline terms, not measured)."),
+        ("Split: the smallest TP x PP of up to 8 devices whose memory per device (weight shard + KV-cache shard "
+         "+ activations) fits, fewer devices first, TP before PP; collectives on the profile's interconnect "
+         "(ring all-reduce 2(N-1)/N x bytes / bandwidth + (N-1) x latency), not overlapped with compute."),
+    ]
+    fitting = table[table["fits"]] if "fits" in table else table
+    if len(fitting) > 1:
+        best = fitting.loc[fitting["tokens_per_s"].idxmax()]
+        per = fitting.loc[fitting["tokens_per_s_per_device"].idxmax()]
+        notes.append(f"Fastest group: {best['device']} x{int(best['devices'])} at {best['tokens_per_s']:,.1f} tokens/s; "
+                     f"most tokens/s per device: {per['device']} ({per['tokens_per_s_per_device']:,.1f}).")
+    return notes
+
+
+def render_devices(table: pd.DataFrame, traces: LLMTraces, precision: Precision, fmt: str = "table") -> str:
+    """The device comparison as a table (or CSV, JSON, Markdown) with its notes."""
+    from roofline.formatting import format_markdown, format_table
+
+    if fmt == "csv":
+        return str(table.to_csv(index=False)).rstrip("\n")
+    if fmt == "json":
+        return str(table.to_json(orient="records", indent=2))
+    shown = table[[c for c in _DEVICE_COLUMNS if c in table]]
+    formatters = {"tokens_per_s": _tokens, "tokens_per_s_per_device": _tokens}
+    body = format_markdown(shown, formatters) if fmt == "markdown" else format_table(shown, formatters)
+    return body + "\n\n" + "\n".join(devices_notes(table, traces, precision))
+
+
+def render_serving(table: pd.DataFrame, fmt: str = "table") -> str:
+    """The continuous-batching sweep with the sentence on where it turns compute-bound."""
+    from roofline.formatting import format_table
+
+    if fmt == "csv":
+        return str(table.to_csv(index=False)).rstrip("\n")
+    if fmt == "json":
+        return str(table.to_json(orient="records", indent=2))
+    return (format_table(table[_SERVING_COLUMNS], {"tokens_per_s": _tokens, "prefill_tokens_per_step": _tokens})
+            + "\n\ncontinuous batching: " + turn_sentence(table))
+
+
+def write_devices(table: pd.DataFrame, traces: LLMTraces, precision: Precision, out: Path, *,
+                  model: str) -> list[Path]:
+    """Write the comparison (CSV, Markdown) and its chart into `out`; refuses a non-empty directory it did not write."""
+    from roofline import plots
+
+    out = out.expanduser()
+    markdown = out / "llm_devices.md"
+    if out.exists():
+        if not out.is_dir():
+            raise RooflineError(f"--out {out} exists and is not a directory; choose another --out")
+        ours = markdown.exists() and markdown.read_text(errors="replace").startswith(_MARKER)
+        if any(out.iterdir()) and not ours:
+            raise RooflineError(f"--out {out} is not empty and holds no earlier comparison; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+
+    def write(path: Path, text: str) -> Path:
+        staging = path.with_name(f".{path.name}.writing")
+        staging.write_text(text)
+        os.replace(staging, path)
+        return path
+
+    chart = plots.llm_devices_chart(table, model=model, batch=traces.batch)
+    command = f"roofline compare {model} --hw ... --tp auto ({precision.name})"
+    paths = [
+        write(out / "llm_devices.csv", str(table.to_csv(index=False))),
+        write(markdown, f"{_MARKER}\n# {command}\n\n" + render_devices(table, traces, precision, fmt="markdown")
+              + f"\n\n![tokens/s per device](llm_devices.png)\n\n{chart.caption}\n"),
+    ]
+    return paths + plots.save_chart(chart, out)
