@@ -53,6 +53,14 @@ def _run_analyze(args: argparse.Namespace) -> int:
     loaded = models.load(args.model, input_shape=args.input_shape, batch=args.batch, seq_len=args.seq_len)
     result = analysis.analyze(loaded, precision=args.precision)
     print(analysis.render(result, by=args.by, fmt=args.format))
+    from roofline.moe import moe_params
+
+    moe = moe_params(loaded.module, loaded.meta.get("config"))
+    if moe is not None and args.format == "table":
+        from roofline.formatting import format_si
+
+        print(f"  mixture of experts: top-{moe.top_k} of {moe.experts} experts; parameters {format_si(moe.total)} "
+              f"total (all held in memory), {format_si(moe.active)} active per token (FLOPs count routed experts only)")
     return 0
 
 
@@ -341,6 +349,8 @@ def _setup_llm(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--measure", choices=("cpu", "cuda"), help="also time prefill and decode on this device")
     parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
     _add_split(parser, auto=True)
+    parser.add_argument("--routing-skew", help="MoE: measured expert loads, a Zipf exponent (0 = uniform, the default "
+                                               "assumption) or comma-separated per-expert shares")
     parser.add_argument("--continuous-batching", action="store_true",
                         help="also sweep tokens/s, time per output token and time to first token against batch and "
                              "context under continuous batching (prefill and decode tokens in one step)")
@@ -358,7 +368,7 @@ def _run_llm(args: argparse.Namespace) -> int:
         precision = get_precision(args.precision).with_kv(args.kv_precision)
         profiles = [_profile(name, args) for name in names]
         traces = llm.trace_llm(args.model, prompt_len=args.prompt_len, gen_len=args.gen_len, batch=args.batch,
-                               attention=args.attention)
+                               attention=args.attention, routing_skew=args.routing_skew)
         auto = tp is None or pp is None
         table = serving.compare_devices(traces, profiles, precision, tp=None if auto else tp,
                                         pp=None if auto else pp, calibrated=args.calibrated)
@@ -373,7 +383,7 @@ def _run_llm(args: argparse.Namespace) -> int:
     report = llm.llm(args.model, args.hw, precision=args.precision, kv_precision=args.kv_precision,
                      prompt_len=args.prompt_len, gen_len=args.gen_len, batch=args.batch, attention=args.attention,
                      calibrated=args.calibrated, measure_device=args.measure, tp=tp, pp=pp,
-                     microbatches=args.microbatches)
+                     microbatches=args.microbatches, routing_skew=args.routing_skew)
     print(llm.render(report, fmt=args.format))
     if args.continuous_batching and report.traces is not None:
         table = serving.continuous_batching(report.traces, report.profile, report.precision, tp=report.tp,

@@ -44,6 +44,7 @@ from roofline.formatting import (
 )
 from roofline.hardware.profile import HardwareProfile
 from roofline.models import LoadedModel, _quiet_transformers, load
+from roofline.moe import MoEParams, moe_params
 from roofline.parallel import ParallelPlan, bubble_fraction, pipeline_factor, plan_for, shard
 from roofline.precision import MEASURABLE_DTYPES, Precision, get_precision
 from roofline.predict import Prediction, overhead_sentence, predict
@@ -288,6 +289,10 @@ class LLMReport:
         ]
         if self.devices > 1:
             lines.insert(1, self.parallel_sentence())
+        if self.traces is not None and self.traces.moe is not None:
+            moe = self.traces.moe
+            lines.insert(1, f"  mixture of experts: top-{moe.top_k} of {moe.experts}; parameters {format_si(moe.total)} "
+                            f"total (all held in memory), {format_si(moe.active)} active per token")
         regime = overhead_sentence(self.decode[0].prediction, DEFAULT_BATCH_SWEEP)
         if regime:
             lines.append(f"  decode step: {regime}")
@@ -337,11 +342,23 @@ class LLMTraces:
     decode: tuple[tuple[int, Trace], ...]  # (context, trace) per traced decode step
     kv_elements_per_token: int
     plan: ParallelPlan | None  # None when the model has no list of decoder layers to split
+    moe: MoEParams | None = None  # total and active parameters of a mixture-of-experts model
 
 
 def trace_llm(model: str, *, prompt_len: int = 1024, gen_len: int = 256, batch: int = 1, attention: str = "fused",
-              points: int = 3, progress: bool = True) -> LLMTraces:
-    """Trace the prefill and a few decode steps of a causal LM on meta (see the module docstring)."""
+              points: int = 3, progress: bool = True, routing_skew: str | None = None) -> LLMTraces:
+    """Trace the prefill and a few decode steps of a causal LM on meta (see the module docstring).
+
+    routing_skew: for an MoE model, a measured skew of the experts' loads (roofline.moe.parse_skew); uniform
+    routing when None."""
+    from roofline import moe
+
+    with moe.routing(moe.parse_skew(routing_skew)):
+        return _trace_llm(model, prompt_len, gen_len, batch, attention, points, progress)
+
+
+def _trace_llm(model: str, prompt_len: int, gen_len: int, batch: int, attention: str, points: int,
+               progress: bool) -> LLMTraces:
     for name, value in (("prompt-len", prompt_len), ("gen-len", gen_len), ("batch", batch)):
         if value < 1:
             raise RooflineError(f"{name} must be a positive integer, got {value}")
@@ -382,7 +399,7 @@ def trace_llm(model: str, *, prompt_len: int = 1024, gen_len: int = 256, batch: 
     except RooflineError:
         plan = None
     return LLMTraces(model, batch, prompt_len, gen_len, attention, dataclasses.replace(prefill_trace, outputs=None),
-                     tuple(decode), kv_per_token, plan)
+                     tuple(decode), kv_per_token, plan, moe_params(module, loaded.meta.get("config")))
 
 
 def report_for(traces: LLMTraces, profile: HardwareProfile, precision: Precision, *, tp: int = 1, pp: int = 1,
@@ -425,7 +442,7 @@ def llm(model: str, profile: HardwareProfile | str, *, precision: str | Precisio
         kv_precision: str | None = None, prompt_len: int = 1024, gen_len: int = 256, batch: int = 1,
         attention: str = "fused", calibrated: bool = False, points: int = 3, measure_device: str | None = None,
         progress: bool = True, tp: int = 1, pp: int = 1, microbatches: int | None = None,
-        check_fit: bool = True) -> LLMReport:
+        check_fit: bool = True, routing_skew: str | None = None) -> LLMReport:
     """Trace prefill and decode of a causal LM on meta and predict them on `profile`, split TP=tp x PP=pp.
 
     attention: "fused" (FlashAttention-style, the score matrix never reaches memory) or "eager"
@@ -439,7 +456,7 @@ def llm(model: str, profile: HardwareProfile | str, *, precision: str | Precisio
         profile = load_profile(profile)
     chosen = get_precision(precision).with_kv(kv_precision)
     traces = trace_llm(model, prompt_len=prompt_len, gen_len=gen_len, batch=batch, attention=attention,
-                       points=points, progress=progress)
+                       points=points, progress=progress, routing_skew=routing_skew)
     if traces.plan is not None:
         traces.plan.check(tp, pp)
     report = report_for(traces, profile, chosen, tp=tp, pp=pp, microbatches=microbatches, calibrated=calibrated)

@@ -47,12 +47,12 @@ class Routing:
         return [w / total for w in weights]
 
 
-_ROUTING: contextvars.ContextVar[Routing] = contextvars.ContextVar("roofline_routing", default=Routing())
+_ROUTING: contextvars.ContextVar[Routing | None] = contextvars.ContextVar("roofline_routing", default=None)
 
 
 def current_routing() -> Routing:
     """The routing in force for the trace running now (costs/matmul.py's grouped-matmul rule reads it)."""
-    return _ROUTING.get()
+    return _ROUTING.get() or Routing()
 
 
 @contextlib.contextmanager
