@@ -188,7 +188,19 @@ class LLMReport:
         step_times = np.array([self.decode_step_s(float(c)) for c in contexts])
         decode_total = float(step_times.sum())
         tpot = decode_total / self.gen_len
-        # Per device: the weight shard, the KV-cache shard, the activations of one microbatch.
+        return {
+            "time_to_first_token_s": ttft,
+            "time_per_output_token_s": tpot,
+            "decode_tokens_per_s": self.batch / tpot,
+            "end_to_end_s": ttft + decode_total,
+            "end_to_end_tokens_per_s": self.batch * self.gen_len / (ttft + decode_total),
+            **self.memory,
+        }
+
+    @cached_property
+    def memory(self) -> dict[str, Any]:
+        """Memory per device (the weight shard, the KV-cache shard, the activations of one microbatch), whether it
+        fits and the largest batch that would: from the counts alone, no times (what-fits searches read only this)."""
         weights = self.weight_params_per_device * self.precision.weight_bytes
         kv_per_sequence = (self.kv_elements_per_token * (self.prompt_len + self.gen_len) * self.precision.kv_bytes
                            * self.kv_share)
@@ -205,11 +217,6 @@ class LLMReport:
         per_sequence = kv_per_sequence + activations / self.batch
         max_batch = math.floor((capacity - weights) / per_sequence) if capacity > weights else 0
         return {
-            "time_to_first_token_s": ttft,
-            "time_per_output_token_s": tpot,
-            "decode_tokens_per_s": self.batch / tpot,
-            "end_to_end_s": ttft + decode_total,
-            "end_to_end_tokens_per_s": self.batch * self.gen_len / (ttft + decode_total),
             "weights_bytes": weights,
             "kv_cache_bytes": self.batch * kv_per_sequence,
             "peak_activation_bytes": activations,
@@ -460,7 +467,7 @@ def llm(model: str, profile: HardwareProfile | str, *, precision: str | Precisio
     if traces.plan is not None:
         traces.plan.check(tp, pp)
     report = report_for(traces, profile, chosen, tp=tp, pp=pp, microbatches=microbatches, calibrated=calibrated)
-    if check_fit and not report.metrics["fits"]:
+    if check_fit and not report.memory["fits"]:
         raise fit_error(report)
     if measure_device is not None:
         hf_attention = "sdpa" if attention == "fused" else "eager"

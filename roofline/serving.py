@@ -47,7 +47,7 @@ def smallest_fit(traces: LLMTraces, profile: HardwareProfile, precision: Precisi
     """The first split that fits, trying fewer devices first and TP before PP at a count; None if none does."""
     if traces.plan is None:
         report = report_for(traces, profile, precision, calibrated=calibrated)
-        return report if report.metrics["fits"] else None
+        return report if report.memory["fits"] else None
     splits = sorted(((tp, pp) for tp in SPLITS for pp in SPLITS if tp * pp <= max_devices),
                     key=lambda split: (split[0] * split[1], split[1]))
     for tp, pp in splits:
@@ -56,7 +56,7 @@ def smallest_fit(traces: LLMTraces, profile: HardwareProfile, precision: Precisi
         except RooflineError:
             continue
         report = report_for(traces, profile, precision, tp=tp, pp=pp, calibrated=calibrated)
-        if report.metrics["fits"]:
+        if report.memory["fits"]:  # memory from counts alone: a split that does not fit is never timed
             return report
     return None
 
@@ -278,7 +278,7 @@ def render_serving(table: pd.DataFrame, fmt: str = "table") -> str:
 
 
 def write_devices(table: pd.DataFrame, traces: LLMTraces, precision: Precision, out: Path, *,
-                  model: str) -> list[Path]:
+                  model: str, command: str = "") -> list[Path]:
     """Write the comparison (CSV, Markdown) and its chart into `out`; refuses a non-empty directory it did not write."""
     from roofline import plots
 
@@ -299,10 +299,10 @@ def write_devices(table: pd.DataFrame, traces: LLMTraces, precision: Precision, 
         return path
 
     chart = plots.llm_devices_chart(table, model=model, batch=traces.batch)
-    command = f"roofline compare {model} --hw ... --tp auto ({precision.name})"
+    command = command or f"roofline compare {model} --tp auto --precision {precision.name}"
     paths = [
         write(out / "llm_devices.csv", str(table.to_csv(index=False))),
-        write(markdown, f"{_MARKER}\n# {command}\n\n" + render_devices(table, traces, precision, fmt="markdown")
+        write(markdown, f"{_MARKER}\n# LLM serving across devices\n\n`{command}`\n\n" + render_devices(table, traces, precision, fmt="markdown")
               + f"\n\n![tokens/s per device](llm_devices.png)\n\n{chart.caption}\n"),
     ]
     return paths + plots.save_chart(chart, out)
