@@ -331,7 +331,7 @@ def _compare_llm(args: argparse.Namespace) -> int:
     text = serving.render_devices(table, traces, precision, fmt=args.format)
     print(text)
     if args.out:
-        command = (f"roofline compare '{args.model}' --hw {args.hw} --tp {args.tp or 1} --pp {args.pp or 1} "
+        command = (f"roofline compare '{args.model}' --hw {args.hw} --tp {args.tp or 1} --pp {args.pp or ('auto' if auto else 1)} "
                    f"--precision {precision.name} --batch {traces.batch} --prompt-len {traces.prompt_len} "
                    f"--gen-len {traces.gen_len}")
         paths = serving.write_devices(table, traces, precision, Path(args.out), model=args.model, command=command)

@@ -508,7 +508,7 @@ def save_chart(chart: Chart, directory: str | Path, *, dpi: int = 100) -> list[P
 def llm_devices_chart(table: pd.DataFrame, *, model: str, batch: int) -> Chart:
     """Decode tokens/s of each device's split (roofline.serving.compare_devices): the group, and per device."""
     rows = table[table["fits"]] if "fits" in table else table
-    figure = _new_figure(7.0, 0.6 + 0.55 * max(1, len(rows)))
+    figure = _new_figure(8.5, 1.0 + 0.55 * max(1, len(rows)))
     ax = figure.add_subplot(1, 1, 1)
     labels = [f"{r.device} x{int(r.devices)} (TP={int(r.tp)}, PP={int(r.pp)})" for r in rows.itertuples()]
     y = np.arange(len(rows))
@@ -519,8 +519,9 @@ def llm_devices_chart(table: pd.DataFrame, *, model: str, batch: int) -> Chart:
     ax.set_yticks(y, labels)
     ax.invert_yaxis()
     ax.set_xlabel("decode tokens/s")
-    ax.set_title(f"{model}: batch {batch}, smallest split that fits", fontsize=9)
-    ax.legend(loc="lower right")
+    shown = model if len(model) <= 48 else model[:45] + "..."
+    ax.set_title(f"{shown}: batch {batch}", fontsize=9)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     figure.tight_layout()
     caption = ("Predicted decode tokens/s (roofline terms, collectives on each profile's interconnect) for the "
                "smallest TP x PP of each device that holds weights, KV cache and activations; per device = group / "
