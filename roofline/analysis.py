@@ -71,6 +71,8 @@ class Analysis:
                 weight_read=scale(r.weight_read) if r.op in SELECTIVE_READ_OPS else r.weight_read,
                 fixed_read_bytes=scale(r.fixed_read_bytes), act_written=scale(r.act_written),
                 kv_written=scale(r.kv_written), fixed_written_bytes=scale(r.fixed_written_bytes),
+                allreduce_elements=scale(r.allreduce_elements), allgather_elements=scale(r.allgather_elements),
+                p2p_elements=scale(r.p2p_elements),
             )
             for r in t.records
         ]
@@ -233,6 +235,7 @@ class Analysis:
 _RECORD_FIELDS = [
     "seq", "layer", "op", "op_class", "macs", "flops", "weight_read", "act_read", "kv_read", "fixed_read_bytes",
     "act_written", "kv_written", "fixed_written_bytes", "supported", "input_shapes", "output_shapes",
+    "allreduce_elements", "allgather_elements", "p2p_elements",
 ]
 
 

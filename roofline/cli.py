@@ -83,6 +83,14 @@ def _run_analyze(args: argparse.Namespace) -> int:
     loaded = models.load(args.model, input_shape=args.input_shape, batch=args.batch, seq_len=args.seq_len)
     result = analysis.analyze(loaded, precision=args.precision)
     print(analysis.render(result, by=args.by, fmt=args.format))
+    from roofline.moe import moe_params
+
+    moe = moe_params(loaded.module, loaded.meta.get("config"))
+    if moe is not None and args.format == "table":
+        from roofline.formatting import format_si
+
+        print(f"  mixture of experts: top-{moe.top_k} of {moe.experts} experts; parameters {format_si(moe.total)} "
+              f"total (all held in memory), {format_si(moe.active)} active per token (FLOPs count routed experts only)")
     return 0
 
 
@@ -130,10 +138,30 @@ def _load_for(args: argparse.Namespace) -> object:
     return models.load(args.model, input_shape=args.input_shape, batch=args.batch, seq_len=args.seq_len)
 
 
+def _add_split(parser: argparse.ArgumentParser, auto: bool = False) -> None:
+    more = " or auto (the smallest split that fits)" if auto else ""
+    parser.add_argument("--tp", default=None, help=f"tensor-parallel devices (default 1){more}")
+    parser.add_argument("--pp", default=None, help=f"pipeline-parallel stages (default 1){more}")
+    parser.add_argument("--microbatches", type=int, help="microbatches through the pipeline (default: up to --pp)")
+
+
+def _degree(text: str | None, name: str, auto: bool = False) -> int | None:
+    """--tp/--pp: a positive integer, or None for 'auto' where the command searches."""
+    if text is None:
+        return 1
+    if auto and text.strip().lower() == "auto":
+        return None
+    if not text.strip().isdigit() or int(text) < 1:
+        accepted = "a positive integer" + (" or auto" if auto else "")
+        raise RooflineError(f"--{name} must be {accepted}, got {text!r}")
+    return int(text)
+
+
 def _setup_predict(parser: argparse.ArgumentParser) -> None:
     _add_model_options(parser)
     _add_precision(parser)
     _add_hw(parser)
+    _add_split(parser)
     _add_recalibrate(parser, "the prediction is then for the machine as it is now")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar while recalibrating")
     _add_format(parser)
@@ -149,8 +177,26 @@ def _run_predict(args: argparse.Namespace) -> int:
     if device is not None:
         profile = recalibrate(profile, device, progress=not args.no_progress)
     result = analysis.analyze(loaded, precision=args.precision)
-    print(predict.render(predict.predict(result, profile, calibrated=args.calibrated or args.recalibrate),
-                         fmt=args.format))
+    tp, pp = _degree(args.tp, "tp") or 1, _degree(args.pp, "pp") or 1
+    if tp * pp > 1:
+        from roofline.parallel import plan_for, shard
+
+        result = shard(result, plan_for(loaded.module, loaded.meta.get("config")), tp, pp)  # type: ignore[attr-defined]
+    prediction = predict.predict(result, profile, calibrated=args.calibrated or args.recalibrate)
+    print(predict.render(prediction, fmt=args.format))
+    if pp > 1 and args.format == "table":
+        from roofline.formatting import format_time
+        from roofline.parallel import bubble_fraction, pipeline_factor
+
+        batch = predict.batch_size(result)
+        micro = args.microbatches or max(d for d in range(1, min(pp, batch) + 1) if batch % d == 0)
+        if micro < 1 or batch % micro:
+            raise RooflineError(f"--microbatches {micro} must be a positive divisor of the batch ({batch})")
+        micro_s = predict.predict(result.scaled_batch(1 / micro), profile,
+                                  calibrated=args.calibrated or args.recalibrate).totals["predicted_latency_s"]
+        print(f"  pipeline: {pp} stages, {micro} microbatches: a pass takes {format_time(micro_s * pipeline_factor(pp, micro))}"
+              f" per device group (bubble {bubble_fraction(pp, micro):.0%}; the table above is one device's share of "
+              "the whole model, a stage runs 1/PP of it)")
     return 0
 
 
@@ -257,10 +303,17 @@ def _setup_compare(parser: argparse.ArgumentParser) -> None:
     _add_model_options(parser)
     parser.add_argument("--hw", required=True, help="comma-separated profiles, e.g. a100-80gb-sxm,h100-sxm,t4,auto")
     parser.add_argument("--measure-hw", action="store_true", help="with auto: measure this machine first if it must be")
-    parser.add_argument("--precision", default="fp32", help="comma-separated precisions, e.g. fp32,fp16,int8")
+    parser.add_argument("--precision", default=None,
+                        help="comma-separated precisions, e.g. fp32,fp16,int8 (default fp32; with --tp/--pp: bf16)")
     parser.add_argument("--batches", default=None, help="comma-separated batch sizes to compare (default: --batch)")
     parser.add_argument("--calibrated", action="store_true")
     parser.add_argument("--format", choices=("table", "csv", "json", "markdown"), default="table")
+    parser.add_argument("--tp", default=None, help="with a causal LM: tensor-parallel devices, or auto (the smallest "
+                                                   "TP x PP that fits each device): compares tokens/s")
+    parser.add_argument("--pp", default=None, help="with a causal LM: pipeline stages (default 1, or auto with --tp auto)")
+    parser.add_argument("--prompt-len", type=int, default=1024, help="with --tp/--pp: prompt tokens (default 1024)")
+    parser.add_argument("--gen-len", type=int, default=256, help="with --tp/--pp: generated tokens (default 256)")
+    parser.add_argument("--out", help="with --tp/--pp: directory for the table (CSV, Markdown) and the chart")
 
 
 def _run_compare(args: argparse.Namespace) -> int:
@@ -269,10 +322,12 @@ def _run_compare(args: argparse.Namespace) -> int:
     from roofline.precision import get_precision
     from roofline.predict import batch_size
 
+    if args.tp is not None or args.pp is not None:
+        return _compare_llm(args)
     batches = _positive_list(args.batches, "--batches") if args.batches else None
     if batches and args.batch is not None:
         warnings.warn(f"--batch {args.batch} is ignored: --batches {args.batches} sets the batch sizes", stacklevel=1)
-    precisions = [get_precision(p).name for p in args.precision.split(",")]
+    precisions = [get_precision(p).name for p in (args.precision or "fp32").split(",")]
     profiles = [_profile(name, args) for name in args.hw.split(",")]
     # Without --batches, the model's own batch (--batch, or --input-shape's first dimension) is compared.
     loaded = models.load(args.model, input_shape=args.input_shape, batch=batches[0] if batches else args.batch,
@@ -302,6 +357,34 @@ def _run_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare_llm(args: argparse.Namespace) -> int:
+    """compare --tp/--pp: a causal LM's split, memory per device and tokens/s on each device."""
+    from pathlib import Path
+
+    from roofline import llm, serving
+    from roofline.precision import get_precision
+
+    if args.precision and "," in args.precision:
+        raise RooflineError("compare --tp/--pp takes one precision, got " + repr(args.precision))
+    precision = get_precision(args.precision or "bf16")
+    tp, pp = _degree(args.tp, "tp", auto=True), _degree(args.pp, "pp", auto=True)
+    profiles = [_profile(name, args) for name in args.hw.split(",")]
+    traces = llm.trace_llm(args.model, prompt_len=args.prompt_len, gen_len=args.gen_len, batch=args.batch or 1,
+                           progress=False)
+    auto = tp is None or pp is None
+    table = serving.compare_devices(traces, profiles, precision, tp=None if auto else tp, pp=None if auto else pp,
+                                    calibrated=args.calibrated)
+    text = serving.render_devices(table, traces, precision, fmt=args.format)
+    print(text)
+    if args.out:
+        command = (f"roofline compare '{args.model}' --hw {args.hw} --tp {args.tp or 1} --pp {args.pp or ('auto' if auto else 1)} "
+                   f"--precision {precision.name} --batch {traces.batch} --prompt-len {traces.prompt_len} "
+                   f"--gen-len {traces.gen_len}")
+        paths = serving.write_devices(table, traces, precision, Path(args.out), model=args.model, command=command)
+        print("wrote " + " ".join(str(p) for p in paths))
+    return 0
+
+
 def _setup_llm(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="a causal LM: hf:llama, hf:gpt2, hf:mistral?num_hidden_layers=4, ...")
     parser.add_argument("--hw", required=True, help="profile name, file, or auto")
@@ -314,15 +397,47 @@ def _setup_llm(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calibrated", action="store_true")
     parser.add_argument("--measure", choices=("cpu", "cuda"), help="also time prefill and decode on this device")
     parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    _add_split(parser, auto=True)
+    parser.add_argument("--routing-skew", help="MoE: measured expert loads, a Zipf exponent (0 = uniform, the default "
+                                               "assumption) or comma-separated per-expert shares")
+    parser.add_argument("--continuous-batching", action="store_true",
+                        help="also sweep tokens/s, time per output token and time to first token against batch and "
+                             "context under continuous batching (prefill and decode tokens in one step)")
+    parser.add_argument("--contexts", help="with --continuous-batching: comma-separated context lengths "
+                                           "(default: prompt-len + gen-len / 2)")
 
 
 def _run_llm(args: argparse.Namespace) -> int:
-    from roofline import llm
+    from roofline import llm, serving
+    from roofline.precision import get_precision
 
+    tp, pp = _degree(args.tp, "tp", auto=True), _degree(args.pp, "pp", auto=True)
+    names = args.hw.split(",")
+    if tp is None or pp is None or len(names) > 1:  # which split of which device: one row per device
+        precision = get_precision(args.precision).with_kv(args.kv_precision)
+        profiles = [_profile(name, args) for name in names]
+        traces = llm.trace_llm(args.model, prompt_len=args.prompt_len, gen_len=args.gen_len, batch=args.batch,
+                               attention=args.attention, routing_skew=args.routing_skew)
+        auto = tp is None or pp is None
+        table = serving.compare_devices(traces, profiles, precision, tp=None if auto else tp,
+                                        pp=None if auto else pp, calibrated=args.calibrated)
+        print(serving.render_devices(table, traces, precision, fmt=args.format))
+        return 0
+    contexts = None
+    if args.contexts:
+        try:
+            contexts = [int(c) for c in args.contexts.split(",")]
+        except ValueError as error:
+            raise RooflineError(f"--contexts must be comma-separated integers, got {args.contexts!r}") from error
     report = llm.llm(args.model, args.hw, precision=args.precision, kv_precision=args.kv_precision,
                      prompt_len=args.prompt_len, gen_len=args.gen_len, batch=args.batch, attention=args.attention,
-                     calibrated=args.calibrated, measure_device=args.measure)
+                     calibrated=args.calibrated, measure_device=args.measure, tp=tp, pp=pp,
+                     microbatches=args.microbatches, routing_skew=args.routing_skew)
     print(llm.render(report, fmt=args.format))
+    if args.continuous_batching and report.traces is not None:
+        table = serving.continuous_batching(report.traces, report.profile, report.precision, tp=report.tp,
+                                            pp=report.pp, contexts=contexts, calibrated=args.calibrated)
+        print("\n" + serving.render_serving(table, fmt=args.format))
     return 0
 
 

@@ -101,6 +101,8 @@ def _term_lines(t: dict[str, Any]) -> list[str]:
     lines.append(f"    + overhead     {format_time(t['exposed_overhead_s']):>10}   {overhead}")
     if t["module_call_s"]:
         lines.append(f"    + module call  {format_time(t['module_call_s']):>10}   one Python nn.Module call (measured)")
+    if t.get("collective_s"):
+        lines.append(f"    + collectives  {format_time(t['collective_s']):>10}   tensor-parallel collectives on the interconnect")
     lines.append(f"    = predicted    {format_time(t['predicted_s']):>10}   the layer alone, as `predict` gives it")
     if t["in_pass"]:
         lines.append(f"    + in a pass    {format_time(t['pass_penalty_s']):>10}   the profile's pass line (colder caches)")
@@ -471,7 +473,7 @@ def compare(analysis: Analysis, profiles: Sequence[HardwareProfile], precisions:
 
 # The terms of a predicted latency that compare carries; they add up to predicted_latency_s.
 _LATENCY_TERMS = ("roofline_compute_s", "roofline_memory_s", "efficiency_s", "exposed_overhead_s", "module_call_s",
-                  "pass_penalty_s")
+                  "collective_s", "pass_penalty_s")
 
 
 def compare_notes(table: pd.DataFrame) -> list[str]:

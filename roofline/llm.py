@@ -9,6 +9,10 @@
 - Hugging Face's DynamicCache concatenates each step (a copy of the whole cache); its bytes are
   counted as the model's code does them. A paged-attention server avoids that copy.
 - Tokens/s against batch size re-costs the traced decode step with `Analysis.scaled_batch`.
+- Several devices (tp, pp): each phase is one device's share of the traced pass (roofline.parallel.shard,
+  with its collectives), for one microbatch; a pass over the batch takes pipeline_factor of it, and the
+  memory per device is the weight shard, the KV-cache shard and the activations. `llm` refuses a split
+  that does not fit in one line naming the memory needed; roofline.serving searches for one that does.
 """
 from __future__ import annotations
 
@@ -40,6 +44,8 @@ from roofline.formatting import (
 )
 from roofline.hardware.profile import HardwareProfile
 from roofline.models import LoadedModel, _quiet_transformers, load
+from roofline.moe import MoEParams, moe_params
+from roofline.parallel import ParallelPlan, bubble_fraction, pipeline_factor, plan_for, shard
 from roofline.precision import MEASURABLE_DTYPES, Precision, get_precision
 from roofline.predict import Prediction, overhead_sentence, predict
 from roofline.trace import Trace, trace
@@ -50,7 +56,7 @@ DEFAULT_BATCH_SWEEP = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 _BOUND_KINDS = ("memory", "compute", "efficiency", "overhead")
 # The terms of a predicted pass time (roofline.predict), carried by the phase and batch tables and their JSON.
 _DECODE_TERMS = ("roofline_compute_s", "roofline_memory_s", "efficiency_s", "exposed_overhead_s", "module_call_s",
-                 "pass_penalty_s")
+                 "collective_s", "pass_penalty_s")
 
 
 def _forward_kwargs(module: nn.Module, ids: torch.Tensor, cache: Any) -> dict[str, Any]:
@@ -118,6 +124,35 @@ class LLMReport:
     decode: tuple[Phase, ...]
     kv_elements_per_token: int  # per sequence, all layers, keys and values
     measured: dict[str, float] | None = None
+    tp: int = 1  # tensor-parallel devices
+    pp: int = 1  # pipeline stages
+    microbatches: int = 1  # a phase's prediction is one microbatch of batch / microbatches sequences
+    plan: ParallelPlan | None = None  # how the model splits (None on one device)
+    traces: LLMTraces | None = dataclasses.field(default=None, repr=False, compare=False)  # for re-predicting
+
+    @property
+    def devices(self) -> int:
+        return self.tp * self.pp
+
+    def pass_s(self, prediction: Prediction) -> float:
+        """A pass over the whole batch: the predicted microbatch pass, times the pipeline's factor."""
+        return float(prediction.totals["predicted_latency_s"]) * pipeline_factor(self.pp, self.microbatches)
+
+    @property
+    def bubble(self) -> float:
+        """The pipeline's idle share, (M - 1) / (M - 1 + microbatches)."""
+        return bubble_fraction(self.pp, self.microbatches)
+
+    @property
+    def weight_params_per_device(self) -> float:
+        if self.plan is None:
+            return float(self.prefill.prediction.analysis.totals["params"])
+        return self.plan.device_params(self.tp, self.pp)
+
+    @property
+    def kv_share(self) -> float:
+        """The share of each sequence's KV cache one device holds (1 on one device)."""
+        return (self.plan.kv_fraction(self.tp) if self.plan else 1.0) / self.pp
 
     @cached_property
     def phases(self) -> pd.DataFrame:
@@ -142,22 +177,37 @@ class LLMReport:
     def decode_step_s(self, context: float) -> float:
         """Predicted decode-step time at a context length, interpolated between traced steps."""
         contexts = [p.context for p in self.decode]
-        times = [p.prediction.totals["predicted_latency_s"] for p in self.decode]
+        times = [self.pass_s(p.prediction) for p in self.decode]
         return float(np.interp(context, contexts, times)) if len(contexts) > 1 else times[0]
 
     @cached_property
     def metrics(self) -> dict[str, float]:
         """Time to first token, time per output token, tokens/s, memory footprint, largest batch."""
-        ttft = self.prefill.prediction.totals["predicted_latency_s"]
+        ttft = self.pass_s(self.prefill.prediction)
         contexts = np.arange(self.prompt_len, self.prompt_len + self.gen_len)
         step_times = np.array([self.decode_step_s(float(c)) for c in contexts])
         decode_total = float(step_times.sum())
         tpot = decode_total / self.gen_len
-        weights = self.prefill.prediction.analysis.totals["model_size_bytes"]
-        kv_per_sequence = self.kv_elements_per_token * (self.prompt_len + self.gen_len) * self.precision.kv_bytes
+        return {
+            "time_to_first_token_s": ttft,
+            "time_per_output_token_s": tpot,
+            "decode_tokens_per_s": self.batch / tpot,
+            "end_to_end_s": ttft + decode_total,
+            "end_to_end_tokens_per_s": self.batch * self.gen_len / (ttft + decode_total),
+            **self.memory,
+        }
+
+    @cached_property
+    def memory(self) -> dict[str, Any]:
+        """Memory per device (the weight shard, the KV-cache shard, the activations of one microbatch), whether it
+        fits and the largest batch that would: from the counts alone, no times (what-fits searches read only this)."""
+        weights = self.weight_params_per_device * self.precision.weight_bytes
+        kv_per_sequence = (self.kv_elements_per_token * (self.prompt_len + self.gen_len) * self.precision.kv_bytes
+                           * self.kv_share)
         # The prefill's peak includes the cache it fills (held as activations until it returns); the
         # cache is counted on its own above, so take it out at the activation precision.
-        prefill_cache = self.batch * self.kv_elements_per_token * self.prompt_len * self.precision.activation_bytes
+        prefill_cache = (self.batch / self.microbatches * self.kv_elements_per_token * self.prompt_len
+                         * self.precision.activation_bytes * self.kv_share * self.pp)
         activations = max(
             self.prefill.prediction.analysis.totals["peak_activation_bytes"] - prefill_cache,
             *(p.prediction.analysis.totals["peak_activation_bytes"] for p in self.decode),
@@ -167,11 +217,6 @@ class LLMReport:
         per_sequence = kv_per_sequence + activations / self.batch
         max_batch = math.floor((capacity - weights) / per_sequence) if capacity > weights else 0
         return {
-            "time_to_first_token_s": ttft,
-            "time_per_output_token_s": tpot,
-            "decode_tokens_per_s": self.batch / tpot,
-            "end_to_end_s": ttft + decode_total,
-            "end_to_end_tokens_per_s": self.batch * self.gen_len / (ttft + decode_total),
             "weights_bytes": weights,
             "kv_cache_bytes": self.batch * kv_per_sequence,
             "peak_activation_bytes": activations,
@@ -191,9 +236,10 @@ class LLMReport:
             prediction = Prediction(scaled, self.profile, middle.prediction.calibrated)
             totals = prediction.totals
             fractions = {kind: totals[f"{kind}_bound_time_fraction"] for kind in _BOUND_KINDS}
+            step = self.pass_s(prediction)
             rows.append({
-                "batch": batch, "decode_step_s": totals["predicted_latency_s"],
-                "tokens_per_s": batch / totals["predicted_latency_s"],
+                "batch": batch, "decode_step_s": step,
+                "tokens_per_s": batch / step,
                 **{f"{kind}_bound_fraction": share for kind, share in fractions.items()},
                 "bound": max(fractions, key=lambda kind: fractions[kind]),
                 **{term: totals[term] for term in _DECODE_TERMS},
@@ -226,6 +272,7 @@ class LLMReport:
             "model": self.model, "hardware": self.profile.name, "precision": self.precision.name,
             "batch": self.batch, "prompt_len": self.prompt_len, "gen_len": self.gen_len,
             "attention": self.attention, "kv_elements_per_token": self.kv_elements_per_token,
+            "tp": self.tp, "pp": self.pp, "microbatches": self.microbatches, "devices": self.devices,
             "metrics": {k: json_value(v) for k, v in self.metrics.items()},
             "phases": json_records(self.phases),
             "batch_sweep": json_records(self.batch_sweep),
@@ -247,6 +294,12 @@ class LLMReport:
             + f"; largest batch that fits: {m['max_batch_that_fits']}",
             f"  {self.decode_bound_sentence()}",
         ]
+        if self.devices > 1:
+            lines.insert(1, self.parallel_sentence())
+        if self.traces is not None and self.traces.moe is not None:
+            moe = self.traces.moe
+            lines.insert(1, f"  mixture of experts: top-{moe.top_k} of {moe.experts}; parameters {format_si(moe.total)} "
+                            f"total (all held in memory), {format_si(moe.active)} active per token")
         regime = overhead_sentence(self.decode[0].prediction, DEFAULT_BATCH_SWEEP)
         if regime:
             lines.append(f"  decode step: {regime}")
@@ -258,6 +311,17 @@ class LLMReport:
                 + f" (predicted {format_time(self.measured['predicted_decode_step_s'])})"
             )
         return "\n".join(lines)
+
+    def parallel_sentence(self) -> str:
+        """The split, the memory per device and the collectives' share of a decode step."""
+        step = self.decode[len(self.decode) // 2].prediction.totals
+        collective = step["collective_s"] / step["predicted_latency_s"] if step["predicted_latency_s"] else 0.0
+        link = self.profile.interconnect
+        text = (f"  split over {self.devices} devices (TP={self.tp} x PP={self.pp}"
+                + (f", {self.microbatches} microbatches, pipeline bubble {self.bubble:.0%}" if self.pp > 1 else "")
+                + f"); memory per device; collectives {collective:.0%} of a decode step on "
+                + (f"{link.name} ({format_si(link.bandwidth_bytes_per_s, 'B/s')} per direction)" if link else "?"))
+        return text
 
     def __repr__(self) -> str:
         return self.summary()
@@ -271,26 +335,42 @@ def _decode_contexts(prompt_len: int, gen_len: int, points: int) -> list[int]:
     return sorted({round(prompt_len + (last - prompt_len) * i / (points - 1)) for i in range(points)})
 
 
-def llm(model: str, profile: HardwareProfile | str, *, precision: str | Precision = "fp16",
-        kv_precision: str | None = None, prompt_len: int = 1024, gen_len: int = 256, batch: int = 1,
-        attention: str = "fused", calibrated: bool = False, points: int = 3, measure_device: str | None = None,
-        progress: bool = True) -> LLMReport:
-    """Trace prefill and decode of a causal LM on meta and predict them on `profile`.
+@dataclass(frozen=True)
+class LLMTraces:
+    """The traced passes of one model at one batch, prompt and generation length: predicted on any profile,
+    precision and split without re-tracing."""
 
-    attention: "fused" (FlashAttention-style, the score matrix never reaches memory) or "eager"
-    (the model's eager attention, which materialises it). measure_device: also time a real
-    prefill and decode step on this device (use a small config; random weights).
-    """
+    model: str
+    batch: int
+    prompt_len: int
+    gen_len: int
+    attention: str
+    prefill: Trace
+    decode: tuple[tuple[int, Trace], ...]  # (context, trace) per traced decode step
+    kv_elements_per_token: int
+    plan: ParallelPlan | None  # None when the model has no list of decoder layers to split
+    moe: MoEParams | None = None  # total and active parameters of a mixture-of-experts model
+
+
+def trace_llm(model: str, *, prompt_len: int = 1024, gen_len: int = 256, batch: int = 1, attention: str = "fused",
+              points: int = 3, progress: bool = True, routing_skew: str | None = None) -> LLMTraces:
+    """Trace the prefill and a few decode steps of a causal LM on meta (see the module docstring).
+
+    routing_skew: for an MoE model, a measured skew of the experts' loads (roofline.moe.parse_skew); uniform
+    routing when None."""
+    from roofline import moe
+
+    with moe.routing(moe.parse_skew(routing_skew)):
+        return _trace_llm(model, prompt_len, gen_len, batch, attention, points, progress)
+
+
+def _trace_llm(model: str, prompt_len: int, gen_len: int, batch: int, attention: str, points: int,
+               progress: bool) -> LLMTraces:
     for name, value in (("prompt-len", prompt_len), ("gen-len", gen_len), ("batch", batch)):
         if value < 1:
             raise RooflineError(f"{name} must be a positive integer, got {value}")
     if attention not in ("fused", "eager"):
         raise RooflineError(f"unknown attention {attention!r}; choose fused or eager")
-    if isinstance(profile, str):
-        from roofline.hardware import load_profile
-
-        profile = load_profile(profile)
-    chosen = get_precision(precision).with_kv(kv_precision)
     hf_attention = "sdpa" if attention == "fused" else "eager"
     loaded = load(model, batch=batch, seq_len=prompt_len, attention=hf_attention)
     module, vocab = loaded.module, _vocab(loaded)
@@ -313,17 +393,84 @@ def llm(model: str, profile: HardwareProfile | str, *, precision: str | Precisio
         bar.update()
         cache_elements = sum(t.numel() for t in cache_tensors(_output_cache(prefill_trace.outputs)))
         kv_per_token = cache_elements // (batch * prompt_len)
-        prefill = Phase("prefill", 0, prompt_len, predict(Analysis(prefill_trace, chosen), profile, calibrated=calibrated))
         decode = []
         for context in contexts:
             with torch.no_grad():
                 context_ids = torch.randint(0, vocab, (batch, context), device="meta")
                 cache = _output_cache(module(**_forward_kwargs(module, context_ids, None)))
-            step = run_trace(torch.randint(0, vocab, (batch, 1), device="meta"), cache, f"decode@{context}")
-            decode.append(Phase(f"decode@{context}", context, 1, predict(Analysis(step, chosen), profile, calibrated=calibrated)))
+            decode.append((context, run_trace(torch.randint(0, vocab, (batch, 1), device="meta"), cache,
+                                              f"decode@{context}")))
             bar.update()
-    report = LLMReport(model, profile, chosen, batch, prompt_len, gen_len, attention, prefill, tuple(decode), kv_per_token)
+    try:
+        plan: ParallelPlan | None = plan_for(module, loaded.meta.get("config"))
+    except RooflineError:
+        plan = None
+    return LLMTraces(model, batch, prompt_len, gen_len, attention, dataclasses.replace(prefill_trace, outputs=None),
+                     tuple(decode), kv_per_token, plan, moe_params(module, loaded.meta.get("config")))
+
+
+def report_for(traces: LLMTraces, profile: HardwareProfile, precision: Precision, *, tp: int = 1, pp: int = 1,
+               microbatches: int | None = None, calibrated: bool = False) -> LLMReport:
+    """Predict traced passes on `profile` split TP=tp x PP=pp (microbatches must divide the batch; by default the
+    largest divisor of it up to pp: one microbatch per stage where the batch allows)."""
+    micro = microbatches or max(d for d in range(1, min(pp, traces.batch) + 1) if traces.batch % d == 0)
+    if micro < 1 or traces.batch % micro:
+        raise RooflineError(f"--microbatches {micro} must be a positive divisor of the batch ({traces.batch})")
+    if tp * pp > 1 and traces.plan is None:
+        raise RooflineError(f"{traces.model}: --tp/--pp need a transformer with a list of decoder layers")
+
+    def phase_prediction(step: Trace) -> Prediction:
+        analysis = Analysis(step, precision)
+        if traces.plan is not None:
+            analysis = shard(analysis, traces.plan, tp, pp)
+        if micro > 1:
+            analysis = analysis.scaled_batch(1 / micro)
+        return predict(analysis, profile, calibrated=calibrated)
+
+    prefill = Phase("prefill", 0, traces.prompt_len, phase_prediction(traces.prefill))
+    decode = tuple(Phase(f"decode@{context}", context, 1, phase_prediction(step)) for context, step in traces.decode)
+    return LLMReport(traces.model, profile, precision, traces.batch, traces.prompt_len, traces.gen_len,
+                     traces.attention, prefill, decode, traces.kv_elements_per_token, tp=tp, pp=pp,
+                     microbatches=micro, plan=traces.plan if tp * pp > 1 else None, traces=traces)
+
+
+def fit_error(report: LLMReport) -> RooflineError:
+    """The one-line refusal of a split that does not fit, with the memory it needs per device."""
+    m = report.metrics
+    return RooflineError(
+        f"{report.model} does not fit on {report.profile.name} at TP={report.tp} x PP={report.pp} "
+        f"({report.precision.name}, batch {report.batch}, context {report.prompt_len + report.gen_len}): needs "
+        f"{format_bytes(m['memory_footprint_bytes'])} per device (weights {format_bytes(m['weights_bytes'])} + KV "
+        f"cache {format_bytes(m['kv_cache_bytes'])} + activations {format_bytes(m['peak_activation_bytes'])}) of "
+        f"{format_bytes(m['device_memory_bytes'])}; split it further (--tp N, --pp M, or --tp auto)")
+
+
+def llm(model: str, profile: HardwareProfile | str, *, precision: str | Precision = "fp16",
+        kv_precision: str | None = None, prompt_len: int = 1024, gen_len: int = 256, batch: int = 1,
+        attention: str = "fused", calibrated: bool = False, points: int = 3, measure_device: str | None = None,
+        progress: bool = True, tp: int = 1, pp: int = 1, microbatches: int | None = None,
+        check_fit: bool = True, routing_skew: str | None = None) -> LLMReport:
+    """Trace prefill and decode of a causal LM on meta and predict them on `profile`, split TP=tp x PP=pp.
+
+    attention: "fused" (FlashAttention-style, the score matrix never reaches memory) or "eager"
+    (the model's eager attention, which materialises it). measure_device: also time a real
+    prefill and decode step on this device (use a small config; random weights). check_fit: refuse
+    (RooflineError) a split whose memory per device exceeds the device's.
+    """
+    if isinstance(profile, str):
+        from roofline.hardware import load_profile
+
+        profile = load_profile(profile)
+    chosen = get_precision(precision).with_kv(kv_precision)
+    traces = trace_llm(model, prompt_len=prompt_len, gen_len=gen_len, batch=batch, attention=attention,
+                       points=points, progress=progress, routing_skew=routing_skew)
+    if traces.plan is not None:
+        traces.plan.check(tp, pp)
+    report = report_for(traces, profile, chosen, tp=tp, pp=pp, microbatches=microbatches, calibrated=calibrated)
+    if check_fit and not report.memory["fits"]:
+        raise fit_error(report)
     if measure_device is not None:
+        hf_attention = "sdpa" if attention == "fused" else "eager"
         report = dataclasses.replace(report, measured=_measure(model, report, measure_device, hf_attention))
     return report
 
@@ -379,7 +526,8 @@ def render(report: LLMReport, fmt: str = "table") -> str:
         "activation_bytes": format_bytes, "bytes": format_bytes, "predicted_s": format_time,
     }
     percent = {column: (lambda v: f"{v:.0%}") for column in (*(f"{k}_bound_fraction" for k in _BOUND_KINDS),)}
-    shown_phases = phases.drop(columns=[c for c in _DECODE_TERMS if c != "exposed_overhead_s"])
+    kept = ("exposed_overhead_s", "collective_s") if report.devices > 1 else ("exposed_overhead_s",)
+    shown_phases = phases.drop(columns=[c for c in _DECODE_TERMS if c not in kept])
     sweep = report.batch_sweep[["batch", "decode_step_s", "tokens_per_s", *percent, "exposed_overhead_s", "bound",
                                 "arithmetic_intensity", "fits"]]
     if not report.prefill.prediction.calibrated:
@@ -387,6 +535,7 @@ def render(report: LLMReport, fmt: str = "table") -> str:
     sweep_text = format_table(sweep, {"decode_step_s": format_time, "exposed_overhead_s": format_time,
                                       "tokens_per_s": lambda v: f"{v:,.0f}", **percent})
     return (
-        format_table(shown_phases, {**formatters, "exposed_overhead_s": format_time, **percent})
+        format_table(shown_phases, {**formatters, "exposed_overhead_s": format_time, "collective_s": format_time,
+                                    **percent})
         + "\n\n" + sweep_text + "\n\n" + report.summary()
     )

@@ -44,6 +44,7 @@ __all__ = [
     "artists",
     "bound_colour",
     "layer_link",
+    "llm_devices_chart",
     "predicted_vs_measured_chart",
     "roofline_chart",
     "save_chart",
@@ -540,3 +541,27 @@ def save_chart(chart: Chart, directory: str | Path, *, dpi: int = 100) -> list[P
         chart.figure.savefig(paths[0], dpi=dpi, facecolor="white")
         chart.figure.savefig(paths[1], facecolor="white", metadata={"Date": None})
     return paths
+
+
+def llm_devices_chart(table: pd.DataFrame, *, model: str, batch: int) -> Chart:
+    """Decode tokens/s of each device's split (roofline.serving.compare_devices): the group, and per device."""
+    rows = table[table["fits"]] if "fits" in table else table
+    figure = _new_figure(8.5, 1.0 + 0.55 * max(1, len(rows)))
+    ax = figure.add_subplot(1, 1, 1)
+    labels = [f"{r.device} x{int(r.devices)} (TP={int(r.tp)}, PP={int(r.pp)})" for r in rows.itertuples()]
+    y = np.arange(len(rows))
+    ax.barh(y + 0.2, rows["tokens_per_s"], height=0.38, color=_TYPE_PALETTE[0], label="tokens/s (the group)",
+            gid="bar:group")
+    ax.barh(y - 0.2, rows["tokens_per_s_per_device"], height=0.38, color=_TYPE_PALETTE[1],
+            label="tokens/s per device", gid="bar:per-device")
+    ax.set_yticks(y, labels)
+    ax.invert_yaxis()
+    ax.set_xlabel("decode tokens/s")
+    shown = model if len(model) <= 48 else model[:45] + "..."
+    ax.set_title(f"{shown}: batch {batch}", fontsize=9)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    figure.tight_layout()
+    caption = ("Predicted decode tokens/s (roofline terms, collectives on each profile's interconnect) for the "
+               "smallest TP x PP of each device that holds weights, KV cache and activations; per device = group / "
+               "devices. Devices where no split of up to 8 fits are left out.")
+    return Chart("llm_devices", figure, caption)

@@ -13,14 +13,18 @@ The one model of time (everything that prints or plots a time renders these term
   a GPU queues launches while earlier kernels run, so op time = max(kernel_s, overhead) (max), and
   only the part of the launch not hidden behind the kernel (exposed_overhead_s) adds time;
 - a layer pays, on a CPU, one Python module call (module_call_s) besides its ops;
+- a model split across devices (roofline.parallel.shard) pays, on the ops that carry them, its
+  collectives on the profile's interconnect (collective_s: ring all-reduce 2(N-1)/N x bytes / bandwidth
+  + (N-1) x latency, all-gather, pipeline sends), after the kernel: they do not overlap with compute;
 - inside a full pass (calibrated, with a pass line measured), the same ops use the pass line; the
   difference from the layer alone is pass_penalty_s.
 
 So, for every op and every layer, exactly:
-    predicted_s = roofline_s + efficiency_s + exposed_overhead_s + module_call_s
+    predicted_s = roofline_s + efficiency_s + exposed_overhead_s + module_call_s + collective_s
     in_pass_s   = predicted_s + pass_penalty_s
 and the end-to-end latency is the sum of in_pass_s. A layer's bound is the largest of its roofline
-time on the compute roof, on the memory roof, its efficiency time and its exposed overhead.
+time on the compute roof, on the memory roof, its efficiency time, its exposed overhead and its
+collective time (bound "interconnect").
 """
 from __future__ import annotations
 
@@ -47,6 +51,7 @@ from roofline.formatting import (
     json_value,
 )
 from roofline.hardware.profile import HardwareProfile, MemoryLevel
+from roofline.parallel import COLLECTIVE_COLUMNS, collective_seconds
 from roofline.precision import Precision, get_precision
 from roofline.trace import UNUSED_NAME
 
@@ -68,7 +73,7 @@ _INTERVAL_Z = 1.2816  # Phi^-1(0.9): 80% of a normal lies within +-1.2816 sigma
 
 # The terms every op and layer carries, in the order they are rendered; they add up as the module says.
 TERM_COLUMNS = ["compute_s", "memory_s", "roofline_s", "efficiency_s", "overhead_s", "exposed_overhead_s",
-                "module_call_s", "predicted_s", "pass_penalty_s", "in_pass_s"]
+                "module_call_s", "collective_s", "predicted_s", "pass_penalty_s", "in_pass_s"]
 # A calibrated prediction's interval at INTERVAL_COVERAGE, per layer (NaN for a plain roofline, which has none).
 INTERVAL_COLUMNS = ["predicted_low_s", "predicted_high_s", "in_pass_low_s", "in_pass_high_s"]
 
@@ -181,13 +186,15 @@ class Prediction:
         records["overhead_s"] = self._overhead(records["op_class"])
         kernel = records["roofline_s"] / records["efficiency"]
         records["efficiency_s"] = kernel - records["roofline_s"]
-        records["predicted_s"] = _combine(self.rule, kernel, records["overhead_s"])
-        records["exposed_overhead_s"] = records["predicted_s"] - kernel
+        records["collective_s"] = self._collective(records)
+        records["predicted_s"] = _combine(self.rule, kernel, records["overhead_s"]) + records["collective_s"]
+        records["exposed_overhead_s"] = records["predicted_s"] - kernel - records["collective_s"]
         records["module_call_s"] = 0.0
         if self.in_pass:
             efficiency = self._efficiency(records["op_class"], records["memory_level"], in_pass=True)
             overhead = self._overhead(records["op_class"], in_pass=True)
-            records["in_pass_s"] = _combine(self.rule, records["roofline_s"] / efficiency, overhead)
+            records["in_pass_s"] = (_combine(self.rule, records["roofline_s"] / efficiency, overhead)
+                                    + records["collective_s"])
         else:
             records["in_pass_s"] = records["predicted_s"]
         records["pass_penalty_s"] = records["in_pass_s"] - records["predicted_s"]
@@ -196,6 +203,17 @@ class Prediction:
         records["ridge_point"] = peak / bandwidth
         records["attainable_flops_per_s"] = np.minimum(peak, records["arithmetic_intensity"] * bandwidth)
         return records
+
+    def _collective(self, records: pd.DataFrame) -> Any:
+        """Interconnect time of the collectives roofline.parallel attached to ops (0 for a model on one device)."""
+        moved = records[list(COLLECTIVE_COLUMNS)].to_numpy(dtype=float) * self.precision.activation_bytes
+        if not moved.any():
+            return 0.0
+        link = self.profile.interconnect
+        if link is None:
+            raise RooflineError(f"{self.profile.where}: no 'interconnect' entry, which --tp/--pp need to cost "
+                                "collectives; add one (name, bandwidth_bytes_per_s, latency_s, source)")
+        return collective_seconds(moved[:, 0], moved[:, 1], moved[:, 2], self.analysis.trace.tensor_parallel, link)
 
     def _efficiency(self, op_class: pd.Series, level: pd.Series, in_pass: bool = False) -> pd.Series:
         if not self.calibrated:
@@ -255,7 +273,7 @@ class Prediction:
         module call, the layer's roof, its bound and where its time sits against the roof."""
         ops = self.ops
         sums = ["compute_s", "memory_s", "roofline_s", "efficiency_s", "overhead_s", "exposed_overhead_s",
-                "predicted_s", "pass_penalty_s", "in_pass_s"]
+                "collective_s", "predicted_s", "pass_penalty_s", "in_pass_s"]
         by_layer = ops.groupby("layer", sort=False)
         summed = by_layer[sums].sum()
         on_compute = ops["roofline_s"].where(ops["roof"] == "compute", 0.0)
@@ -287,15 +305,17 @@ class Prediction:
         layers["roof"] = np.where(layers["compute_roof_s"] >= layers["memory_roof_s"], "compute",
                                   "memory:" + layers["memory_level"])
         layers["bound"] = [
-            _bound(c, m, e, o, level) for c, m, e, o, level in zip(
+            _bound(c, m, e, o, level, x) for c, m, e, o, level, x in zip(
                 layers["compute_roof_s"], layers["memory_roof_s"], layers["efficiency_s"],
-                layers["exposed_overhead_s"] + layers["module_call_s"], layers["memory_level"], strict=True)
+                layers["exposed_overhead_s"] + layers["module_call_s"], layers["memory_level"],
+                layers["collective_s"], strict=True)
         ]
         for column, sigma in (("predicted_s", "sigma"), ("in_pass_s", "in_pass_sigma")):
             half = _interval_sigma(ops, column, sigma, "layer").reindex(layers["name"]).to_numpy(dtype=float)
-            # The module call is a measured constant with no error of its own: it narrows the layer's interval.
+            # The module call (a measured constant) and collectives (not calibrated) carry no error of their own.
             timed = layers[column].to_numpy(dtype=float)
-            half = half * np.divide(timed - layers["module_call_s"].to_numpy(), timed, out=np.zeros_like(timed),
+            fixed = layers["module_call_s"].to_numpy() + layers["collective_s"].to_numpy()
+            half = half * np.divide(timed - fixed, timed, out=np.zeros_like(timed),
                                     where=timed > 0)
             stem = column.removesuffix("_s")
             layers[f"{stem}_low_s"] = layers[column].to_numpy() * np.exp(-_INTERVAL_Z * half)
@@ -321,7 +341,7 @@ class Prediction:
 
         # Shares of the pass's time by each layer's bound (what sets its speed)...
         by_bound = {kind: float(layers.loc[layers["bound"].str.startswith(kind), "in_pass_s"].sum())
-                    for kind in ("memory", "compute", "efficiency")}
+                    for kind in ("memory", "compute", "efficiency", "interconnect")}
         # ... and the exact terms of the latency, which add up to it.
         terms = {
             "roofline_compute_s": float(layers["compute_roof_s"].sum()),
@@ -329,12 +349,14 @@ class Prediction:
             "efficiency_s": float(layers["efficiency_s"].sum()),
             "exposed_overhead_s": float(layers["exposed_overhead_s"].sum()),
             "module_call_s": float(layers["module_call_s"].sum()),
+            "collective_s": float(layers["collective_s"].sum()),
             "pass_penalty_s": float(layers["pass_penalty_s"].sum()),
         }
         ops = self.ops.assign(whole="model")
         half = float(_interval_sigma(ops, "in_pass_s", "in_pass_sigma", "whole").get("model", math.nan))
         # The module calls carry no error of their own (a measured constant): they scale the interval's width down.
-        weight = (latency - float(layers["module_call_s"].sum())) / latency if latency else 0.0
+        weight = ((latency - float(layers["module_call_s"].sum()) - float(layers["collective_s"].sum())) / latency
+                  if latency else 0.0)
         low, high = latency * math.exp(-_INTERVAL_Z * half * weight), latency * math.exp(_INTERVAL_Z * half * weight)
         return {
             "predicted_latency_s": latency,
@@ -353,6 +375,7 @@ class Prediction:
             "memory_bound_time_fraction": share(by_bound["memory"]),
             "compute_bound_time_fraction": share(by_bound["compute"]),
             "efficiency_bound_time_fraction": share(by_bound["efficiency"]),
+            "interconnect_bound_time_fraction": share(by_bound["interconnect"]),
             "overhead_bound_time_fraction": max(0.0, 1.0 - share(sum(by_bound.values()))) if latency else 0.0,
             "peak_flops_per_s": self.peak_flops_per_s,
             "dram_bandwidth_bytes_per_s": streaming,
@@ -398,7 +421,8 @@ class Prediction:
         return FusedGroup(
             layers=tuple(group), unfused_s=float(rows["predicted_s"].sum()), compute_s=compute, memory_s=memory,
             roofline_s=roofline, kernel_s=kernel, overhead_s=overhead, module_call_s=module_call, rule=self.rule,
-            predicted_s=float(_combine(self.rule, kernel, overhead)) + module_call, boundary_bytes=boundary,
+            predicted_s=float(_combine(self.rule, kernel, overhead)) + module_call + float(rows["collective_s"].sum()),
+            boundary_bytes=boundary,
             eager_bytes=eager,
         )
 
@@ -489,9 +513,11 @@ def _interval_sigma(ops: pd.DataFrame, time: str, sigma: str, group: str) -> pd.
     return np.sqrt(((share * by_class["sigma"]) ** 2).groupby(level=0, sort=False).sum())
 
 
-def _bound(compute_s: float, memory_s: float, efficiency_s: float, overhead_s: float, level: str) -> str:
+def _bound(compute_s: float, memory_s: float, efficiency_s: float, overhead_s: float, level: str,
+           collective_s: float = 0.0) -> str:
     """What sets a layer's speed: the largest of its terms (ties go to the roofline, then efficiency)."""
-    parts = {"compute": compute_s, f"memory:{level}": memory_s, "efficiency": efficiency_s, "overhead": overhead_s}
+    parts = {"compute": compute_s, f"memory:{level}": memory_s, "efficiency": efficiency_s, "overhead": overhead_s,
+             "interconnect": collective_s}
     if not any(parts.values()):
         return "overhead"
     return max(parts, key=lambda k: parts[k])
@@ -571,7 +597,8 @@ def render(prediction: Prediction, fmt: str = "table") -> str:
         return json.dumps(prediction.to_dict(), indent=2)
     columns = ["name", "type", "flops", "bytes", "arithmetic_intensity", "roofline_s",
                *(["efficiency_s"] if prediction.calibrated else []), "exposed_overhead_s",
-               *(["module_call_s"] if prediction.module_call_s else []), "predicted_s",
+               *(["module_call_s"] if prediction.module_call_s else []),
+               *(["collective_s"] if prediction.totals["collective_s"] else []), "predicted_s",
                *(["in_pass_s"] if prediction.in_pass else []), "bound"]
     table = prediction.layers[columns]
     if fmt == "csv":

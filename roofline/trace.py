@@ -77,6 +77,11 @@ class OpRecord:
     supported: bool
     input_shapes: str
     output_shapes: str
+    # Elements this op's output sends over the interconnect when the model is split across devices
+    # (roofline.parallel attaches them; a trace of one device has none).
+    allreduce_elements: int = 0
+    allgather_elements: int = 0
+    p2p_elements: int = 0
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,7 @@ class Trace:
     unsupported: dict[str, int]
     attention: str
     outputs: Any = field(default=None, repr=False, compare=False)
+    tensor_parallel: int = 1  # devices each op is split across (roofline.parallel.shard); its collectives' group
 
 
 @dataclass
@@ -411,12 +417,40 @@ class _CountingMode(TorchDispatchMode):
                 decomposed = func.decompose(*args, **kwargs)
             if decomposed is not NotImplemented:
                 return decomposed
-        out = func(*args, **kwargs)
+        out = _run(func, args, kwargs)
         if rule is None:
             self.tracer.record(_op_name(func), args, kwargs, out, Cost(op_class=OpClass.UNSUPPORTED), supported=False)
         else:
             self.tracer.record(_op_name(func), args, kwargs, out, rule(args, kwargs, out))
         return out
+
+
+def _moe_routing(model: nn.Module) -> contextlib.AbstractContextManager[None]:
+    """The routing the grouped-matmul rule costs experts under: top-k from the model's config where the routing in
+    force (roofline.moe.routing, a user's measured skew) does not give it."""
+    from roofline import moe
+
+    current = moe.current_routing()
+    top_k = current.top_k or moe.top_k_of(getattr(model, "config", None))
+    return moe.routing(dataclasses.replace(current, top_k=top_k)) if top_k != current.top_k else contextlib.nullcontext()
+
+
+def _run(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Run an op for its outputs. On meta, a grouped matmul (MoE experts) whose kernel takes only bf16
+    runs on bf16 stand-ins and returns outputs in the caller's dtype: shapes are all a meta pass needs."""
+    if func._overloadpacket is torch.ops.aten._grouped_mm:
+        tensors = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        low = (torch.bfloat16, torch.float16)
+        if tensors and all(t.is_meta for t in tensors) and any(t.is_floating_point() and t.dtype not in low
+                                                                 for t in tensors):
+            dtype = next(t.dtype for t in tensors if t.is_floating_point())
+
+            def cast(value: Any) -> Any:
+                return value.to(torch.bfloat16) if isinstance(value, torch.Tensor) and value.is_floating_point() else value
+
+            stand_in = torch.utils._pytree.tree_map(cast, (args, kwargs))
+            return func(*stand_in[0], **stand_in[1]).to(dtype)
+    return func(*args, **kwargs)
 
 
 @contextlib.contextmanager
@@ -479,7 +513,7 @@ def trace(model: nn.Module, inputs: Sequence[Any] | dict[str, Any], *, model_nam
     )
     try:
         # The model's own prints go to stderr, so `--format json` on stdout stays parseable.
-        with torch.no_grad(), tracer.tracker.active(), attention_ctx, _CountingMode(tracer), \
+        with torch.no_grad(), tracer.tracker.active(), attention_ctx, _moe_routing(model), _CountingMode(tracer), \
                 contextlib.redirect_stdout(sys.stderr):
             try:
                 out = model(*args, **kwargs)

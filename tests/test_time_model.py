@@ -85,7 +85,8 @@ def profiles(draw: st.DrawFn) -> tuple[HardwareProfile, bool]:
 
 
 def _recombined(row: dict[str, float]) -> tuple[float, float]:
-    alone = row["roofline_s"] + row["efficiency_s"] + row["exposed_overhead_s"] + row["module_call_s"]
+    alone = (row["roofline_s"] + row["efficiency_s"] + row["exposed_overhead_s"] + row["module_call_s"]
+             + row["collective_s"])
     return alone, alone + row["pass_penalty_s"]
 
 
@@ -115,7 +116,8 @@ def test_terms_recombine_explain_agrees_and_fusion_is_never_slower(model, chosen
         assert in_pass == pytest.approx(row["in_pass_s"], rel=RELATIVE, abs=1e-18)
     totals = prediction.totals
     latency_terms = sum(totals[k] for k in ("roofline_compute_s", "roofline_memory_s", "efficiency_s",
-                                            "exposed_overhead_s", "module_call_s", "pass_penalty_s"))
+                                            "exposed_overhead_s", "module_call_s", "collective_s",
+                                            "pass_penalty_s"))
     assert latency_terms == pytest.approx(totals["predicted_latency_s"], rel=RELATIVE)
     named = list(prediction.layers[prediction.layers["ops"] > 0]["name"])
     for layer in named:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from roofline.costs import Cost, OpClass, aten, numel, register
+from roofline.costs import Cost, OpClass, aten, numel, register, tensor_inputs
 from roofline.costs.norm import SOFTMAX_FLOPS_PER_ELEMENT
 
 
@@ -85,3 +85,33 @@ def flash_forward_flop(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) 
         return (shape[0], shape[2], shape[1], shape[3])
 
     return attention_cost(bhle(args[0].shape), bhle(args[1].shape), bhle(args[2].shape))
+
+
+@register(aten._grouped_mm)
+def grouped_mm_flop(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> Cost:
+    """Grouped matmul (MoE experts): each row meets only its group's matrix; weights of the groups touched read.
+
+    a[S,K] @ b[E,K,N] with offs (the routed case): S x K x N MACs, the k x tokens rows routed, not E x
+    that. The S rows are tokens x top-k, so the E matrices' bytes are read for the expected number of
+    distinct experts those tokens touch (roofline.moe.expected_experts, under the routing in force:
+    uniform unless a measured skew is given). Other layouts: a[E,M,K] @ b[E,K,N] is a batch of E
+    products; a[M,K] @ b[K,N] with offs over K sums E partial products of M x N (the weight gradient).
+    """
+    from roofline import moe
+
+    a, b = args[0], args[1]
+    reads = [t.numel() for t in tensor_inputs(args, kwargs)]
+    if a.dim() == 2 and b.dim() == 3:
+        rows, inner = a.shape
+        experts, _, columns = b.shape
+        macs = rows * inner * columns
+        routing = moe.current_routing()
+        top_k = min(routing.top_k or 1, experts)
+        loads = routing.loads(experts) if (routing.shares is not None or routing.zipf) else None
+        touched = moe.expected_experts(experts, rows / top_k, top_k, loads)
+        reads[1] = round(touched * inner * columns)
+    elif a.dim() == 3 and b.dim() == 3:
+        macs = a.shape[0] * a.shape[1] * a.shape[2] * b.shape[2]
+    else:
+        macs = out.numel() // max(1, out.shape[0] if out.dim() == 3 else 1) * a.shape[-1]
+    return Cost(macs=macs, flops=2 * macs, reads=tuple(reads), op_class=OpClass.GEMM)

@@ -1,6 +1,6 @@
 """Reductions, pooling and resampling: FLOPs from the input elements or the window each output reads.
 
-- reductions (sum, mean, max, norm, ...): one FLOP per input element; variance and standard
+- reductions (sum, mean, max, norm, histogram counts, ...): one FLOP per input element; variance and standard
   deviation three (subtract the mean, square, accumulate).
 - pooling: one FLOP per element of each output's window (a compare for max, an add for average).
   Adaptive pooling's window is ceil(in / out) per spatial dimension.
@@ -30,7 +30,7 @@ def _reduction(flops_per_input: int) -> Any:
 register(
     aten.sum, aten.mean, aten.amax, aten.amin, aten.max, aten.min, aten.argmax, aten.argmin,
     aten.prod, aten.norm, aten.linalg_vector_norm, aten.any, aten.all, aten.cumsum, aten.cumprod,
-    aten.logsumexp, aten.count_nonzero, aten.aminmax,
+    aten.logsumexp, aten.count_nonzero, aten.aminmax, aten.histc, aten.bincount,
 )(_reduction(1))
 register(aten.var, aten.std, aten.var_mean, aten.std_mean)(_reduction(3))
 

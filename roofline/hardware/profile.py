@@ -6,6 +6,7 @@ field names: FLOP/s (op/s for integer types), bytes, bytes/s, seconds.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -30,6 +31,7 @@ __all__ = [
     "FORMAT_VERSION",
     "CalibrationSample",
     "HardwareProfile",
+    "Interconnect",
     "MemoryLevel",
     "hwprofiles_dir",
     "list_profiles",
@@ -59,11 +61,13 @@ _MAX_EFFICIENCY = 1.5
 
 _REQUIRED = ("name", "kind", "vendor", "source", "reference", "peak_flops_per_s", "memory_levels", "overhead_s")
 _OPTIONAL = ("format_version", "module_call_s", "efficiency", "fixed_overhead_s", "pass_efficiency",
-             "pass_fixed_overhead_s", "notes", "aliases", "metadata")
+             "pass_fixed_overhead_s", "interconnect", "notes", "aliases", "metadata")
 _FACTOR_FIELDS = ("efficiency", "pass_efficiency")  # op class (or CLASS@LEVEL) -> fraction of the roofline
 _FIXED_FIELDS = ("fixed_overhead_s", "pass_fixed_overhead_s")  # op class -> seconds per call
 _LEVEL_REQUIRED = ("name", "capacity_bytes", "bandwidth_bytes_per_s")
 _LEVEL_OPTIONAL = ("note",)
+_INTERCONNECT_FIELDS = ("name", "bandwidth_bytes_per_s", "latency_s", "source")
+_MAX_LINK_LATENCY_S = 1e-3
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,21 @@ class MemoryLevel:
     capacity_bytes: float | None
     bandwidth_bytes_per_s: float | None
     note: str = ""
+
+
+@dataclass(frozen=True)
+class Interconnect:
+    """The device-to-device link that tensor and pipeline parallelism use (NVLink, PCIe).
+
+    bandwidth_bytes_per_s is per direction (what one device sends while it receives as much), the
+    figure the ring all-reduce formula takes; datasheets often print the two directions added.
+    latency_s is the time of one message step on the link; source says where both figures come from.
+    """
+
+    name: str
+    bandwidth_bytes_per_s: float
+    latency_s: float
+    source: str
 
 
 @dataclass(frozen=True)
@@ -132,6 +151,7 @@ class HardwareProfile:
     fixed_overhead_s: Mapping[str, float] = field(default_factory=dict)  # op class -> seconds per call
     pass_efficiency: Mapping[str, float] = field(default_factory=dict)  # the same, timed as in a pass
     pass_fixed_overhead_s: Mapping[str, float] = field(default_factory=dict)
+    interconnect: Interconnect | None = None  # the link between devices of this kind, for --tp/--pp
     notes: Mapping[str, str] = field(default_factory=dict)  # field path -> where the figure came from
     aliases: tuple[str, ...] = ()  # names the device reports (NVML name, CPU brand) for detection
     metadata: Mapping[str, str] = field(default_factory=dict)
@@ -279,6 +299,7 @@ class HardwareProfile:
             "fixed_overhead_s": dict(self.fixed_overhead_s),
             "pass_efficiency": dict(self.pass_efficiency),
             "pass_fixed_overhead_s": dict(self.pass_fixed_overhead_s),
+            "interconnect": dataclasses.asdict(self.interconnect) if self.interconnect else None,
             "notes": dict(self.notes),
             "metadata": dict(self.metadata),
         }
@@ -386,6 +407,28 @@ def _check_values(profile: HardwareProfile) -> None:
             if key not in EFFICIENCY_CLASSES:
                 raise _fail(where, f"{name}.{key}", f"unknown op class{close_matches(key, EFFICIENCY_CLASSES)}; accepted: {', '.join(EFFICIENCY_CLASSES)}")
             _number(where, f"{name}.{key}", value, "seconds", 1e-9, _MAX_OVERHEAD_S)
+    link = profile.interconnect
+    if link is not None:
+        for key in ("name", "source"):
+            if not isinstance(getattr(link, key), str) or not getattr(link, key).strip():
+                raise _fail(where, f"interconnect.{key}", f"must be a non-empty string, got {getattr(link, key)!r}")
+        _number(where, "interconnect.bandwidth_bytes_per_s", link.bandwidth_bytes_per_s, "bytes/s", _MIN_BW, _MAX_BW)
+        _number(where, "interconnect.latency_s", link.latency_s, "seconds", 1e-9, _MAX_LINK_LATENCY_S)
+
+
+def _interconnect(where: str, raw: object) -> Interconnect | None:
+    """The optional interconnect mapping: exactly its four fields (values are checked with the profile's)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise _fail(where, "interconnect", f"must be a mapping with {', '.join(_INTERCONNECT_FIELDS)}")
+    for key in raw:
+        if key not in _INTERCONNECT_FIELDS:
+            raise _fail(where, f"interconnect.{key}", f"unknown key; accepted: {', '.join(_INTERCONNECT_FIELDS)}")
+    for key in _INTERCONNECT_FIELDS:
+        if key not in raw:
+            raise _fail(where, f"interconnect.{key}", f"missing (an interconnect needs {', '.join(_INTERCONNECT_FIELDS)})")
+    return Interconnect(raw["name"], raw["bandwidth_bytes_per_s"], raw["latency_s"], raw["source"])
 
 
 def profile_from_dict(data: object, where: str, path: str | None = None) -> HardwareProfile:
@@ -446,6 +489,7 @@ def profile_from_dict(data: object, where: str, path: str | None = None) -> Hard
         fixed_overhead_s=data.get("fixed_overhead_s", {}),
         pass_efficiency=data.get("pass_efficiency", {}),
         pass_fixed_overhead_s=data.get("pass_fixed_overhead_s", {}),
+        interconnect=_interconnect(where, data.get("interconnect")),
         notes=notes,
         aliases=tuple(aliases),
         metadata={str(k): str(v) for k, v in data.get("metadata", {}).items()},
