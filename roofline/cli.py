@@ -313,7 +313,7 @@ def _setup_compare(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pp", default=None, help="with a causal LM: pipeline stages (default 1, or auto with --tp auto)")
     parser.add_argument("--prompt-len", type=int, default=1024, help="with --tp/--pp: prompt tokens (default 1024)")
     parser.add_argument("--gen-len", type=int, default=256, help="with --tp/--pp: generated tokens (default 256)")
-    parser.add_argument("--out", help="with --tp/--pp: directory for the table (CSV, Markdown) and the chart")
+    _add_out(parser, "the table (CSV, Markdown) and the chart, with --tp/--pp")
 
 
 def _run_compare(args: argparse.Namespace) -> int:
@@ -368,6 +368,10 @@ def _compare_llm(args: argparse.Namespace) -> int:
         raise RooflineError("compare --tp/--pp takes one precision, got " + repr(args.precision))
     precision = get_precision(args.precision or "bf16")
     tp, pp = _degree(args.tp, "tp", auto=True), _degree(args.pp, "pp", auto=True)
+    if args.out:
+        from roofline.outdir import check_out
+
+        check_out(args.out, force=args.force, names=serving.DEVICE_FILES)  # before the trace, not after
     profiles = [_profile(name, args) for name in args.hw.split(",")]
     traces = llm.trace_llm(args.model, prompt_len=args.prompt_len, gen_len=args.gen_len, batch=args.batch or 1,
                            progress=False)
@@ -380,7 +384,8 @@ def _compare_llm(args: argparse.Namespace) -> int:
         command = (f"roofline compare '{args.model}' --hw {args.hw} --tp {args.tp or 1} --pp {args.pp or ('auto' if auto else 1)} "
                    f"--precision {precision.name} --batch {traces.batch} --prompt-len {traces.prompt_len} "
                    f"--gen-len {traces.gen_len}")
-        paths = serving.write_devices(table, traces, precision, Path(args.out), model=args.model, command=command)
+        paths = serving.write_devices(table, traces, precision, Path(args.out), model=args.model, command=command,
+                                      force=args.force)
         print("wrote " + " ".join(str(p) for p in paths))
     return 0
 

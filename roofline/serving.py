@@ -17,7 +17,6 @@ device list is, and tokens/s under continuous batching. Re-predicts; never re-tr
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -277,32 +276,26 @@ def render_serving(table: pd.DataFrame, fmt: str = "table") -> str:
             + "\n\ncontinuous batching: " + turn_sentence(table))
 
 
+DEVICE_FILES = frozenset({"llm_devices.csv", "llm_devices.md", "llm_devices.png", "llm_devices.svg"})
+
+
 def write_devices(table: pd.DataFrame, traces: LLMTraces, precision: Precision, out: Path, *,
-                  model: str, command: str = "") -> list[Path]:
-    """Write the comparison (CSV, Markdown) and its chart into `out`; refuses a non-empty directory it did not write."""
+                  model: str, command: str = "", force: bool = False) -> list[Path]:
+    """Write the comparison (CSV, Markdown) and its chart into `out`, by roofline.outdir's rule: only a
+    directory roofline wrote is replaced (`force` keeps foreign files and replaces these names only)."""
     from roofline import plots
-
-    out = out.expanduser()
-    markdown = out / "llm_devices.md"
-    if out.exists():
-        if not out.is_dir():
-            raise RooflineError(f"--out {out} exists and is not a directory; choose another --out")
-        ours = markdown.exists() and markdown.read_text(errors="replace").startswith(_MARKER)
-        if any(out.iterdir()) and not ours:
-            raise RooflineError(f"--out {out} is not empty and holds no earlier comparison; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-
-    def write(path: Path, text: str) -> Path:
-        staging = path.with_name(f".{path.name}.writing")
-        staging.write_text(text)
-        os.replace(staging, path)
-        return path
+    from roofline.outdir import write_atomically
 
     chart = plots.llm_devices_chart(table, model=model, batch=traces.batch)
     command = command or f"roofline compare {model} --tp auto --precision {precision.name}"
-    paths = [
-        write(out / "llm_devices.csv", str(table.to_csv(index=False))),
-        write(markdown, f"{_MARKER}\n# LLM serving across devices\n\n`{command}`\n\n" + render_devices(table, traces, precision, fmt="markdown")
-              + f"\n\n![tokens/s per device](llm_devices.png)\n\n{chart.caption}\n"),
-    ]
-    return paths + plots.save_chart(chart, out)
+
+    def write(directory: Path) -> None:
+        (directory / "llm_devices.csv").write_text(str(table.to_csv(index=False)))
+        (directory / "llm_devices.md").write_text(
+            f"{_MARKER}\n# LLM serving across devices\n\n`{command}`\n\n"
+            + render_devices(table, traces, precision, fmt="markdown")
+            + f"\n\n![tokens/s per device](llm_devices.png)\n\n{chart.caption}\n")
+        plots.save_chart(chart, directory)
+
+    written = write_atomically(out.expanduser(), write, force=force, names=DEVICE_FILES)
+    return [written / name for name in sorted(DEVICE_FILES)]

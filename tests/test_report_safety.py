@@ -335,3 +335,19 @@ def test_sigterm_while_writing_leaves_the_earlier_report_and_nothing_else(
         assert child.returncode != 0 and "Terminated" in err
     assert _snapshot(tmp_path) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rep1"]
+
+
+def test_compare_tp_out_follows_the_same_rule_before_tracing(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from roofline import llm
+
+    def no_trace(*args: object, **kwargs: object) -> None:
+        raise AssertionError("traced before --out was checked")
+
+    monkeypatch.setattr(llm, "trace_llm", no_trace)
+    out = tmp_path / "study"
+    out.mkdir()
+    (out / "MY_NOTES.txt").write_text("mine\n")
+    code = main(["compare", "hf:llama?num_hidden_layers=1", "--hw", "h100-sxm", "--tp", "auto", "--out", str(out)])
+    _one_line_refusal(code, capsys.readouterr().err, "MY_NOTES.txt", "--force")
+    assert (out / "MY_NOTES.txt").read_text() == "mine\n"
