@@ -36,22 +36,48 @@ def _add_precision(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="fp32", help="fp32, tf32, fp16, bf16, int8, fp8, w8a16, w4a16")
 
 
+def _add_mode(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mode", choices=("inference", "train"), default="inference",
+                        help="inference (one forward pass) or train (forward, backward from the loss, optimizer "
+                             "step; bf16/fp16 are mixed precision with fp32 master weights)")
+    parser.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw",
+                        help="with --mode train: the optimizer step counted (default: adamw)")
+
+
+def _counted(args: argparse.Namespace, loaded: Any, precision: str | None = None) -> Any:
+    """The analysis of the mode asked for: one forward pass, or one training step."""
+    from roofline import analysis
+
+    if getattr(args, "mode", "inference") == "train":
+        from roofline.train import analyze_train
+
+        return analyze_train(loaded, precision=precision or args.precision, optimizer=args.optimizer)
+    return analysis.analyze(loaded, precision=precision or args.precision)
+
+
+def _check_precision(args: argparse.Namespace) -> None:
+    from roofline.precision import get_precision, training_precision
+
+    for name in args.precision.split(","):
+        (training_precision if getattr(args, "mode", "inference") == "train" else get_precision)(name)
+
+
 # ---- analyze -------------------------------------------------------------------------------------
 
 def _setup_analyze(parser: argparse.ArgumentParser) -> None:
     _add_model_options(parser)
     _add_precision(parser)
     parser.add_argument("--by", choices=("layer", "op", "type"), default="layer", help="table rows (default: layer)")
+    _add_mode(parser)
     _add_format(parser)
 
 
 def _run_analyze(args: argparse.Namespace) -> int:
     from roofline import analysis, models
-    from roofline.precision import get_precision
 
-    get_precision(args.precision)  # validate before the (possibly slow) model build
+    _check_precision(args)  # validate before the (possibly slow) model build
     loaded = models.load(args.model, input_shape=args.input_shape, batch=args.batch, seq_len=args.seq_len)
-    result = analysis.analyze(loaded, precision=args.precision)
+    result = _counted(args, loaded)
     print(analysis.render(result, by=args.by, fmt=args.format))
     return 0
 
@@ -87,9 +113,8 @@ def _add_recalibrate(parser: argparse.ArgumentParser, why: str) -> None:
 
 def _load_for(args: argparse.Namespace) -> object:
     from roofline import models
-    from roofline.precision import get_precision
 
-    get_precision(args.precision)
+    _check_precision(args)
     return models.load(args.model, input_shape=args.input_shape, batch=args.batch, seq_len=args.seq_len)
 
 
@@ -99,11 +124,12 @@ def _setup_predict(parser: argparse.ArgumentParser) -> None:
     _add_hw(parser)
     _add_recalibrate(parser, "the prediction is then for the machine as it is now")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar while recalibrating")
+    _add_mode(parser)
     _add_format(parser)
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from roofline import analysis, predict
+    from roofline import predict
     from roofline.calibrate import recalibrate, recalibration_device
 
     profile = _profile(args.hw, args)
@@ -111,9 +137,26 @@ def _run_predict(args: argparse.Namespace) -> int:
     loaded = _load_for(args)  # fail before the timing
     if device is not None:
         profile = recalibrate(profile, device, progress=not args.no_progress)
-    result = analysis.analyze(loaded, precision=args.precision)
-    print(predict.render(predict.predict(result, profile, calibrated=args.calibrated or args.recalibrate),
-                         fmt=args.format))
+    result = _counted(args, loaded)
+    calibrated = args.calibrated or args.recalibrate
+    prediction = predict.predict(result, profile, calibrated=calibrated)
+    if result.trace.mode != "train":
+        print(predict.render(prediction, fmt=args.format))
+        return 0
+    import json
+
+    from roofline import train
+
+    step = train.StepPrediction(prediction)
+    whatif = train.checkpoint_whatif(result, profile, calibrated=calibrated)
+    if args.format == "json":
+        payload = json.loads(predict.render(prediction, fmt="json"))
+        payload["training"] = {**step.to_dict(), "memory": result.training.memory(result.precision),
+                               "checkpointing": whatif.to_dict() if whatif else None}
+        print(json.dumps(payload, indent=2, default=str))
+    else:
+        print(predict.render(prediction, fmt=args.format))
+        print("\n" + "\n".join(train.step_lines(step, whatif)))
     return 0
 
 
@@ -214,15 +257,17 @@ def _setup_compare(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="fp32", help="comma-separated precisions, e.g. fp32,fp16,int8")
     parser.add_argument("--batches", default=None, help="comma-separated batch sizes to compare (default: --batch)")
     parser.add_argument("--calibrated", action="store_true")
+    _add_mode(parser)
     parser.add_argument("--format", choices=("table", "csv", "json", "markdown"), default="table")
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    from roofline import analysis, explain
+    from roofline import explain
     from roofline.errors import RooflineError
     from roofline.formatting import format_markdown, format_table
     from roofline.precision import get_precision
 
+    _check_precision(args)
     precisions = [get_precision(p).name for p in args.precision.split(",")]
     profiles = [_profile(name, args) for name in args.hw.split(",")]
     try:
@@ -232,7 +277,8 @@ def _run_compare(args: argparse.Namespace) -> int:
     from roofline import models
 
     loaded = models.load(args.model, input_shape=args.input_shape, batch=batches[0], seq_len=args.seq_len)
-    table = explain.compare(analysis.analyze(loaded), profiles, precisions, batches, calibrated=args.calibrated)
+    table = explain.compare(_counted(args, loaded, precision="fp32"), profiles, precisions, batches,
+                            calibrated=args.calibrated)
     notes = explain.compare_notes(table)
     if args.format == "csv":
         print(table.to_csv(index=False).rstrip("\n"))
@@ -338,17 +384,47 @@ def _setup_measure(parser: argparse.ArgumentParser) -> None:
                         "speed touches every layer alike (default: 3)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; recorded either way)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    _add_mode(parser)
     _add_format(parser)
 
 
 def _run_measure(args: argparse.Namespace) -> int:
     from roofline.measure import measure, parse_batch_sizes, render
 
+    if args.mode == "train":
+        return _measure_train(args)
+
     sizes = parse_batch_sizes(args.batch_sizes) if args.batch_sizes else None
     result = measure(args.model, device=args.device, precision=args.precision, batch_sizes=sizes,
                      progress=not args.no_progress, min_run_time_s=args.min_run_time, num_threads=args.threads,
                      rounds=args.rounds, input_shape=args.input_shape, batch=args.batch, seq_len=args.seq_len)
     print(render(result, fmt=args.format))
+    return 0
+
+
+def _measure_train(args: argparse.Namespace) -> int:
+    from roofline.formatting import format_table, format_time
+    from roofline.train_measure import measure_train
+
+    _check_precision(args)
+    result = measure_train(args.model, device=args.device, precision=args.precision, optimizer=args.optimizer,
+                           min_run_time_s=max(args.min_run_time, 0.2), input_shape=args.input_shape,
+                           batch=args.batch, seq_len=args.seq_len)
+    if args.format == "json":
+        import json
+
+        print(json.dumps({"metadata": result.metadata, "end_to_end": result.end_to_end.to_dict("records"),
+                          "layers": result.layers.to_dict("records")}, indent=2, default=str))
+        return 0
+    if args.format == "csv":
+        print(result.layers.to_csv(index=False).rstrip("\n"))
+        return 0
+    print(format_table(result.layers, {"measured_s": format_time, "iqr_s": format_time}))
+    row = result.end_to_end.iloc[0]
+    phases = ", ".join(f"{k} {format_time(v)}" for k, v in result.phases.items())
+    print(f"\ntraining step: {format_time(row['latency_s'])} (IQR {format_time(row['iqr_s'])}); rows by phase: {phases}")
+    for note in result.metadata["notes"]:
+        print(f"  {note}")
     return 0
 
 
@@ -364,6 +440,7 @@ def _setup_report(parser: argparse.ArgumentParser) -> None:
                         help="measurement budget per layer and per batch size in seconds (default 0.05)")
     parser.add_argument("--out", default="roofline-report", help="report directory (default: roofline-report)")
     parser.add_argument("--no-progress", action="store_true", help="no progress messages or bars")
+    _add_mode(parser)
 
 
 def _run_report(args: argparse.Namespace) -> int:
@@ -371,7 +448,8 @@ def _run_report(args: argparse.Namespace) -> int:
 
     out = report(args.model, _profile(args.hw, args), out=args.out, precision=args.precision, measure=not args.no_measure,
                  calibrated=args.calibrated, progress=not args.no_progress, min_run_time_s=args.min_run_time,
-                 input_shape=args.input_shape, batch=args.batch, seq_len=args.seq_len, recalibrate=args.recalibrate)
+                 input_shape=args.input_shape, batch=args.batch, seq_len=args.seq_len, recalibrate=args.recalibrate,
+                 mode=args.mode, optimizer=args.optimizer)
     print(f"report written to {out}\nopen {out / 'index.html'}")
     return 0
 

@@ -24,22 +24,37 @@ import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from roofline.analysis import STEP_CATEGORIES, Analysis, TrainingInfo
-from roofline.costs import Cost, OpClass
+from roofline.analysis import PEAK_CATEGORIES, STEP_CATEGORIES, Analysis, TrainingInfo
+from roofline.costs import Cost
 from roofline.costs.matmul import attention_backward_cost, attention_cost
 from roofline.errors import RooflineError
+from roofline.formatting import format_bytes, format_si, format_time
+from roofline.hardware.profile import HardwareProfile
 from roofline.models import LoadedModel
 from roofline.precision import Precision, training_precision
-from roofline.trace import ROOT_NAME, LayerCall, ModuleCallTracker, Role, Trace, _CountingMode, _finish, _tensors, _Tracer
+from roofline.predict import Prediction, predict
+from roofline.trace import (
+    ROOT_NAME,
+    LayerCall,
+    ModuleCallTracker,
+    Role,
+    Trace,
+    _CountingMode,
+    _finish,
+    _tensors,
+    _Tracer,
+)
 
-__all__ = ["BACKWARD_SUFFIX", "LOSS_ROW", "OPTIMIZERS", "OPTIMIZER_SUFFIX", "StepAttribution", "analyze_train",
-           "checkpoint_blocks", "make_optimizer", "trace_train"]
+__all__ = ["BACKWARD_SUFFIX", "LOSS_ROW", "OPTIMIZERS", "OPTIMIZER_SUFFIX", "CheckpointWhatIf", "StepAttribution",
+           "StepPrediction", "analyze_train", "checkpoint_blocks", "checkpoint_whatif", "make_optimizer",
+           "predict_step", "step_lines", "trace_train"]
 
 OPTIMIZERS = ("adamw", "sgd")
 LOSS_ROW = "(loss)"
@@ -333,7 +348,8 @@ def trace_train(model: nn.Module, inputs: Sequence[Any] | dict[str, Any], *, mod
     for tensor in _tensors((args, kwargs)):
         tracer.register_input(tensor)
     tracer.registering_inputs = False
-    hooks = [p.register_post_accumulate_grad_hook(tracer.became_grad) for p in params]
+    hooks = [p.register_post_accumulate_grad_hook(tracer.became_grad)  # type: ignore[no-untyped-call]  # torch: untyped
+             for p in params]
     owners = _owning_paths(model, params)
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
@@ -356,7 +372,7 @@ def trace_train(model: nn.Module, inputs: Sequence[Any] | dict[str, Any], *, mod
             tracer.snapshot_forward()
             forward_records = len(tracer.records)
             tracer.phase = step.phase = "backward"
-            _run_phase(tracer, "backward", lambda: value.backward())
+            _run_phase(tracer, "backward", value.backward)
             del value, out
             tracer.phase = step.phase = "optimizer"
             state_elements = _optimizer_step(tracer, optimizer, owners)
@@ -490,3 +506,170 @@ def analyze_train(model: Any, inputs: Any = None, precision: str | Precision = "
         warnings.warn(f"ops with no cost rule (FLOPs not counted, bytes counted): {listed}", stacklevel=2)
     return Analysis(counted, train_precision)
 
+
+
+@dataclass(frozen=True)
+class StepPrediction:
+    """A training step's predicted time, throughput and MFU: predict()'s terms, summed by phase.
+
+    MFU = model FLOPs per step / (step time x the device's peak for the precision). Model FLOPs are
+    2 x the MACs of the forward and backward rows: the matrix-like ops (linear, matmul, convolution,
+    attention's two products) and their gradients, which for a dense transformer is 6 N D plus the
+    attention term 12 L d s per token (full score matrix). Elementwise work, the optimizer and any
+    recomputation are excluded, as MFU conventions do (PaLM, appendix B).
+    """
+
+    prediction: Prediction
+
+    @property
+    def analysis(self) -> Analysis:
+        return self.prediction.analysis
+
+    @cached_property
+    def phases(self) -> dict[str, float]:
+        """Predicted seconds of each phase (forward includes the loss)."""
+        layers = self.prediction.layers.merge(self.analysis.layers[["name", "phase"]], on="name", how="left")
+        by_phase = layers.groupby("phase")["in_pass_s"].sum()
+        return {phase: float(by_phase.get(phase, 0.0)) for phase in ("forward", "backward", "optimizer", "recompute")
+                if phase in by_phase.index or phase != "recompute"}
+
+    @property
+    def step_s(self) -> float:
+        return float(self.prediction.totals["predicted_latency_s"])
+
+    @property
+    def model_flops(self) -> int:
+        totals = self.analysis.totals
+        return 2 * int(totals["forward_macs"] + totals["backward_macs"])
+
+    @property
+    def mfu(self) -> float:
+        peak = self.prediction.peak_flops_per_s
+        return self.model_flops / (self.step_s * peak) if self.step_s and peak else 0.0
+
+    @property
+    def samples_per_s(self) -> float:
+        info = self.analysis.training
+        return (info.samples if info else 1) / self.step_s if self.step_s else float("inf")
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        info = self.analysis.training
+        if info is None or info.tokens is None:
+            return None
+        return info.tokens / self.step_s if self.step_s else float("inf")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"step_s": self.step_s, "phases_s": self.phases, "samples_per_s": self.samples_per_s,
+                "tokens_per_s": self.tokens_per_s, "model_flops": self.model_flops, "mfu": self.mfu,
+                "peak_flops_per_s": self.prediction.peak_flops_per_s}
+
+
+def predict_step(analysis: Analysis, profile: HardwareProfile | str, calibrated: bool = False) -> StepPrediction:
+    """The training step's time from predict() on the training analysis (its rows are ops like any others)."""
+    if analysis.training is None:
+        raise RooflineError("predict_step needs a training analysis (roofline.train.analyze_train, --mode train)")
+    return StepPrediction(predict(analysis, profile, calibrated=calibrated))
+
+
+@dataclass(frozen=True)
+class CheckpointWhatIf:
+    """Checkpointing every block: the forward of each block runs again in backward, its activations are not kept."""
+
+    blocks: int
+    recompute_flops: int
+    step_s: float
+    step_s_with: float
+    peak_bytes: float
+    peak_bytes_with: float
+
+    @property
+    def extra_s(self) -> float:
+        return self.step_s_with - self.step_s
+
+    @property
+    def memory_saved_bytes(self) -> float:
+        return self.peak_bytes - self.peak_bytes_with
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"blocks": self.blocks, "recompute_flops": self.recompute_flops, "step_s": self.step_s,
+                "step_s_with_checkpointing": self.step_s_with, "extra_s": self.extra_s,
+                "peak_bytes": self.peak_bytes, "peak_bytes_with_checkpointing": self.peak_bytes_with,
+                "memory_saved_bytes": self.memory_saved_bytes}
+
+
+def checkpoint_whatif(analysis: Analysis, profile: HardwareProfile | str, calibrated: bool = False
+                      ) -> CheckpointWhatIf | None:
+    """Recompute FLOPs and time (predict() again, with each block's forward ops repeated as recompute rows)
+    against the memory saved; None when the model has no stack of repeated blocks.
+
+    Memory: a checkpointed block keeps only its input; in backward it rematerialises its own
+    activations, one block at a time. So the saved activations drop by the sum over blocks of
+    (activations kept - output kept) and gain back the largest single block's. Applied at every point
+    of the step where that many activations are live (an approximation after backward has begun
+    freeing them; exact at the usual peak, the start of backward).
+    """
+    info = analysis.training
+    if info is None:
+        raise RooflineError("checkpoint_whatif needs a training analysis (--mode train)")
+    if not info.blocks:
+        return None
+    trace = analysis.trace
+    blocks = [path for path, _, _ in info.blocks]
+    path_of = {call.name: call for call in trace.layers}
+    recompute_rows: dict[str, LayerCall] = {}
+    extra = []
+    seq = max((r.seq for r in trace.records), default=0) + 1
+    for record in trace.records:
+        call = path_of.get(record.layer)
+        if record.phase != "forward" or call is None or _block_of(call.path, blocks) is None:
+            continue
+        name = f"{record.layer} (recompute)"
+        recompute_rows.setdefault(name, dataclasses.replace(call, name=name, phase="recompute"))
+        extra.append(dataclasses.replace(record, layer=name, phase="recompute", seq=seq))
+        seq += 1
+    with_recompute = dataclasses.replace(trace, records=[*trace.records, *extra],
+                                         layers=[*trace.layers, *recompute_rows.values()])
+    base = predict(analysis, profile, calibrated=calibrated)
+    checkpointed = predict(Analysis(with_recompute, analysis.precision), profile, calibrated=calibrated)
+    p = analysis.precision
+    dropped = [max(0, saved - output) for _, saved, output in info.blocks]
+    reduction = (sum(dropped) - max(dropped)) * p.activation_bytes
+    live = info.live_bytes(p)
+    static = info.memory(p)["by_category"]
+    fixed_part = static["parameters"] + static["weight_copies"]
+    peak_with = max((sum(row.values()) - min(row["activations"], reduction) for row in live), default=0.0) + fixed_part
+    return CheckpointWhatIf(
+        blocks=len(blocks), recompute_flops=int(sum(r.flops for r in extra)),
+        step_s=float(base.totals["predicted_latency_s"]), step_s_with=float(checkpointed.totals["predicted_latency_s"]),
+        peak_bytes=float(analysis.totals["peak_memory_bytes"]), peak_bytes_with=float(peak_with),
+    )
+
+
+def step_lines(step: StepPrediction, whatif: CheckpointWhatIf | None) -> list[str]:
+    """Sentences for a report or the terminal: the step's time, throughput, MFU, memory and the what-if."""
+    totals = step.analysis.totals
+    info = step.analysis.training
+    phases = ", ".join(f"{phase} {format_time(seconds)}" for phase, seconds in step.phases.items())
+    rate = (f"{format_si(step.tokens_per_s)} tokens/s" if step.tokens_per_s is not None
+            else f"{format_si(step.samples_per_s)} samples/s")
+    lines = [
+        (f"Training step ({info.optimizer if info else '?'}, loss = {info.loss if info else '?'}, "
+        f"{step.analysis.precision.name}): predicted {format_time(step.step_s)} ({phases}); {rate}; "
+        f"MFU {step.mfu:.1%} (model FLOPs {format_si(step.model_flops)} = 2 x MACs of forward and backward, "
+        f"peak {format_si(step.prediction.peak_flops_per_s)}FLOP/s)."),
+        f"Model size by role: weights {format_bytes(totals['weights_bytes'])}"
+        + (f" (fp32 master) + 16-bit compute copies {format_bytes(totals['weight_copies_bytes'])}"
+           if totals["weight_copies_bytes"] else "")
+        + f", grads {format_bytes(totals['grads_bytes'])}, optimizer state {format_bytes(totals['optimizer_state_bytes'])}.",
+        f"Peak training memory {format_bytes(totals['peak_memory_bytes'])} at {totals['peak_layer']}: "
+        + ", ".join(f"{name.replace('_', ' ')} {format_bytes(totals[f'peak_{name}_bytes'])}"
+                    for name in PEAK_CATEGORIES if totals[f"peak_{name}_bytes"]) + ".",
+    ]
+    if whatif is not None:
+        lines.append(
+            f"What-if, activation checkpointing of every block ({whatif.blocks} blocks): recompute "
+            f"{format_si(whatif.recompute_flops)}FLOP, step {format_time(whatif.step_s)} -> {format_time(whatif.step_s_with)}"
+            f" (+{format_time(whatif.extra_s)}); peak memory {format_bytes(whatif.peak_bytes)} -> "
+            f"{format_bytes(whatif.peak_bytes_with)} (saves {format_bytes(whatif.memory_saved_bytes)}).")
+    return lines
