@@ -322,15 +322,20 @@ class Analysis:
     # -- export -----------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """The `analyze --format json` object of DESIGN.md."""
-        return {
+        result: dict[str, Any] = {
             "model": self.model_name,
             "precision": self.precision.name,
-            "mode": self.trace.mode,
             "inputs": self.trace.inputs,
             "totals": self.totals,
             "layers": json_records(self.layers[LAYER_COLUMNS]),
             "unsupported_ops": self.unsupported_ops,
         }
+        if self.training is not None:  # a training step: its rows carry their phase, and the step's memory
+            result["mode"] = "train"
+            result["layers"] = json_records(self.layers[[*LAYER_COLUMNS, "phase"]])
+            result["training"] = {"optimizer": self.training.optimizer, "loss": self.training.loss,
+                                  **self.training.memory(self.precision)}
+        return result
 
     def summary(self) -> str:
         t = self.totals

@@ -512,7 +512,8 @@ def analyze_train(model: Any, inputs: Any = None, precision: str | Precision = "
 class StepPrediction:
     """A training step's predicted time, throughput and MFU: predict()'s terms, summed by phase.
 
-    MFU = model FLOPs per step / (step time x the device's peak for the precision). Model FLOPs are
+    MFU = model FLOPs per step / (step time x the device's peak for the precision the matrix ops run at;
+    TF32's for fp32 convolutions on a GPU, as predict costs them). Model FLOPs are
     2 x the MACs of the forward and backward rows: the matrix-like ops (linear, matmul, convolution,
     attention's two products) and their gradients, which for a dense transformer is 6 N D plus the
     attention term 12 L d s per token (full score matrix). Elementwise work, the optimizer and any
@@ -542,9 +543,19 @@ class StepPrediction:
         totals = self.analysis.totals
         return 2 * int(totals["forward_macs"] + totals["backward_macs"])
 
+    @cached_property
+    def peak_flops_per_s(self) -> float:
+        """The peak the model's matrix FLOPs run at, as predict costs them: the precision's, or TF32's for
+        fp32 convolutions on a GPU with TF32 (the peak carrying the largest share of those FLOPs)."""
+        ops = self.prediction.ops
+        matrix = ops[ops["macs"] > 0]
+        if not len(matrix):
+            return float(self.prediction.peak_flops_per_s)
+        return float(matrix.groupby("peak_flops_per_s")["flops"].sum().idxmax())
+
     @property
     def mfu(self) -> float:
-        peak = self.prediction.peak_flops_per_s
+        peak = self.peak_flops_per_s
         return self.model_flops / (self.step_s * peak) if self.step_s and peak else 0.0
 
     @property
@@ -562,7 +573,7 @@ class StepPrediction:
     def to_dict(self) -> dict[str, Any]:
         return {"step_s": self.step_s, "phases_s": self.phases, "samples_per_s": self.samples_per_s,
                 "tokens_per_s": self.tokens_per_s, "model_flops": self.model_flops, "mfu": self.mfu,
-                "peak_flops_per_s": self.prediction.peak_flops_per_s}
+                "peak_flops_per_s": self.peak_flops_per_s}
 
 
 def predict_step(analysis: Analysis, profile: HardwareProfile | str, calibrated: bool = False) -> StepPrediction:
@@ -657,7 +668,7 @@ def step_lines(step: StepPrediction, whatif: CheckpointWhatIf | None) -> list[st
         (f"Training step ({info.optimizer if info else '?'}, loss = {info.loss if info else '?'}, "
         f"{step.analysis.precision.name}): predicted {format_time(step.step_s)} ({phases}); {rate}; "
         f"MFU {step.mfu:.1%} (model FLOPs {format_si(step.model_flops)} = 2 x MACs of forward and backward, "
-        f"peak {format_si(step.prediction.peak_flops_per_s)}FLOP/s)."),
+        f"peak {format_si(step.peak_flops_per_s)}FLOP/s)."),
         f"Model size by role: weights {format_bytes(totals['weights_bytes'])}"
         + (f" (fp32 master) + 16-bit compute copies {format_bytes(totals['weight_copies_bytes'])}"
            if totals["weight_copies_bytes"] else "")
