@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from roofline import models
+from roofline import costs, models
 from roofline.errors import RooflineError
 from roofline.models import LoadedModel
 from roofline.precision import MEASURABLE_DTYPES, training_precision
@@ -58,6 +58,8 @@ class _OpTimer(TorchDispatchMode):
         self.step, self.device, self.times, self.phases = step, device, times, phases
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+        if costs.is_alias(func) or costs.is_free(func):  # views and metadata: no rows in the trace either
+            return func(*args, **(kwargs or {}))
         row = self.step.current()
         if row is None:
             call = self.step.tracker.current()
