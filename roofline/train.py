@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -361,7 +362,7 @@ def trace_train(model: nn.Module, inputs: Sequence[Any] | dict[str, Any], *, mod
         with torch.enable_grad(), tracer.tracker.active(), attention_ctx, _CountingMode(tracer):
             out = _run_phase(tracer, "the model's forward", lambda: model(*args, **kwargs))
             with step.loss():
-                value = _run_phase(tracer, "the loss", lambda: loss_fn(out))
+                value = _run_phase(tracer, "the loss", functools.partial(loss_fn, out))
                 if not isinstance(value, torch.Tensor) or value.numel() != 1 or not value.requires_grad:
                     raise RooflineError("the loss must be a scalar tensor that depends on the parameters; got "
                                         + (f"a tensor of shape {list(value.shape)}" if isinstance(value, torch.Tensor)

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "tests" / "fixtures" / "train_models.py"
 LOSS_FIXTURE = REPO / "tests" / "fixtures" / "train_loss.py"
 sys.path.insert(0, str(REPO / "benchmarks"))
-import train_references  # noqa: E402  (benchmarks/ is not a package)
+import train_references
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -162,7 +162,7 @@ def test_output_without_a_scalar_loss(capsys):
 
 
 def test_backward_without_a_rule_is_listed_with_its_count(capsys):
-    code, out, err = _cli(capsys, "analyze", f"{FIXTURE}:upsample", "--mode", "train", "--format", "json")
+    code, out, _ = _cli(capsys, "analyze", f"{FIXTURE}:upsample", "--mode", "train", "--format", "json")
     assert code == 0
     data = json.loads(out)
     assert {"op": "aten.upsample_bilinear2d_backward", "count": 1} in data["unsupported_ops"]
