@@ -3,7 +3,9 @@
 Both count the same model built once on the meta device; analyze also produces per-layer bytes,
 fused bytes and peak activations. Prints a table; the target is a ratio of at most 1.5.
 Also analyses hf:llama at its config defaults (~6.7B parameters, 1x128 tokens) in a fresh
-subprocess and reports its wall time and peak RSS (targets: < 10 s, < 1.5 GiB).
+subprocess and reports its wall time and peak RSS (targets: < 10 s, < 1.5 GiB), and one training
+step of it at 1x2048 tokens (forward, backward, AdamW; issue 17; targets: < 30 s, < 2 GiB), with its
+train FLOPs per token against 6 N + 12 L d s.
 
     .venv/bin/python benchmarks/count_speed.py [--repeats 3]
 """
@@ -65,8 +67,22 @@ print(json.dumps({"wall_s": elapsed, "peak_rss_mib": resource.getrusage(resource
 """
 
 
-def llama() -> dict[str, float]:
-    done = subprocess.run([sys.executable, "-c", LLAMA_CHILD], capture_output=True, text=True, check=True)
+LLAMA_TRAIN_CHILD = """
+import json, resource, sys, time
+start = time.perf_counter()
+from roofline.train import analyze_train
+result = analyze_train("hf:llama", seq_len=2048, precision="bf16", warn_unsupported=False)
+totals = result.totals
+elapsed = time.perf_counter() - start
+sys.path.insert(0, "benchmarks")
+print(json.dumps({"wall_s": elapsed, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "params": totals["params"], "flops": totals["flops"], "layers": len(result.layers),
+                  "peak_memory_bytes": totals["peak_memory_bytes"], "unsupported": result.unsupported_ops}))
+"""
+
+
+def llama(child: str = LLAMA_CHILD) -> dict[str, float]:
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -82,6 +98,11 @@ def main() -> None:
     print(f"\nhf:llama defaults, 1x128 tokens, meta: {info['params'] / 1e9:.2f} B params, "
           f"{info['macs'] / 1e9:.0f} GMACs, {info['layers']} rows; wall {info['wall_s']:.2f} s "
           f"(incl. imports), peak RSS {info['peak_rss_mib']:.0f} MiB")
+    train = llama(LLAMA_TRAIN_CHILD)
+    print(f"hf:llama defaults, one training step (bf16 mixed, AdamW) at 1x2048 tokens, meta: "
+          f"{train['flops'] / 1e12:.1f} TFLOP, {train['layers']} rows, peak memory "
+          f"{train['peak_memory_bytes'] / 2**30:.1f} GiB; wall {train['wall_s']:.2f} s (incl. imports), "
+          f"peak RSS {train['peak_rss_mib']:.0f} MiB (targets: < 30 s, < 2048 MiB); unsupported {train['unsupported']}")
 
 
 if __name__ == "__main__":

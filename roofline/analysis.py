@@ -18,10 +18,10 @@ import pandas as pd
 
 from roofline.formatting import format_bytes, format_markdown, format_si, format_table, json_records
 from roofline.models import LoadedModel
-from roofline.precision import Precision, get_precision
-from roofline.trace import Trace, trace
+from roofline.precision import Precision, get_precision, training_precision
+from roofline.trace import ROOT_NAME, Trace, trace
 
-__all__ = ["Analysis", "analyze", "render"]
+__all__ = ["PEAK_CATEGORIES", "STEP_CATEGORIES", "Analysis", "TrainingInfo", "analyze", "render"]
 
 JSON_FORMAT_VERSION = 1
 
@@ -30,6 +30,88 @@ LAYER_COLUMNS = [
     "name", "type", "macs", "flops", "params", "weight_bytes", "bytes_read", "bytes_written",
     "fused_bytes", "arithmetic_intensity",
 ]
+
+
+# Memory of a training step by category, tracked over each tensor's lifetime (roofline.train); the
+# parameters are constant and not in the timeline.
+STEP_CATEGORIES = ("inputs", "gradients", "optimizer_state", "activations", "temporaries", "optimizer_temporaries")
+# Bytes of a step's peak by category, in the order reports show them.
+PEAK_CATEGORIES = ("parameters", "weight_copies", "gradients", "optimizer_state", "activations", "temporaries",
+                   "optimizer_temporaries", "inputs")
+
+
+@dataclass(frozen=True)
+class TrainingInfo:
+    """What a training step's trace adds to the op records: roles' sizes and live memory over time.
+
+    Element counts, not bytes, so a Precision re-costs them. `timeline` has one entry per op record,
+    right after the op wrote its outputs: live floating-point elements of each of STEP_CATEGORIES,
+    then live bytes of integer tensors (indices, masks) of each. `blocks`: per checkpointable block,
+    its path, the activation elements it leaves saved for backward and its output's elements.
+    """
+
+    optimizer: str
+    loss: str
+    trainable_params: int
+    frozen_params: int
+    buffer_elements: int
+    state_elements: int
+    timeline: tuple[tuple[int, ...], ...]
+    timeline_layers: tuple[str, ...]
+    blocks: tuple[tuple[str, int, int], ...]
+    samples: int
+    tokens: int | None
+
+    def category_bytes(self, precision: Precision) -> dict[str, float]:
+        """Bytes per element of each timeline category at `precision` (a training precision)."""
+        return {"inputs": precision.activation_bytes, "gradients": precision.grad_bytes,
+                "optimizer_state": precision.state_bytes, "activations": precision.activation_bytes,
+                "temporaries": precision.activation_bytes, "optimizer_temporaries": precision.state_bytes}
+
+    def live_bytes(self, precision: Precision) -> list[dict[str, float]]:
+        """Bytes by category after each op (the optimizer state at its steady-state size throughout)."""
+        sizes = self.category_bytes(precision)
+        count = len(STEP_CATEGORIES)
+        rows = []
+        for entry in self.timeline:
+            row = {c: entry[i] * sizes[c] + entry[count + i] for i, c in enumerate(STEP_CATEGORIES)}
+            row["optimizer_state"] = self.state_elements * precision.state_bytes
+            rows.append(row)
+        return rows
+
+    def memory(self, precision: Precision) -> dict[str, Any]:
+        """The step's steady-state peak: bytes by category at the peak, the op and layer where it occurs.
+
+        Steady state: the optimizer state exists from the previous step, and gradients are None when
+        the forward starts (zero_grad's default). Under mixed precision, autocast's 16-bit copies of
+        the weights live from the forward into the backward that uses them: a category of their own,
+        counted as live for the whole step (an upper bound).
+        """
+        mixed = precision.master_bytes != precision.weight_bytes
+        static = {"parameters": (self.trainable_params + self.frozen_params + self.buffer_elements)
+                  * precision.master_bytes,
+                  "weight_copies": self.trainable_params * precision.weight_bytes if mixed else 0.0}
+        live = self.live_bytes(precision)
+        best_index = max(range(len(live)), key=lambda i: sum(live[i].values()), default=-1)
+        at_peak = dict.fromkeys(PEAK_CATEGORIES, 0.0) | static
+        if best_index >= 0:
+            at_peak.update(live[best_index])
+        return {
+            "peak_bytes": float(sum(at_peak.values())),
+            "by_category": at_peak,
+            "peak_layer": self.timeline_layers[best_index] if best_index >= 0 else ROOT_NAME,
+            "peak_op_index": best_index,
+        }
+
+    def model_size(self, precision: Precision) -> dict[str, float]:
+        """Model size per role: weights (master and, under mixed precision, the compute copies), grads, state."""
+        mixed = precision.master_bytes != precision.weight_bytes
+        return {
+            "weights_bytes": (self.trainable_params + self.frozen_params) * precision.master_bytes,
+            "weight_copies_bytes": self.trainable_params * precision.weight_bytes if mixed else 0.0,
+            "grads_bytes": self.trainable_params * precision.grad_bytes,
+            "optimizer_state_bytes": self.state_elements * precision.state_bytes,
+        }
 
 
 def _intensity(flops: pd.Series | float, moved: pd.Series | float) -> Any:
@@ -46,9 +128,18 @@ class Analysis:
     trace: Trace
     precision: Precision
 
+    def __post_init__(self) -> None:
+        if self.trace.mode == "train" and self.precision.master_bits is None:
+            # A training step keeps fp32 master weights, grads and optimizer state (precision.training_precision).
+            object.__setattr__(self, "precision", training_precision(self.precision))
+
     def with_precision(self, precision: str | Precision) -> Analysis:
         """The same counts re-costed at another precision (bytes and model size change, FLOPs do not)."""
         return Analysis(self.trace, get_precision(precision))
+
+    @property
+    def mode(self) -> str:
+        return self.trace.mode
 
     def scaled_batch(self, factor: float) -> Analysis:
         """The same model at `factor` x the traced batch, without re-tracing.
@@ -99,13 +190,20 @@ class Analysis:
         df = pd.DataFrame([r.__dict__ for r in self.trace.records])
         if df.empty:
             df = pd.DataFrame(columns=[f for f in _RECORD_FIELDS])
-        df["weight_bytes"] = df["weight_read"] * p.weight_bytes
+        # The optimizer updates the master weights, and its own temporaries are at the state's precision;
+        # forward and backward read the weights (autocast's copies under mixed precision) at weight precision.
+        optimizer = df["phase"] == "optimizer"
+        weight_size = optimizer.map({True: p.master_bytes, False: p.weight_bytes}).astype(float)
+        act_size = optimizer.map({True: p.state_bytes, False: p.activation_bytes}).astype(float)
+        df["weight_bytes"] = df["weight_read"] * weight_size
         df["bytes_read"] = (
-            df["weight_bytes"] + df["act_read"] * p.activation_bytes + df["kv_read"] * p.kv_bytes
-            + df["fixed_read_bytes"]
+            df["weight_bytes"] + df["act_read"] * act_size + df["kv_read"] * p.kv_bytes
+            + df["fixed_read_bytes"] + df["grad_read"] * p.grad_bytes + df["state_read"] * p.state_bytes
         )
         df["bytes_written"] = (
-            df["act_written"] * p.activation_bytes + df["kv_written"] * p.kv_bytes + df["fixed_written_bytes"]
+            df["act_written"] * act_size + df["kv_written"] * p.kv_bytes + df["fixed_written_bytes"]
+            + df["weight_written"] * weight_size + df["grad_written"] * p.grad_bytes
+            + df["state_written"] * p.state_bytes
         )
         df["kv_bytes"] = (df["kv_read"] + df["kv_written"]) * p.kv_bytes
         df["bytes"] = df["bytes_read"] + df["bytes_written"]
@@ -123,16 +221,18 @@ class Analysis:
         rows = []
         for call in self.trace.layers:
             has_ops = call.name in grouped.index
-            row: dict[str, Any] = {"name": call.name, "type": call.module_type}
+            row: dict[str, Any] = {"name": call.name, "type": call.module_type, "phase": call.phase}
             for column in sums:
                 row[column] = float(grouped.at[call.name, column]) if has_ops else 0.0
             row["macs"] = int(row["macs"])
             row["flops"] = int(row["flops"])
             row["params"] = int(self.trace.layer_params.get(call.name, 0))
             fused = self.trace.fused.get(call.name)
+            weight_size = p.master_bytes if call.phase == "optimizer" else p.weight_bytes
+            act_size = p.state_bytes if call.phase == "optimizer" else p.activation_bytes
             row["fused_bytes"] = (
-                fused.weight * p.weight_bytes + fused.act * p.activation_bytes + fused.kv * p.kv_bytes
-                + fused.fixed_bytes
+                fused.weight * weight_size + fused.act * act_size + fused.kv * p.kv_bytes
+                + fused.fixed_bytes + fused.grad * p.grad_bytes + fused.state * p.state_bytes
                 if fused else 0.0
             )
             row["ops"] = int(counts[call.name]) if has_ops else 0
@@ -168,14 +268,14 @@ class Analysis:
         return df.sort_values(["flops", "bytes"], ascending=False, ignore_index=True)
 
     @cached_property
-    def totals(self) -> dict[str, float]:
+    def totals(self) -> dict[str, Any]:
         """Whole-model figures; per-layer rows add up to these exactly."""
         p = self.precision
         layers = self.layers
         bytes_read = float(layers["bytes_read"].sum())
         bytes_written = float(layers["bytes_written"].sum())
         flops = int(layers["flops"].sum())
-        return {
+        totals: dict[str, Any] = {
             "macs": int(layers["macs"].sum()),
             "flops": flops,
             "params": int(self.trace.total_params),
@@ -186,6 +286,30 @@ class Analysis:
             + self.trace.peak_fixed_bytes,
             "arithmetic_intensity": _intensity(flops, bytes_read + bytes_written),
         }
+        info = self.training
+        if info is not None:
+            memory = info.memory(p)
+            by_phase = layers.groupby("phase")[["macs", "flops", "bytes"]].sum()
+            for phase in ("forward", "backward", "optimizer"):
+                for column in ("macs", "flops", "bytes"):
+                    value = by_phase.at[phase, column] if phase in by_phase.index else 0
+                    totals[f"{phase}_{column}"] = int(value) if column != "bytes" else float(value)
+            totals["model_size_bytes"] = info.model_size(p)["weights_bytes"]
+            totals.update(info.model_size(p))
+            # The activation peak of a step is the training peak's activations (saved for backward).
+            totals["peak_activation_bytes"] = memory["by_category"]["activations"]
+            totals["peak_memory_bytes"] = memory["peak_bytes"]
+            totals.update({f"peak_{name}_bytes": value for name, value in memory["by_category"].items()})
+            totals["peak_layer"] = memory["peak_layer"]
+            totals["samples"] = info.samples
+            totals["tokens"] = info.tokens
+        return totals
+
+    @property
+    def training(self) -> TrainingInfo | None:
+        """The training step's extra figures (mode "train"), else None."""
+        info = self.trace.training
+        return info if isinstance(info, TrainingInfo) else None
 
     @property
     def unsupported_ops(self) -> list[dict[str, Any]]:
@@ -200,7 +324,7 @@ class Analysis:
     # -- export -----------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """The `analyze --format json` object of DESIGN.md."""
-        return {
+        result: dict[str, Any] = {
             "model": self.model_name,
             "precision": self.precision.name,
             "inputs": self.trace.inputs,
@@ -208,6 +332,12 @@ class Analysis:
             "layers": json_records(self.layers[LAYER_COLUMNS]),
             "unsupported_ops": self.unsupported_ops,
         }
+        if self.training is not None:  # a training step: its rows carry their phase, and the step's memory
+            result["mode"] = "train"
+            result["layers"] = json_records(self.layers[[*LAYER_COLUMNS, "phase"]])
+            result["training"] = {"optimizer": self.training.optimizer, "loss": self.training.loss,
+                                  **self.training.memory(self.precision)}
+        return result
 
     def summary(self) -> str:
         t = self.totals
@@ -219,6 +349,18 @@ class Analysis:
              f"  peak activations {format_bytes(t['peak_activation_bytes'])}"
              f"  intensity {t['arithmetic_intensity']:.3g} FLOP/B"),
         ]
+        if self.training is not None:
+            info = self.training
+            lines.append(
+                f"  training step ({info.optimizer}, loss = {info.loss}): FLOPs forward {format_si(t['forward_flops'])}"
+                f"  backward {format_si(t['backward_flops'])}  optimizer {format_si(t['optimizer_flops'])}")
+            lines.append(
+                f"  model size: weights {format_bytes(t['weights_bytes'])}"
+                + (f" (+ 16-bit copies {format_bytes(t['weight_copies_bytes'])})" if t["weight_copies_bytes"] else "")
+                + f"  grads {format_bytes(t['grads_bytes'])}  optimizer state {format_bytes(t['optimizer_state_bytes'])}")
+            parts = "  ".join(f"{name.replace('_', ' ')} {format_bytes(t[f'peak_{name}_bytes'])}"
+                              for name in PEAK_CATEGORIES if t[f"peak_{name}_bytes"])
+            lines.append(f"  peak memory {format_bytes(t['peak_memory_bytes'])} at {t['peak_layer']}: {parts}")
         if self.unsupported_ops:
             listed = ", ".join(f"{u['op']} x{u['count']}" for u in self.unsupported_ops)
             lines.append(f"  unsupported ops (FLOPs not counted, bytes counted): {listed}")
@@ -236,6 +378,7 @@ _RECORD_FIELDS = [
     "seq", "layer", "op", "op_class", "macs", "flops", "weight_read", "act_read", "kv_read", "fixed_read_bytes",
     "act_written", "kv_written", "fixed_written_bytes", "supported", "input_shapes", "output_shapes",
     "allreduce_elements", "allgather_elements", "p2p_elements",
+    "weight_written", "grad_read", "grad_written", "state_read", "state_written", "phase",
 ]
 
 

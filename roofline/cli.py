@@ -66,22 +66,48 @@ def _add_precision(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="fp32", help="fp32, tf32, fp16, bf16, int8, fp8, w8a16, w4a16")
 
 
+def _add_mode(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mode", choices=("inference", "train"), default="inference",
+                        help="inference (one forward pass) or train (forward, backward from the loss, optimizer "
+                             "step; bf16/fp16 are mixed precision with fp32 master weights)")
+    parser.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw",
+                        help="with --mode train: the optimizer step counted (default: adamw)")
+
+
+def _counted(args: argparse.Namespace, loaded: Any, precision: str | None = None) -> Any:
+    """The analysis of the mode asked for: one forward pass, or one training step."""
+    from roofline import analysis
+
+    if getattr(args, "mode", "inference") == "train":
+        from roofline.train import analyze_train
+
+        return analyze_train(loaded, precision=precision or args.precision, optimizer=args.optimizer)
+    return analysis.analyze(loaded, precision=precision or args.precision)
+
+
+def _check_precision(args: argparse.Namespace) -> None:
+    from roofline.precision import get_precision, training_precision
+
+    for name in args.precision.split(","):
+        (training_precision if getattr(args, "mode", "inference") == "train" else get_precision)(name)
+
+
 # ---- analyze -------------------------------------------------------------------------------------
 
 def _setup_analyze(parser: argparse.ArgumentParser) -> None:
     _add_model_options(parser)
     _add_precision(parser)
     parser.add_argument("--by", choices=("layer", "op", "type"), default="layer", help="table rows (default: layer)")
+    _add_mode(parser)
     _add_format(parser)
 
 
 def _run_analyze(args: argparse.Namespace) -> int:
     from roofline import analysis, models
-    from roofline.precision import get_precision
 
-    get_precision(args.precision)  # validate before the (possibly slow) model build
+    _check_precision(args)  # validate before the (possibly slow) model build
     loaded = models.load(args.model, input_shape=args.input_shape, batch=args.batch, seq_len=args.seq_len)
-    result = analysis.analyze(loaded, precision=args.precision)
+    result = _counted(args, loaded)
     print(analysis.render(result, by=args.by, fmt=args.format))
     from roofline.moe import moe_params
 
@@ -132,9 +158,8 @@ def _add_recalibrate(parser: argparse.ArgumentParser, why: str) -> None:
 
 def _load_for(args: argparse.Namespace) -> object:
     from roofline import models
-    from roofline.precision import get_precision
 
-    get_precision(args.precision)
+    _check_precision(args)
     return models.load(args.model, input_shape=args.input_shape, batch=args.batch, seq_len=args.seq_len)
 
 
@@ -164,11 +189,12 @@ def _setup_predict(parser: argparse.ArgumentParser) -> None:
     _add_split(parser)
     _add_recalibrate(parser, "the prediction is then for the machine as it is now")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar while recalibrating")
+    _add_mode(parser)
     _add_format(parser)
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from roofline import analysis, predict
+    from roofline import predict
     from roofline.calibrate import recalibrate, recalibration_device
 
     profile = _profile(args.hw, args)
@@ -176,27 +202,47 @@ def _run_predict(args: argparse.Namespace) -> int:
     loaded = _load_for(args)  # fail before the timing
     if device is not None:
         profile = recalibrate(profile, device, progress=not args.no_progress)
-    result = analysis.analyze(loaded, precision=args.precision)
+    result = _counted(args, loaded)
+    calibrated = args.calibrated or args.recalibrate
     tp, pp = _degree(args.tp, "tp") or 1, _degree(args.pp, "pp") or 1
     if tp * pp > 1:
+        if result.trace.mode == "train":
+            raise RooflineError("--tp/--pp split an inference pass; --mode train models one device")
         from roofline.parallel import plan_for, shard
 
         result = shard(result, plan_for(loaded.module, loaded.meta.get("config")), tp, pp)  # type: ignore[attr-defined]
-    prediction = predict.predict(result, profile, calibrated=args.calibrated or args.recalibrate)
-    print(predict.render(prediction, fmt=args.format))
-    if pp > 1 and args.format == "table":
-        from roofline.formatting import format_time
-        from roofline.parallel import bubble_fraction, pipeline_factor
+    prediction = predict.predict(result, profile, calibrated=calibrated)
+    if result.trace.mode != "train":
+        print(predict.render(prediction, fmt=args.format))
+        if pp > 1 and args.format == "table":
+            from roofline.formatting import format_time
+            from roofline.parallel import bubble_fraction, pipeline_factor
 
-        batch = predict.batch_size(result)
-        micro = args.microbatches or max(d for d in range(1, min(pp, batch) + 1) if batch % d == 0)
-        if micro < 1 or batch % micro:
-            raise RooflineError(f"--microbatches {micro} must be a positive divisor of the batch ({batch})")
-        micro_s = predict.predict(result.scaled_batch(1 / micro), profile,
-                                  calibrated=args.calibrated or args.recalibrate).totals["predicted_latency_s"]
-        print(f"  pipeline: {pp} stages, {micro} microbatches: a pass takes {format_time(micro_s * pipeline_factor(pp, micro))}"
-              f" per device group (bubble {bubble_fraction(pp, micro):.0%}; the table above is one device's share of "
-              "the whole model, a stage runs 1/PP of it)")
+            batch = predict.batch_size(result)
+            micro = args.microbatches or max(d for d in range(1, min(pp, batch) + 1) if batch % d == 0)
+            if micro < 1 or batch % micro:
+                raise RooflineError(f"--microbatches {micro} must be a positive divisor of the batch ({batch})")
+            micro_s = predict.predict(result.scaled_batch(1 / micro), profile,
+                                      calibrated=calibrated).totals["predicted_latency_s"]
+            print(f"  pipeline: {pp} stages, {micro} microbatches: a pass takes "
+                  f"{format_time(micro_s * pipeline_factor(pp, micro))} per device group (bubble "
+                  f"{bubble_fraction(pp, micro):.0%}; the table above is one device's share of the whole model, a "
+                  "stage runs 1/PP of it)")
+        return 0
+    import json
+
+    from roofline import train
+
+    step = train.StepPrediction(prediction)
+    whatif = train.checkpoint_whatif(result, profile, calibrated=calibrated)
+    if args.format == "json":
+        payload = json.loads(predict.render(prediction, fmt="json"))
+        payload["training"] = {**step.to_dict(), "memory": result.training.memory(result.precision),
+                               "checkpointing": whatif.to_dict() if whatif else None}
+        print(json.dumps(payload, indent=2, default=str))
+    else:
+        print(predict.render(prediction, fmt=args.format))
+        print("\n" + "\n".join(train.step_lines(step, whatif)))
     return 0
 
 
@@ -307,6 +353,7 @@ def _setup_compare(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated precisions, e.g. fp32,fp16,int8 (default fp32; with --tp/--pp: bf16)")
     parser.add_argument("--batches", default=None, help="comma-separated batch sizes to compare (default: --batch)")
     parser.add_argument("--calibrated", action="store_true")
+    _add_mode(parser)
     parser.add_argument("--format", choices=("table", "csv", "json", "markdown"), default="table")
     parser.add_argument("--tp", default=None, help="with a causal LM: tensor-parallel devices, or auto (the smallest "
                                                    "TP x PP that fits each device): compares tokens/s")
@@ -317,22 +364,24 @@ def _setup_compare(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    from roofline import analysis, explain, models
+    from roofline import explain, models
     from roofline.formatting import format_markdown, format_table
     from roofline.precision import get_precision
     from roofline.predict import batch_size
 
     if args.tp is not None or args.pp is not None:
         return _compare_llm(args)
+    args.precision = args.precision or "fp32"
+    _check_precision(args)
     batches = _positive_list(args.batches, "--batches") if args.batches else None
     if batches and args.batch is not None:
         warnings.warn(f"--batch {args.batch} is ignored: --batches {args.batches} sets the batch sizes", stacklevel=1)
-    precisions = [get_precision(p).name for p in (args.precision or "fp32").split(",")]
+    precisions = [get_precision(p).name for p in args.precision.split(",")]
     profiles = [_profile(name, args) for name in args.hw.split(",")]
     # Without --batches, the model's own batch (--batch, or --input-shape's first dimension) is compared.
     loaded = models.load(args.model, input_shape=args.input_shape, batch=batches[0] if batches else args.batch,
                          seq_len=args.seq_len)
-    result = analysis.analyze(loaded)
+    result = _counted(args, loaded, precision="fp32")
     table = explain.compare(result, profiles, precisions, batches or [batch_size(result)], calibrated=args.calibrated)
     notes = explain.compare_notes(table)
     if args.format == "csv":
@@ -504,6 +553,7 @@ def _setup_measure(parser: argparse.ArgumentParser) -> None:
                         "speed touches every layer alike (default: 3)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; recorded either way)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    _add_mode(parser)
     _add_format(parser)
 
 
@@ -511,11 +561,39 @@ def _run_measure(args: argparse.Namespace) -> int:
     from roofline.measure import measure, parse_batch_sizes, render
 
     _positive(args.min_run_time, "--min-run-time")
+    if args.mode == "train":
+        return _measure_train(args)
     sizes = parse_batch_sizes(args.batch_sizes) if args.batch_sizes else None
     result = measure(args.model, device=args.device, precision=args.precision, batch_sizes=sizes,
                      progress=not args.no_progress, min_run_time_s=args.min_run_time, num_threads=args.threads,
                      rounds=args.rounds, input_shape=args.input_shape, batch=args.batch, seq_len=args.seq_len)
     print(render(result, fmt=args.format))
+    return 0
+
+
+def _measure_train(args: argparse.Namespace) -> int:
+    from roofline.formatting import format_table, format_time
+    from roofline.train_measure import measure_train
+
+    _check_precision(args)
+    result = measure_train(args.model, device=args.device, precision=args.precision, optimizer=args.optimizer,
+                           min_run_time_s=max(args.min_run_time, 0.2), input_shape=args.input_shape,
+                           batch=args.batch, seq_len=args.seq_len)
+    if args.format == "json":
+        import json
+
+        print(json.dumps({"metadata": result.metadata, "end_to_end": result.end_to_end.to_dict("records"),
+                          "layers": result.layers.to_dict("records")}, indent=2, default=str))
+        return 0
+    if args.format == "csv":
+        print(result.layers.to_csv(index=False).rstrip("\n"))
+        return 0
+    print(format_table(result.layers, {"measured_s": format_time, "iqr_s": format_time}))
+    row = result.end_to_end.iloc[0]
+    phases = ", ".join(f"{k} {format_time(v)}" for k, v in result.phases.items())
+    print(f"\ntraining step: {format_time(row['latency_s'])} (IQR {format_time(row['iqr_s'])}); rows by phase: {phases}")
+    for note in result.metadata["notes"]:
+        print(f"  {note}")
     return 0
 
 
@@ -531,6 +609,7 @@ def _setup_report(parser: argparse.ArgumentParser) -> None:
                         help="measurement budget per layer and per batch size in seconds (default 0.05)")
     _add_out(parser, "the report", default="roofline-report")
     parser.add_argument("--no-progress", action="store_true", help="no progress messages or bars")
+    _add_mode(parser)
 
 
 def _run_report(args: argparse.Namespace) -> int:
@@ -541,7 +620,7 @@ def _run_report(args: argparse.Namespace) -> int:
     out = report(args.model, _profile(args.hw, args), out=args.out, precision=args.precision, measure=not args.no_measure,
                  calibrated=args.calibrated, progress=not args.no_progress, min_run_time_s=args.min_run_time,
                  input_shape=args.input_shape, batch=args.batch, seq_len=args.seq_len, recalibrate=args.recalibrate,
-                 force=args.force)
+                 force=args.force, mode=args.mode, optimizer=args.optimizer)
     print(f"report written to {out}\nopen {out / 'index.html'}")
     return 0
 

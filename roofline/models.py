@@ -531,4 +531,7 @@ def _load_file(spec: str, inputs: Any, shapes: Any, device: str, batch: int | No
         made = made[0]
     if not isinstance(made, nn.Module):
         raise RooflineError(f"{spec} returned {type(made).__name__}, expected an nn.Module or (module, inputs)")
-    return _finish(spec, made, inputs, shapes, device, batch)
+    # A training step's loss (--mode train): a `loss(output) -> scalar tensor` function in the same file.
+    loss = getattr(user_module, "loss", None)
+    meta = {"loss": loss} if callable(loss) else None
+    return _finish(spec, made, inputs, shapes, device, batch, meta=meta)

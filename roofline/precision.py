@@ -12,7 +12,8 @@ import torch
 
 from roofline.errors import RooflineError, close_matches
 
-__all__ = ["COMPUTE_TYPES", "MEASURABLE_DTYPES", "PRECISIONS", "Precision", "get_precision"]
+__all__ = ["COMPUTE_TYPES", "MEASURABLE_DTYPES", "PRECISIONS", "TRAINING_PRECISIONS", "Precision", "get_precision",
+           "training_precision"]
 
 # Compute types a hardware profile can give a peak for (FLOP/s, or op/s for integer types).
 COMPUTE_TYPES = ("fp64", "fp32", "tf32", "fp16", "bf16", "fp8", "int8")
@@ -28,6 +29,11 @@ class Precision:
     compute_type: str
     kv_bits: float | None = None  # KV cache; None means "same as activations"
     description: str = ""
+    # Training roles (roofline.train): the optimizer's master weights, the parameters' gradients and the
+    # optimizer state. None means "same as the weights" (a plain, not mixed-precision, step).
+    master_bits: float | None = None
+    grad_bits: float | None = None
+    state_bits: float | None = None
 
     def __post_init__(self) -> None:
         if self.compute_type not in COMPUTE_TYPES:
@@ -47,6 +53,18 @@ class Precision:
     @property
     def kv_bytes(self) -> float:
         return (self.kv_bits if self.kv_bits is not None else self.activation_bits) / 8
+
+    @property
+    def master_bytes(self) -> float:
+        return (self.master_bits if self.master_bits is not None else self.weight_bits) / 8
+
+    @property
+    def grad_bytes(self) -> float:
+        return (self.grad_bits if self.grad_bits is not None else self.weight_bits) / 8
+
+    @property
+    def state_bytes(self) -> float:
+        return (self.state_bits if self.state_bits is not None else self.weight_bits) / 8
 
     def with_kv(self, kv: str | None) -> Precision:
         """This precision with the KV cache stored as `kv` (a precision name such as fp8 or int8)."""
@@ -79,11 +97,38 @@ MEASURABLE_DTYPES: dict[str, torch.dtype] = {
 }
 
 
+# Precisions a training step can run at; fp16 and bf16 are mixed precision as torch.autocast runs it.
+TRAINING_PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+
+
+def training_precision(name: str | Precision) -> Precision:
+    """The precision of a training step: fp32 master weights, gradients and optimizer state throughout.
+
+    fp16/bf16 mean autocast: the math and the activations (and their gradients) at 16 bits, the
+    weights read by the math as 16-bit copies, while the optimizer keeps fp32 master weights, the
+    parameters' gradients are fp32 (autocast's cast back accumulates them into the fp32 parameters'
+    .grad) and the optimizer state is fp32.
+    """
+    base = get_precision(name)
+    if base.name not in TRAINING_PRECISIONS:
+        raise RooflineError(f"precision {base.name!r} is not a training precision; "
+                            f"choose one of: {', '.join(TRAINING_PRECISIONS)}")
+    if base.master_bits is not None:
+        return base
+    mixed = base.weight_bits < 32
+    name_ = f"{base.name}-mixed" if mixed else base.name
+    return dataclasses.replace(base, name=name_, master_bits=32, grad_bits=32, state_bits=32,
+                               description=base.description + ("; fp32 master weights, grads and optimizer state"
+                                                               if mixed else ""))
+
+
 def get_precision(name: str | Precision) -> Precision:
     """Look up a precision by name; the error lists the accepted names."""
     if isinstance(name, Precision):
         return name
     key = name.strip().lower()
+    if key.endswith("-mixed"):  # the name training_precision gives a mixed-precision step
+        return training_precision(key.removesuffix("-mixed"))
     if key not in PRECISIONS:
         raise RooflineError(
             f"unknown precision {name!r}{close_matches(key, PRECISIONS)}; "

@@ -27,6 +27,7 @@ import pandas as pd
 
 import roofline
 from roofline.analysis import LAYER_COLUMNS, Analysis
+from roofline.errors import RooflineError
 from roofline.fidelity import faster_than_roof, roof_sentence
 from roofline.formatting import format_bytes, format_markdown, format_number, format_si, format_time
 from roofline.hardware.profile import HardwareProfile
@@ -152,15 +153,18 @@ def type_table(layers: pd.DataFrame) -> pd.DataFrame:
 def report(model: Any, hw: str | HardwareProfile = "auto", *, out: str | Path = "roofline-report",
            precision: str = "fp32", measure: bool = True, calibrated: bool = False, progress: bool = True,
            min_run_time_s: float = 0.05, input_shape: str | None = None, batch: int | None = None,
-           seq_len: int | None = None, recalibrate: bool = False, force: bool = False) -> Path:
+           seq_len: int | None = None, recalibrate: bool = False, force: bool = False, mode: str = "inference",
+           optimizer: str = "adamw") -> Path:
     """Analyse, predict on `hw`, measure on the matching local device (unless measure=False), write `out`.
 
     min_run_time_s is the timing budget per layer and per batch size (roofline.measure's).
     recalibrate (implies calibrated) times the measured profile's efficiency ops again first, on the
     device it describes, so prediction and measurement come from the same minutes of a machine whose
-    speed drifts. `out` is checked first (roofline.outdir's rule): a directory holding anything roofline
-    did not write is refused unless `force`, which writes the report's files into it and keeps the rest.
-    Returns the report directory; open `out/index.html`.
+    speed drifts. mode="train" reports one training step (roofline.train): forward, backward and
+    optimizer rows, the step's time, MFU, memory and the checkpointing what-if in the notes, and a
+    measured real step. `out` is checked first (roofline.outdir's rule): a directory holding anything
+    roofline did not write is refused unless `force`, which writes the report's files into it and keeps
+    the rest. Returns the report directory; open `out/index.html`.
     """
     from roofline import models
     from roofline.analysis import analyze
@@ -172,6 +176,12 @@ def report(model: Any, hw: str | HardwareProfile = "auto", *, out: str | Path = 
     from roofline.predict import predict
 
     check_out(out, force=force, names=REPORT_FILES)  # refuse a foreign --out before the slow steps, not after
+    if mode not in ("inference", "train"):
+        raise RooflineError(f"unknown mode {mode!r}; choose inference or train")
+    if mode == "train":
+        from roofline.precision import training_precision
+
+        training_precision(precision)
     get_precision(precision)
     _say(progress, f"resolving hardware profile {hw if isinstance(hw, str) else hw.name}")
     profile = load_profile(hw) if isinstance(hw, str) else hw
@@ -182,15 +192,23 @@ def report(model: Any, hw: str | HardwareProfile = "auto", *, out: str | Path = 
         profile, calibrated = recalibrated(profile, here, progress), True
     _say(progress, f"counting {model}")
     loaded = models.load(model, input_shape=input_shape, batch=batch, seq_len=seq_len)
-    counted = analyze(loaded, precision=precision)
+    if mode == "train":
+        from roofline import train
+
+        counted = train.analyze_train(loaded, precision=precision, optimizer=optimizer)
+    else:
+        counted = analyze(loaded, precision=precision)
     _say(progress, f"predicting on {profile.name}")
     prediction = predict(counted, profile, calibrated=calibrated)
 
     notes: list[str] = []
+    if mode == "train":
+        notes += train.step_lines(train.StepPrediction(prediction),
+                                  train.checkpoint_whatif(counted, profile, calibrated=calibrated))
     if recalibrate:
         notes.append(f"Calibrated with the profile's efficiency ops timed again just before measuring "
                      f"({profile.metadata['recalibrated']}); its roofs are from {profile.metadata.get('date', '?')}.")
-    measurement = None
+    measurement: MeasurementLike | None = None
     if not measure:
         notes.append("Not measured (--no-measure): the report shows predictions only.")
     elif device is None:
@@ -203,7 +221,20 @@ def report(model: Any, hw: str | HardwareProfile = "auto", *, out: str | Path = 
                          " The comparison is meaningful only if that is the device measured here.")
         _say(progress, f"measuring on {device} (real weights, real tensors)")
         options = {k: v for k, v in (("input_shape", input_shape), ("batch", batch), ("seq_len", seq_len)) if v}
-        measurement = _measure(model, device, precision, progress, min_run_time_s, options)
+        if mode == "train":
+            from roofline.train_measure import measure_train
+
+            measured = measure_train(model, device=device, precision=precision, optimizer=optimizer,
+                                     min_run_time_s=max(min_run_time_s, 0.2), input_shape=input_shape, batch=batch,
+                                     seq_len=seq_len)
+            phases = ", ".join(f"{k} {format_time(v)}" for k, v in measured.phases.items())
+            row = measured.end_to_end.iloc[0]
+            notes.append(f"Measured training step on {device}: {format_time(row['latency_s'])}; rows by phase: {phases}"
+                         + (f"; peak memory {format_bytes(measured.metadata['peak_memory_bytes'])}"
+                            if measured.metadata.get("peak_memory_bytes") else "") + ".")
+            measurement = measured
+        else:
+            measurement = _measure(model, device, precision, progress, min_run_time_s, options)
     _say(progress, "drawing charts and writing the report")
     return write_report(prediction, out, measurement=measurement, notes=notes, force=force)
 

@@ -44,6 +44,8 @@ class Role(str, Enum):
     ACT = "act"  # floating-point activations
     KV = "kv"  # a language model's KV cache
     FIXED = "fixed"  # integer and boolean tensors (indices, masks): bytes at their own dtype
+    GRAD = "grad"  # a parameter's gradient (training)
+    STATE = "state"  # optimizer state: momentum, Adam's moments (training)
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class LayerCall:
     call_index: int
     module_type: str
     is_leaf: bool
+    phase: str = "forward"  # forward, backward or optimizer (a training step's rows)
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,14 @@ class OpRecord:
     allreduce_elements: int = 0
     allgather_elements: int = 0
     p2p_elements: int = 0
+    # Training roles (0 in inference): weights written in place (an optimizer update), gradients and
+    # optimizer state read and written, and the phase of the step the op ran in.
+    weight_written: int = 0
+    grad_read: int = 0
+    grad_written: int = 0
+    state_read: int = 0
+    state_written: int = 0
+    phase: str = "forward"
 
 
 @dataclass(frozen=True)
@@ -92,6 +103,8 @@ class Traffic:
     act: int = 0
     kv: int = 0
     fixed_bytes: int = 0
+    grad: int = 0
+    state: int = 0
 
 
 @dataclass(frozen=True)
@@ -111,6 +124,8 @@ class Trace:
     attention: str
     outputs: Any = field(default=None, repr=False, compare=False)
     tensor_parallel: int = 1  # devices each op is split across (roofline.parallel.shard); its collectives' group
+    mode: str = "inference"  # or "train": forward, backward and optimizer step (roofline.train)
+    training: Any = field(default=None, repr=False, compare=False)  # roofline.train.TrainingInfo
 
 
 @dataclass
@@ -192,6 +207,7 @@ class _Tracer:
         self.records: list[OpRecord] = []
         self.unsupported: Counter[str] = Counter()
         self.suspended = 0
+        self.phase = "forward"  # the training step's phase the next ops belong to
         self._info: WeakIdKeyDictionary = WeakIdKeyDictionary()
         self._uids = itertools.count()
         self._next_seq = 0
@@ -287,7 +303,7 @@ class _Tracer:
         layer = self.layer_name()
         inputs = costs.tensor_inputs(args, kwargs)
         reads = cost.reads if cost.reads is not None else tuple(t.numel() for t in inputs)
-        read = {Role.WEIGHT: 0, Role.ACT: 0, Role.KV: 0, Role.FIXED: 0}
+        read = dict.fromkeys(Role, 0)
         any_kv = False
         external = self._external_reads.setdefault(layer, {})
         for tensor, count in zip(inputs, reads, strict=True):  # a rule must cover every tensor input
@@ -299,7 +315,7 @@ class _Tracer:
                 external[info.uid] = max(external.get(info.uid, 0), amount)
                 if info.producer is not None:
                     self._escapes.add((info.producer, info.uid))
-        written = {Role.WEIGHT: 0, Role.ACT: 0, Role.KV: 0, Role.FIXED: 0}
+        written = dict.fromkeys(Role, 0)
         for output in _tensors(out):
             info = self._info.get(output)
             if info is None:
@@ -327,12 +343,18 @@ class _Tracer:
                 act_read=read[Role.ACT],
                 kv_read=read[Role.KV],
                 fixed_read_bytes=read[Role.FIXED],
-                act_written=written[Role.ACT] + written[Role.WEIGHT],
+                act_written=written[Role.ACT],
                 kv_written=written[Role.KV],
                 fixed_written_bytes=written[Role.FIXED],
                 supported=supported,
                 input_shapes=_shapes(inputs),
                 output_shapes=_shapes(_tensors(out)),
+                weight_written=written[Role.WEIGHT],
+                grad_read=read[Role.GRAD],
+                grad_written=written[Role.GRAD],
+                state_read=read[Role.STATE],
+                state_written=written[Role.STATE],
+                phase=self.phase,
             )
         )
         self._next_seq += 1
@@ -373,7 +395,8 @@ class _Tracer:
         for layer, uid in self._escapes:
             add(layer, uid)
         return {
-            layer: Traffic(weight=t[Role.WEIGHT], act=t[Role.ACT], kv=t[Role.KV], fixed_bytes=t[Role.FIXED])
+            layer: Traffic(weight=t[Role.WEIGHT], act=t[Role.ACT], kv=t[Role.KV], fixed_bytes=t[Role.FIXED],
+                           grad=t[Role.GRAD], state=t[Role.STATE])
             for layer, t in totals.items()
         }
 

@@ -130,6 +130,9 @@ FREE_OPS = frozenset(
         aten.sym_stride,
         aten.sym_numel,
         aten.sym_storage_offset,
+        # the profiler's record_function markers (torch.optim wraps each step in one)
+        torch.ops.profiler._record_function_enter_new,
+        torch.ops.profiler._record_function_exit,
     }
 )
 

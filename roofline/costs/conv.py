@@ -34,3 +34,21 @@ def conv_flop(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> Cost:
     grouped = groups > 1 and channels_per_group < GROUPED_CHANNELS_PER_GROUP
     op_class = OpClass.GROUPED_CONV if grouped else OpClass.CONV
     return Cost(macs=macs, flops=2 * macs + bias_flops, op_class=op_class)
+
+
+@register(aten.convolution_backward)
+def conv_backward_flop(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> Cost:
+    """Grad of input and grad of weight: each the forward's MACs; grad of bias one FLOP per grad_output element."""
+    # convolution_backward(grad_output, input, weight, bias_sizes, stride, padding, dilation, transposed,
+    # output_padding, groups, output_mask): output_mask says which of (input, weight, bias) grads are made.
+    grad_output, x, weight = args[0], args[1], args[2]
+    transposed = bool(args[7])
+    groups = int(args[9])
+    mask = list(args[10])
+    # The forward's MACs (conv_flop): its output is grad_output, or its input when transposed.
+    spatial = numel(x.shape[2:]) if transposed else numel(grad_output.shape[2:])
+    forward_macs = x.shape[0] * spatial * weight.numel()
+    macs = forward_macs * (int(bool(mask[0])) + int(bool(mask[1])))
+    bias_flops = grad_output.numel() if mask[2] else 0
+    grouped = groups > 1 and x.shape[1] // groups < GROUPED_CHANNELS_PER_GROUP
+    return Cost(macs=macs, flops=2 * macs + bias_flops, op_class=OpClass.GROUPED_CONV if grouped else OpClass.CONV)

@@ -40,6 +40,12 @@ _ONE_FLOP_OPS = [
     "hardswish", "hardswish_", "hardsigmoid", "hardsigmoid_", "hardtanh", "hardtanh_",
     "leaky_relu", "leaky_relu_", "elu", "elu_", "selu", "celu", "softplus", "mish", "mish_",
     "log_sigmoid_forward", "_prelu_kernel", "glu", "logit",
+    # activation gradients (training): grad_output times the activation's derivative, one FLOP per
+    # element by the same convention; dropout's backward multiplies by the saved mask and scale.
+    "threshold_backward", "gelu_backward", "silu_backward", "tanh_backward", "sigmoid_backward",
+    "hardswish_backward", "hardsigmoid_backward", "hardtanh_backward", "leaky_relu_backward", "elu_backward",
+    "softplus_backward", "mish_backward", "log_sigmoid_backward", "native_dropout_backward", "glu_backward",
+    "_prelu_kernel_backward",
 ]
 
 # Transcendental functions cost one FLOP by the convention above, but their kernels run many
@@ -49,6 +55,8 @@ _TRANSCENDENTAL_OPS = {
     "log", "log_", "log2", "log10", "log1p", "sin", "cos", "tan", "sinh", "cosh", "asin", "acos", "atan", "atan2",
     "erf", "erfc", "erfinv", "pow", "pow_", "elu", "elu_", "selu", "celu", "softplus", "mish", "mish_",
     "log_sigmoid_forward", "logit", "rsqrt", "rsqrt_", "sqrt", "sqrt_",
+    "gelu_backward", "silu_backward", "tanh_backward", "sigmoid_backward", "elu_backward", "softplus_backward",
+    "mish_backward", "log_sigmoid_backward",
 }
 
 register(*[getattr(aten, name) for name in _ONE_FLOP_OPS if name not in _TRANSCENDENTAL_OPS])(elementwise_flop(1))

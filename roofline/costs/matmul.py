@@ -115,3 +115,27 @@ def grouped_mm_flop(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> 
     else:
         macs = out.numel() // max(1, out.shape[0] if out.dim() == 3 else 1) * a.shape[-1]
     return Cost(macs=macs, flops=2 * macs, reads=tuple(reads), op_class=OpClass.GEMM)
+
+
+def attention_backward_cost(q_shape: Any, k_shape: Any, v_shape: Any) -> Cost:
+    """Fused attention's backward: grads of q, k and v, from the saved output and softmax statistics.
+
+    MACs = 2 x the forward's (dV = P^T dO, dP = dO V^T, dQ = dS K, dK = dS^T Q), as
+    torch.utils.flop_counter counts it; the recomputation of P that flash kernels do is not counted.
+    Per score: the softmax backward (multiply, subtract, multiply = 3) and the scale (1).
+    """
+    forward = attention_cost(q_shape, k_shape, v_shape)
+    scores = numel(q_shape[:-2]) * q_shape[-2] * k_shape[-2]
+    macs = 2 * forward.macs
+    return Cost(macs=macs, flops=2 * macs + 4 * scores, op_class=OpClass.ATTENTION)
+
+
+@register(
+    aten._scaled_dot_product_flash_attention_for_cpu_backward,
+    aten._scaled_dot_product_flash_attention_backward,
+    aten._scaled_dot_product_efficient_attention_backward,
+    aten._scaled_dot_product_cudnn_attention_backward,
+)
+def sdpa_backward_flop(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> Cost:
+    """Fused SDPA backward kernels, layout [B, H, L, E]: (grad_out, q, k, v, ...)."""
+    return attention_backward_cost(args[1].shape, args[2].shape, args[3].shape)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from roofline.costs import Cost, OpClass, aten, register, tensor_inputs
 
 
@@ -70,3 +72,23 @@ def index_cost(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> Cost:
     """Gather-like indexing: reads as many source elements as it writes."""
     return Cost(reads=_select_reads(args, kwargs, _first(out).numel()), op_class=OpClass.MEMORY)
 
+
+
+@register(aten.slice_backward, aten.select_backward, aten.diagonal_backward, aten.unfold_backward,
+          aten.as_strided_scatter)
+def scatter_into_zeros_cost(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> Cost:
+    """Backward of a view (training): the gradient is written into a zeroed tensor of the input's shape."""
+    return Cost(op_class=OpClass.MEMORY)
+
+
+@register(aten.embedding_dense_backward)
+def embedding_backward_cost(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> Cost:
+    """An embedding's weight grad: grad_output rows added into a zeroed table; one add per grad element."""
+    return Cost(flops=args[0].numel(), op_class=OpClass.MEMORY)
+
+
+@register(aten.index_add, aten.index_add_, aten.scatter_add, aten.scatter_add_)
+def scatter_add_cost(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> Cost:
+    """self.index_add(dim, index, source) and scatter_add(dim, index, src): one add per source element."""
+    source = args[3] if len(args) > 3 else kwargs.get("source", kwargs.get("src"))
+    return Cost(flops=source.numel() if isinstance(source, torch.Tensor) else 0, op_class=OpClass.MEMORY)

@@ -106,3 +106,19 @@ def topk_flop(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> Cost:
     """Top-k, costed as the sort it at most needs."""
     dim = args[2] if len(args) > 2 else kwargs.get("dim", -1)
     return _sort_cost(args[0], dim)
+
+
+@register(
+    aten.max_pool2d_with_indices_backward, aten.max_pool3d_with_indices_backward, aten.adaptive_max_pool2d_backward,
+    aten.adaptive_max_pool3d_backward,
+)
+def max_pool_backward_flop(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> Cost:
+    """Max pooling backward: each grad_output element is added to the input position its index names."""
+    return Cost(flops=args[0].numel(), op_class=OpClass.POOL)
+
+
+@register(aten.avg_pool2d_backward, aten.avg_pool3d_backward, aten._adaptive_avg_pool2d_backward,
+          aten._adaptive_avg_pool3d_backward)
+def avg_pool_backward_flop(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> Cost:
+    """Average pooling backward: one add (and share of the divide) per input element of each window."""
+    return Cost(flops=_first(out).numel(), op_class=OpClass.POOL)
