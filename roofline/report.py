@@ -151,7 +151,8 @@ def type_table(layers: pd.DataFrame) -> pd.DataFrame:
 def report(model: Any, hw: str | HardwareProfile = "auto", *, out: str | Path = "roofline-report",
            precision: str = "fp32", measure: bool = True, calibrated: bool = False, progress: bool = True,
            min_run_time_s: float = 0.05, input_shape: str | None = None, batch: int | None = None,
-           seq_len: int | None = None, recalibrate: bool = False, force: bool = False) -> Path:
+           seq_len: int | None = None, recalibrate: bool = False, force: bool = False,
+           trace: str | Path | None = None) -> Path:
     """Analyse, predict on `hw`, measure on the matching local device (unless measure=False), write `out`.
 
     min_run_time_s is the timing budget per layer and per batch size (roofline.measure's).
@@ -159,6 +160,8 @@ def report(model: Any, hw: str | HardwareProfile = "auto", *, out: str | Path = 
     device it describes, so prediction and measurement come from the same minutes of a machine whose
     speed drifts. `out` is checked first (roofline.outdir's rule): a directory holding anything roofline
     did not write is refused unless `force`, which writes the report's files into it and keeps the rest.
+    trace: a Chrome trace torch.profiler wrote in the user's own run (on the device `hw` describes):
+    its per-layer times are shown beside the prediction and nothing is timed here.
     Returns the report directory; open `out/index.html`.
     """
     from roofline import models
@@ -189,8 +192,13 @@ def report(model: Any, hw: str | HardwareProfile = "auto", *, out: str | Path = 
     if recalibrate:
         notes.append(f"Calibrated with the profile's efficiency ops timed again just before measuring "
                      f"({profile.metadata['recalibrated']}); its roofs are from {profile.metadata.get('date', '?')}.")
-    measurement = None
-    if not measure:
+    measurement: MeasurementLike | None = None
+    if trace is not None:
+        from roofline.measure import measure_trace
+
+        _say(progress, f"reading the per-layer times of {trace}")
+        measurement = measure_trace(loaded, trace, precision=precision)
+    elif not measure:
         notes.append("Not measured (--no-measure): the report shows predictions only.")
     elif device is None:
         skipped = f"{why_not}: measurement skipped, the report shows predictions only."

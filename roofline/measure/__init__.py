@@ -5,6 +5,7 @@ from roofline.measure.api import (
     NotMeasurable,
     batch_of,
     measure,
+    measure_trace,
     parse_batch_sizes,
     render,
     speed_note,
@@ -14,5 +15,5 @@ from roofline.measure.api import (
     unsteady_note,
 )
 
-__all__ = ["ModelMeasurement", "NotMeasurable", "batch_of", "measure", "parse_batch_sizes", "render", "speed_note",
+__all__ = ["ModelMeasurement", "NotMeasurable", "batch_of", "measure", "measure_trace", "parse_batch_sizes", "render", "speed_note",
            "speed_range", "speed_ratio", "speed_spread", "unsteady_note"]

@@ -367,8 +367,9 @@ def attribute_trace(trace: dict[str, Any], records: Sequence[OpRecord], model: s
     ops_s, gap_s = median(0), median(1)
     in_pass = {name: ops_s[name] + gap_s[name] for name in names}
     pass_s = statistics.median(p[3] for p in per_pass) / 1e6
-    return PassTimes(in_pass_s=in_pass, ops_s=ops_s, gap_s=gap_s, pass_s=pass_s,
-                     outside_ops_s=max(pass_s - sum(in_pass.values()), 0.0), passes=len(per_pass),
+    outside_s = statistics.median(p[3] - p[2] for p in per_pass) / 1e6  # each pass's own, then the median
+    return PassTimes(in_pass_s=in_pass, ops_s=ops_s, gap_s=gap_s, pass_s=pass_s, outside_ops_s=outside_s,
+                     passes=len(per_pass),
                      timeline=timeline, kernels=int(statistics.median(p[4] for p in per_pass)))
 
 
