@@ -13,7 +13,8 @@ call index) and its input shapes; the profiler's trace gives the ops that really
   (`aten::t`, `aten::view`, `aten::as_strided`), an allocation (`aten::empty`, `aten::resize_`) or a
   query (`aten::_nnpack_available`). Its time goes to the layer of the next matched op in the pass
   (it prepares that op's call), or to the previous one at the end of the pass.
-- Any other op with no match is a mismatch: one line naming that op and what the model runs there.
+- Any other op with nothing matched in its subtree is a mismatch: one line naming that (outermost)
+  op and what the model runs there.
   A trace may hold several passes back to back (profiler steps, or passes in one window); each is
   matched from the first op of the model again, and the per-layer time is the median over passes.
 
@@ -59,7 +60,10 @@ _KERNEL_CATS = frozenset({"kernel", "gpu_memcpy", "gpu_memset"})
 _QUERY_OPS = frozenset({"resize_", "_nnpack_available", "resolve_conj", "resolve_neg", "detach", "detach_", "lift_fresh",
                         "set_", "_local_scalar_dense", "is_nonzero", "result_type", "_has_compatible_shallow_copy_type",
                         # identities in eval mode (in training they call the ops the tracer records)
-                        "dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout", "contiguous"})
+                        "dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout", "contiguous",
+                        # composites that only reshape (their children are views or copies the tracer records)
+                        "reshape", "reshape_as", "flatten", "unflatten", "view_as", "expand_as", "chunk", "split",
+                        "tensor_split", "type_as", "to"})
 
 
 @dataclass
@@ -215,7 +219,9 @@ class _Matcher:
             failed = self.visit(child)
             if failed is not None:
                 return op if self.next == before else failed
-        return None
+        # A composite that matched nothing below it did work the model does not: a mismatch, unless
+        # it only reshapes (`aten::flatten` calling `aten::view`).
+        return op if self.next == before and not _tolerated(op.name) else None
 
     def error(self, op: _Op | None, passes: int) -> RooflineError:
         where = f"pass {passes + 1}, after {self.next} of the model's {len(self.records)} ops"
