@@ -24,7 +24,7 @@ def trace_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("trace") / "convnet.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "write_trace.py"), MODEL, str(out), "--passes", "2"],
-                          capture_output=True, text=True, env=env, timeout=300)
+                          check=False, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     return out
 
@@ -38,8 +38,8 @@ def test_a_real_cpu_trace_gives_every_layer_its_time(trace_file: Path) -> None:
     assert (layers["in_pass_ops_s"] + layers["in_pass_gap_s"]).to_numpy() == pytest.approx(layers["in_pass_s"].to_numpy())
     meta = result.metadata
     assert meta["profiled_passes"] == 2 and meta["outside_ops_s"] >= 0
-    # The rows plus what lies outside the ops make up the pass (medians over two passes: within 10%).
-    assert layers["in_pass_s"].sum() + meta["outside_ops_s"] == pytest.approx(meta["profiled_pass_s"], rel=0.1)
+    # The rows plus what lies outside the ops make up the pass (means over passes: exactly).
+    assert layers["in_pass_s"].sum() + meta["outside_ops_s"] == pytest.approx(meta["profiled_pass_s"], rel=1e-6)
     # A convolution is the costliest op of a conv layer: its layer gets more than a ReLU's.
     by_type = layers.groupby("type")["in_pass_s"].sum()
     assert by_type["Conv2d"] > by_type["ReLU"] > 0

@@ -238,7 +238,7 @@ def _in_pass_line(meta: Mapping[str, Any], total_s: float) -> str:
     cost = (f"; the profiler adds {meta['profiler_overhead_fraction']:+.1%} to the plain pass of "
             f"{format_time(float(meta['plain_pass_s']))}") if "plain_pass_s" in meta else ""
     return (f"  the same layers inside the pass ({meta['in_pass']}): {format_time(total_s)}, "
-            f"{total_s / pass_s:.1%} of the profiled pass of {format_time(pass_s)} (median of "
+            f"{total_s / pass_s:.1%} of the profiled pass of {format_time(pass_s)} (mean of "
             f"{meta['profiled_passes']}); {format_time(float(meta['outside_ops_s']))} before the first op and after "
             f"the last is no layer's{cost}")
 
@@ -376,9 +376,9 @@ def _measure(loaded: LoadedModel, settings: _Settings, batch_sizes: Sequence[int
     batch_times, extra = batch_times[:len(sizes)], batch_times[len(sizes):]
     plain_s = (batch_times[sizes.index(base)] if base in sizes else extra[0]).median_s
     in_pass, pass_metadata = _profiled_in_pass(module, loaded, precision, plain_s, settings)
-    for row in layer_rows:
+    for row in layer_rows:  # a leaf that runs no op has none in the profile: 0 s, its call in the next op's gap
         for column, values in in_pass.items():
-            row[column] = values.get(row["name"], float("nan"))
+            row[column] = values.get(row["name"], 0.0)
     e2e_rows = [_end_to_end_row(size, m) for size, m in zip(sizes, batch_times, strict=True)]
     reference_times_s = layer_reference.raw_times_s + batch_reference.raw_times_s
     reference_flops_per_s = reference_flops / statistics.median(reference_times_s)
@@ -428,12 +428,14 @@ def measure_trace(model: Any, trace: str | Path, precision: str = "fp32", inputs
     get_precision(precision)  # the user's run chose its precision; the name must still be one we know
     loaded = model if isinstance(model, LoadedModel) else models.load(model, inputs=inputs, **load_options)
     with contextlib.redirect_stdout(sys.stderr):
-        records = module_records(loaded.module, loaded.inputs)
+        records, calls = module_records(loaded.module, loaded.inputs)
     times = attribute_trace(read_trace(trace), records, loaded.name)
-    types = {r.layer: t for r, t in zip(records, _layer_types(loaded.module, records), strict=True)}
-    rows = [{"name": name, "type": types[name], "measured_s": value, "iqr_s": 0.0, "repeats": times.passes,
-             "noisy": False, "in_pass_s": value, "in_pass_ops_s": times.ops_s[name], "in_pass_gap_s": times.gap_s[name],
-             "timed_as": "trace", "ran_as": precision} for name, value in times.in_pass_s.items()]
+    # A leaf that runs no op (Identity, eval Dropout) has no op in the trace: 0 s, its call's cost
+    # lies in the gap before the next op.
+    rows = [{"name": name, "type": kind, "measured_s": times.in_pass_s.get(name, 0.0), "iqr_s": 0.0,
+             "repeats": times.passes, "noisy": False, "in_pass_s": times.in_pass_s.get(name, 0.0),
+             "in_pass_ops_s": times.ops_s.get(name, 0.0), "in_pass_gap_s": times.gap_s.get(name, 0.0),
+             "timed_as": "trace", "ran_as": precision} for name, kind in calls]
     batch = batch_of(loaded.inputs)
     e2e = [{"batch": batch, "latency_s": times.pass_s, "iqr_s": 0.0, "repeats": times.passes, "noisy": False,
             "throughput_samples_per_s": batch / times.pass_s}]
@@ -454,19 +456,6 @@ def measure_trace(model: Any, trace: str | Path, precision: str = "fp32", inputs
                             metadata=metadata)
 
 
-def _layer_types(module: nn.Module, records: Sequence[Any]) -> list[str]:
-    """Each record's layer's module type (the root's own ops: the model's type)."""
-    from roofline.trace import ROOT_NAME
-
-    modules = dict(module.named_modules())
-    out = []
-    for record in records:
-        path = record.layer.split("#")[0]
-        found = modules.get("" if record.layer == ROOT_NAME else path)
-        out.append(type(found).__name__ if found is not None else "?")
-    return out
-
-
 IN_PASS_COLUMNS = ["in_pass_s", "in_pass_ops_s", "in_pass_gap_s"]
 PROFILED_PASSES = 5
 
@@ -476,7 +465,7 @@ def _profiled_in_pass(module: nn.Module, loaded: LoadedModel, precision: str, pl
     """Per-layer in-pass columns from torch.profiler over real passes, and what the profiler cost."""
     if precision == "int8":  # torch.ao's quantised modules run ops the tracer has no records for
         return {}, {"in_pass": "not profiled: int8 (dynamic quantisation) runs quantized:: ops, not aten ops"}
-    records = module_records(module, loaded.inputs)
+    records, _ = module_records(module, loaded.inputs)
     trace = profile_passes(forward_callable(module, loaded.inputs), settings.device, passes=PROFILED_PASSES)
     times = attribute_trace(trace, records, loaded.name)
     return _in_pass_columns(times), _pass_metadata(times, plain_s)

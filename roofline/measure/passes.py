@@ -16,7 +16,8 @@ call index) and its input shapes; the profiler's trace gives the ops that really
 - Any other op with nothing matched in its subtree is a mismatch: one line naming that (outermost)
   op and what the model runs there.
   A trace may hold several passes back to back (profiler steps, or passes in one window); each is
-  matched from the first op of the model again, and the per-layer time is the median over passes.
+  matched from the first op of the model again, and the per-layer time is the mean over passes
+  (so the rows add up to the mean pass exactly).
 
 Times, per pass, on the timeline that does the work:
 - CPU: each layer gets its ops' self times (an outermost op's duration is the sum of the self times
@@ -90,7 +91,7 @@ class _Op:
 
 @dataclass(frozen=True)
 class PassTimes:
-    """Per-layer in-pass times (medians over the passes found) and what the pass took outside them."""
+    """Per-layer in-pass times (means over the passes found) and what the pass took outside them."""
 
     in_pass_s: dict[str, float]  # ops (or kernels) plus the gaps before them, per layer name
     ops_s: dict[str, float]  # the ops' self times (CPU) or kernel durations (CUDA)
@@ -367,13 +368,15 @@ def attribute_trace(trace: dict[str, Any], records: Sequence[OpRecord], model: s
         per_pass.append((busy, gaps, span, max(whole, span), count))
     names = list(dict.fromkeys(r.layer for r in records))
 
-    def median(index: int) -> dict[str, float]:
-        return {name: statistics.median(p[index].get(name, 0.0) for p in per_pass) / 1e6 for name in names}  # type: ignore[union-attr]
+    # Means over passes, not medians: a mean of sums is the sum of means, so the rows and what lies
+    # outside the ops add up to the (mean) profiled pass exactly.
+    def mean(index: int) -> dict[str, float]:
+        return {name: statistics.fmean(p[index].get(name, 0.0) for p in per_pass) / 1e6 for name in names}  # type: ignore[union-attr]
 
-    ops_s, gap_s = median(0), median(1)
+    ops_s, gap_s = mean(0), mean(1)
     in_pass = {name: ops_s[name] + gap_s[name] for name in names}
-    pass_s = statistics.median(p[3] for p in per_pass) / 1e6
-    outside_s = statistics.median(p[3] - p[2] for p in per_pass) / 1e6  # each pass's own, then the median
+    pass_s = statistics.fmean(p[3] for p in per_pass) / 1e6
+    outside_s = statistics.fmean(p[3] - p[2] for p in per_pass) / 1e6
     return PassTimes(in_pass_s=in_pass, ops_s=ops_s, gap_s=gap_s, pass_s=pass_s, outside_ops_s=outside_s,
                      passes=len(per_pass),
                      timeline=timeline, kernels=int(statistics.median(p[4] for p in per_pass)))
@@ -413,8 +416,10 @@ def profile_passes(forward: Callable[[], object], device: str, passes: int = 5, 
     return trace
 
 
-def module_records(module: nn.Module, inputs: Any, attention: str = "fused") -> list[OpRecord]:
-    """The tracer's records for this module and inputs (one pass, on whatever device they are on)."""
+def module_records(module: nn.Module, inputs: Any, attention: str = "fused") -> tuple[list[OpRecord], list[tuple[str, str]]]:
+    """The tracer's records for this module and inputs (one pass, on whatever device they are on), and
+    every row's (name, module type), op-less leaves (Identity, eval Dropout) included."""
     from roofline.trace import trace
 
-    return trace(module, inputs, attention=attention).records
+    traced = trace(module, inputs, attention=attention)
+    return traced.records, [(call.name, call.module_type) for call in traced.layers]
