@@ -45,7 +45,6 @@ import dataclasses
 import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import warnings
@@ -61,13 +60,12 @@ from torch.utils._pytree import tree_leaves, tree_map
 
 from roofline.errors import RooflineError
 from roofline.formatting import format_markdown, format_number, format_table, format_time, json_records
+from roofline.machine import collect, num_threads
 from roofline.measure.capture import Capture, Row, forward_callable, layer_callable
 from roofline.measure.device import (
     NotMeasurable,
     check_device,
     check_precision,
-    cpu_info,
-    device_name,
     math_mode,
     precision_notes,
 )
@@ -444,6 +442,7 @@ def measure_trace(model: Any, trace: str | Path, precision: str = "fp32", inputs
     metadata: dict[str, Any] = {
         "format_version": JSON_FORMAT_VERSION, "roofline_version": roofline.__version__,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        # Not this machine's record: the trace's machine is unknown here; the trace's own file says.
         "device": times.timeline, "device_name": f"from the trace {trace}", "trace": str(trace),
         "inputs": loaded.input_shapes(), "batch": batch, **_pass_metadata(times, None),
         "notes": [(f"Times from the trace {Path(trace).name} ({times.passes} pass(es), {times.timeline} timeline), "
@@ -557,8 +556,8 @@ def speed_ratio(profile_metadata: Mapping[str, Any], measurement_metadata: Mappi
     except (KeyError, TypeError, ValueError, ZeroDivisionError):
         return None
     # Another thread count or device runs the reference at another rate: not a change of speed.
-    threads = profile_metadata.get("threads"), measurement_metadata.get("num_threads")
-    if None not in threads and str(threads[0]) != str(threads[1]):
+    threads = num_threads(profile_metadata), num_threads(measurement_metadata)
+    if None not in threads and threads[0] != threads[1]:
         return None
     devices = profile_metadata.get("device"), measurement_metadata.get("device")
     if None not in devices and str(devices[0]).split(":")[0] != str(devices[1]).split(":")[0]:
@@ -635,27 +634,16 @@ def _end_to_end_row(batch: int, timed: Measurement) -> dict[str, Any]:
 
 def _metadata(loaded: LoadedModel, settings: _Settings, batch: int, int8_layers: list[str]) -> dict[str, Any]:
     """The machine and settings behind the numbers (pyperf records these with every run)."""
-    import roofline
 
     device, precision, load_before = settings.device, settings.precision, settings.load_before
 
     meta: dict[str, Any] = {
         "format_version": JSON_FORMAT_VERSION,
-        "roofline_version": roofline.__version__,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
-        "platform": platform.platform(),
-        "device": device,
-        "device_name": device_name(device),
-        "cpu_name": cpu_info()[0],
-        "num_threads": torch.get_num_threads(),
+        **collect(device, settings.allocator, load_before).to_dict(),  # the one machine record (roofline.machine)
         "inputs": loaded.input_shapes(),
         "batch": batch,
         "timer": {**settings.timer, "rounds": settings.rounds},
         "mha_fastpath": False,
-        "load_average_1min": load_before,
-        "allocator": settings.allocator,
         "notes": precision_notes(precision, device),
     }
     cpus = os.cpu_count() or 1
@@ -663,7 +651,6 @@ def _metadata(loaded: LoadedModel, settings: _Settings, batch: int, int8_layers:
         meta["notes"].append(f"the machine was busy when measuring began (load {load_before:.1f} on {cpus} CPUs):"
                              " other programs compete for the cores, so times may be inflated and noisy")
     if device.startswith("cuda"):
-        meta["cuda_version"] = torch.version.cuda
         meta["tf32"] = precision == "tf32"
     if precision == "int8":
         meta["int8_layers"] = int8_layers

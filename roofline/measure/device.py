@@ -3,14 +3,13 @@ the microbenchmarks' device), so an unsupported precision is refused the same wa
 from __future__ import annotations
 
 import contextlib
-import platform
 import re
 from collections.abc import Iterator
-from functools import cache
 
 import torch
 
 from roofline.errors import RooflineError
+from roofline.machine import cpu_info, device_name
 from roofline.precision import MEASURABLE_DTYPES, get_precision
 
 __all__ = ["NotMeasurable", "check_device", "check_precision", "float_dtype", "math_mode"]
@@ -95,24 +94,6 @@ def math_mode(precision: str, device: str) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32 = matmul
         torch.backends.cudnn.allow_tf32 = cudnn
         torch.backends.mha.set_fastpath_enabled(fastpath)
-
-
-@cache
-def cpu_info() -> tuple[str, frozenset[str]]:
-    """The CPU's brand and feature flags (py-cpuinfo takes about a second, so once per process)."""
-    try:
-        import cpuinfo
-
-        info = cpuinfo.getcpu_info()
-        return str(info.get("brand_raw") or platform.processor() or "cpu"), frozenset(info.get("flags", []))
-    except Exception:  # noqa: BLE001  py-cpuinfo failing must not stop a measurement; the name is only metadata
-        return platform.processor() or "cpu", frozenset()
-
-
-def device_name(device: str) -> str:
-    if device.startswith("cuda"):
-        return str(torch.cuda.get_device_name(device))
-    return cpu_info()[0]
 
 
 def precision_notes(precision: str, device: str) -> list[str]:
