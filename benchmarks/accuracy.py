@@ -24,7 +24,7 @@ per cycle over all the profile's ops (profile.pass_efficiency), since in a pass 
 weights and output buffer are cold. Per layer it is the layer alone, as measured: `layers_ms` is
 the sum of the layers timed alone and `calibrated_vs_layers` the prediction of that sum against it
 (benchmarks/pass_effects.py measures the pass against its layers). `in_pass_ms` is the sum of the
-layers timed inside the real pass (hooks around each module), and the `in pass` rows of the per-layer
+layers timed inside the real pass (torch.profiler, roofline.measure.passes), and the `in pass` rows of the per-layer
 table compare those times with each layer's in-pass prediction.
 
 --hw auto uses the measured profile of this machine saved by `roofline hw measure --save`, or

@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 import roofline
-from roofline.measure import _forward as forward_pass
+from roofline.measure.capture import forward_callable as forward_pass
 from roofline.timing import reference_matmul, retained_heap, time_callable
 
 # The same models as benchmarks/accuracy.py, kept in step with it.

@@ -23,7 +23,8 @@ import warnings
 import torch
 
 import roofline
-from roofline.measure import _Capture, _layer_callable
+from roofline.measure.capture import Capture as _Capture
+from roofline.measure.capture import layer_callable as _layer_callable
 from roofline.timing import retained_heap, time_interleaved
 
 MODELS = "zoo:convnet,zoo:mobile-block,torchvision:mobilenet_v2,torchvision:resnet18,hf:gpt2?n_layer=2"

@@ -554,7 +554,14 @@ def _setup_measure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; recorded either way)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     _add_mode(parser)
+    _add_trace(parser)
     _add_format(parser)
+
+
+def _add_trace(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trace", metavar="TRACE.json[.gz]",
+                        help="read per-layer times from a Chrome trace torch.profiler wrote in your own run (any "
+                             "device) instead of timing the model here; matched to the model's ops by name and shapes")
 
 
 def _run_measure(args: argparse.Namespace) -> int:
@@ -566,7 +573,8 @@ def _run_measure(args: argparse.Namespace) -> int:
     sizes = parse_batch_sizes(args.batch_sizes) if args.batch_sizes else None
     result = measure(args.model, device=args.device, precision=args.precision, batch_sizes=sizes,
                      progress=not args.no_progress, min_run_time_s=args.min_run_time, num_threads=args.threads,
-                     rounds=args.rounds, input_shape=args.input_shape, batch=args.batch, seq_len=args.seq_len)
+                     rounds=args.rounds, input_shape=args.input_shape, batch=args.batch, seq_len=args.seq_len,
+                     trace=args.trace)
     print(render(result, fmt=args.format))
     return 0
 
@@ -610,6 +618,7 @@ def _setup_report(parser: argparse.ArgumentParser) -> None:
     _add_out(parser, "the report", default="roofline-report")
     parser.add_argument("--no-progress", action="store_true", help="no progress messages or bars")
     _add_mode(parser)
+    _add_trace(parser)
 
 
 def _run_report(args: argparse.Namespace) -> int:
@@ -620,7 +629,7 @@ def _run_report(args: argparse.Namespace) -> int:
     out = report(args.model, _profile(args.hw, args), out=args.out, precision=args.precision, measure=not args.no_measure,
                  calibrated=args.calibrated, progress=not args.no_progress, min_run_time_s=args.min_run_time,
                  input_shape=args.input_shape, batch=args.batch, seq_len=args.seq_len, recalibrate=args.recalibrate,
-                 force=args.force, mode=args.mode, optimizer=args.optimizer)
+                 force=args.force, trace=args.trace, mode=args.mode, optimizer=args.optimizer)
     print(f"report written to {out}\nopen {out / 'index.html'}")
     return 0
 

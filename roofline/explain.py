@@ -20,7 +20,7 @@ from roofline.analysis import Analysis, analyze
 from roofline.errors import RooflineError, close_matches, positive_int
 from roofline.formatting import format_bytes, format_si, format_time
 from roofline.hardware.profile import HardwareProfile, MemoryLevel
-from roofline.precision import MEASURABLE_DTYPES, PRECISIONS, get_precision
+from roofline.precision import PRECISIONS, get_precision
 from roofline.predict import (
     TERM_COLUMNS,
     Prediction,
@@ -370,11 +370,11 @@ def _measure_convs(channels: int, size: tuple[int, int], groups: Sequence[int], 
     with it (roofline.timing.time_ratio: the machine's drift cancels in the ratio), and that ratio's spread."""
     from tqdm import tqdm
 
+    from roofline.measure.device import check_device, float_dtype
     from roofline.timing import time_ratio
 
-    dtype = MEASURABLE_DTYPES.get(get_precision(precision).name)
-    if dtype is None:
-        raise RooflineError(f"precision {precision} is not measurable here; measure fp32, bf16 or fp16")
+    device = check_device(device)  # the one device/precision check every measurer shares
+    dtype = float_dtype(precision, device, "sweep --measure")
     x = torch.randn(batch, channels, *size, device=device, dtype=dtype)
 
     def runner(g: int) -> Callable[[], None]:

@@ -46,7 +46,7 @@ from roofline.hardware.profile import HardwareProfile
 from roofline.models import LoadedModel, _quiet_transformers, load
 from roofline.moe import MoEParams, moe_params
 from roofline.parallel import ParallelPlan, bubble_fraction, pipeline_factor, plan_for, shard
-from roofline.precision import MEASURABLE_DTYPES, Precision, get_precision
+from roofline.precision import Precision, get_precision
 from roofline.predict import Prediction, overhead_sentence, predict
 from roofline.trace import Trace, trace
 
@@ -477,13 +477,11 @@ def llm(model: str, profile: HardwareProfile | str, *, precision: str | Precisio
 
 def _measure(model: str, report: LLMReport, device: str, hf_attention: str) -> dict[str, float]:
     """Time a real prefill and one decode step (at the prompt length) with random weights."""
+    from roofline.measure.device import check_device, float_dtype
     from roofline.timing import time_callable
 
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RooflineError("no CUDA device: torch.cuda.is_available() is False")
-    dtype = MEASURABLE_DTYPES.get(report.precision.name)
-    if dtype is None:
-        raise RooflineError(f"precision {report.precision.name} is not measurable here; measure fp32, bf16 or fp16")
+    device = check_device(device)  # the one device/precision check every measurer shares
+    dtype = float_dtype(report.precision.name, device, "llm --measure")
     loaded = load(model, batch=report.batch, seq_len=report.prompt_len, device=device, attention=hf_attention)
     module = loaded.module.to(dtype)
     vocab = _vocab(loaded)

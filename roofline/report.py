@@ -154,7 +154,7 @@ def report(model: Any, hw: str | HardwareProfile = "auto", *, out: str | Path = 
            precision: str = "fp32", measure: bool = True, calibrated: bool = False, progress: bool = True,
            min_run_time_s: float = 0.05, input_shape: str | None = None, batch: int | None = None,
            seq_len: int | None = None, recalibrate: bool = False, force: bool = False, mode: str = "inference",
-           optimizer: str = "adamw") -> Path:
+           optimizer: str = "adamw", trace: str | Path | None = None) -> Path:
     """Analyse, predict on `hw`, measure on the matching local device (unless measure=False), write `out`.
 
     min_run_time_s is the timing budget per layer and per batch size (roofline.measure's).
@@ -164,7 +164,9 @@ def report(model: Any, hw: str | HardwareProfile = "auto", *, out: str | Path = 
     optimizer rows, the step's time, MFU, memory and the checkpointing what-if in the notes, and a
     measured real step. `out` is checked first (roofline.outdir's rule): a directory holding anything
     roofline did not write is refused unless `force`, which writes the report's files into it and keeps
-    the rest. Returns the report directory; open `out/index.html`.
+    the rest. trace: a Chrome trace torch.profiler wrote in the user's own run (on the device `hw`
+    describes): its per-layer times are shown beside the prediction and nothing is timed here.
+    Returns the report directory; open `out/index.html`.
     """
     from roofline import models
     from roofline.analysis import analyze
@@ -209,7 +211,12 @@ def report(model: Any, hw: str | HardwareProfile = "auto", *, out: str | Path = 
         notes.append(f"Calibrated with the profile's efficiency ops timed again just before measuring "
                      f"({profile.metadata['recalibrated']}); its roofs are from {profile.metadata.get('date', '?')}.")
     measurement: MeasurementLike | None = None
-    if not measure:
+    if trace is not None:
+        from roofline.measure import measure_trace
+
+        _say(progress, f"reading the per-layer times of {trace}")
+        measurement = measure_trace(loaded, trace, precision=precision)
+    elif not measure:
         notes.append("Not measured (--no-measure): the report shows predictions only.")
     elif device is None:
         skipped = f"{why_not}: measurement skipped, the report shows predictions only."
@@ -432,18 +439,20 @@ def summary_lines(data: ReportData, top: int = 3) -> list[str]:
             lines.append("Most time lost against the prediction: " + "; ".join(
                 f"{name} ({format_time(seconds)} measured, {ratio:.3g}x predicted)" for name, seconds, ratio
                 in zip(worst["name"], worst["measured_s"], worst["measured_over_predicted"])) + ".")
-        hook_cost_s = data.measurement.metadata.get("hook_cost_per_call_s") if data.measurement is not None else None
-        lines.extend(_in_pass_lines(layers, measured, hook_cost_s, top))
+        overhead = data.measurement.metadata.get("profiler_overhead_fraction") if data.measurement is not None else None
+        lines.extend(_in_pass_lines(layers, measured, overhead, top))
     return lines
 
 
-def _in_pass_lines(layers: pd.DataFrame, measured: dict[str, Any], hook_cost_s: float | None, top: int) -> list[str]:
+def _in_pass_lines(layers: pd.DataFrame, measured: dict[str, Any], profiler_overhead: float | None,
+                   top: int) -> list[str]:
     """Which layers lose the most time inside the full pass against alone (both measured)."""
     if math.isnan(measured["sum_in_pass_s"]):  # not timed in the pass (a GPU, an older measurement)
         return []
     gain = (layers["measured_in_pass_s"] - layers["measured_s"]).dropna().sort_values(ascending=False, kind="stable")
-    hooked = f" (timed with hooks; their cost, {format_time(hook_cost_s)} per module call, taken off)" if hook_cost_s else ""
-    lines = [(f"Inside the full pass the layers took {format_time(measured['sum_in_pass_s'])}{hooked} against "
+    how = (f" (torch.profiler, which made the pass {profiler_overhead:+.1%} slower than unprofiled)"
+           if isinstance(profiler_overhead, (int, float)) and not math.isnan(profiler_overhead) else "")
+    lines = [(f"Inside the full pass the layers took {format_time(measured['sum_in_pass_s'])}{how} against "
               f"{format_time(measured['sum_of_layers_s'])} timed alone")]
     slower = layers.loc[gain.index[:top][gain.iloc[:top] > 0]]
     if len(slower):

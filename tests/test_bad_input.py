@@ -325,7 +325,7 @@ def test_version(capsys):
 # ---- measurement noise ---------------------------------------------------------------------------
 
 def test_a_figure_is_noisy_when_the_machine_varied_more_than_its_iqr():
-    from roofline.measure import _mark_unsteady
+    from roofline.measure.api import _mark_unsteady
 
     # The case in #14: IQR 8.5% of the median, reference matmul 87% apart: the IQR understates it.
     rows = [{"name": "batch 1", "latency_s": 1.0, "iqr_s": 0.085, "noisy": False},
@@ -342,7 +342,7 @@ def test_an_unsteady_machine_marks_every_figure_noisy_and_says_why(monkeypatch):
 
     from roofline.timing import Measurement
 
-    measure_module = importlib.import_module("roofline.measure")  # `roofline.measure` is also the function
+    measure_module = importlib.import_module("roofline.measure.api")  # `roofline.measure` is also the function
 
     def steady_blocks(fns, rounds, labels, step, device, **timer):
         """Every item timed at 1 ms with a 1% IQR: steady by its own blocks."""

@@ -114,7 +114,8 @@ def test_cuda_timing_without_gpu_is_a_clear_error(tiny_bench: BenchConfig) -> No
 def test_measure_cpu_profile_structure(tiny_bench: BenchConfig) -> None:
     p = measure_profile("cpu", progress=False, config=tiny_bench)
     assert p.source == "measured" and p.kind == "cpu"
-    assert p.metadata["torch_version"] == torch.__version__ and p.metadata["date"] and p.metadata["threads"]
+    assert p.metadata["torch_version"] == torch.__version__ and p.metadata["date"].endswith("+00:00")
+    assert int(p.metadata["num_threads"]) == torch.get_num_threads()  # the machine record shared with measurements
     assert p.peak("fp32") > 0 and {"bf16", "fp16"} <= set(p.peak_flops_per_s)
     measured = [level.bandwidth_bytes_per_s for level in p.memory_levels if level.bandwidth_bytes_per_s is not None]
     assert measured and all(b > 0 for b in measured) and p.dram.bandwidth_bytes_per_s

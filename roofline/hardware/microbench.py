@@ -8,10 +8,8 @@ counted (copy and scale move 2 arrays, add and triad 3).
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import math
 import os
-import platform
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,6 +19,7 @@ import torch
 from roofline.errors import RooflineError
 from roofline.hardware.detect import detect
 from roofline.hardware.profile import HardwareProfile, MemoryLevel
+from roofline.machine import collect
 from roofline.timing import (
     Measurement,
     retained_heap,
@@ -345,15 +344,12 @@ def measure_roofs(device: str, config: BenchConfig, bar: _Progress) -> HardwareP
         }
         metadata = {
             **{k: v for k, v in base.metadata.items() if k in ("machine", "brand", "physical_cores", "clock_hz", "flags_used", "nvml_name", "compute_capability", "gpu")},
-            "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "torch_version": torch.__version__,
-            "device": device if device != "cuda" else f"cuda:{torch.cuda.current_device()}",
-            "threads": str(torch.get_num_threads()),
-            "python": platform.python_version(),
+            # the one machine record, shared with measurements (roofline.machine): UTC, num_threads, load
+            **collect(device if device != "cuda" else f"cuda:{torch.cuda.current_device()}", allocator,
+                      load[0] if load else None).to_profile_metadata(),
             "mode": "quick" if config is QUICK else "full" if config is FULL else "custom",
             "overhead": f"{overhead.median_s:.4g} s (IQR {100 * overhead.iqr_s / overhead.median_s:.1f}%)",
-            "load_average_before": load_before,  # other work on the machine skews every figure
-            "allocator": allocator,
+            "load_average_before": load_before,  # all three load averages: other work skews every figure
             "noisy_points": f"{sum(p.measurement.noisy for p in points)} of {len(points)} bandwidth points had IQR > 10% of the median",
             **bw_metadata,
             **peak_metadata,

@@ -20,12 +20,14 @@ How a model is measured:
    CPU), in `rounds` interleaved passes over all rows and batch sizes (`timing.time_interleaved`). A leaf that runs no op (Identity, eval-mode Dropout) is timed too: its time is the cost of
    calling a module, which the model pays as well.
 4. The whole forward pass is timed at several batch sizes for latency and throughput.
-5. On a CPU, every row is also timed inside the real pass (`in_pass_s`, `_PassTimer`): from its
-   module's forward pre-hook to its forward hook, less the time of the modules it calls, over the
-   passes of a hooked forward interleaved with the batch sizes. Alone, a layer repeats with its
+5. Every row is also timed inside the real pass (`in_pass_s`), on CPU and CUDA alike: a few passes
+   run under torch.profiler and each aten op (CUDA: each kernel) is given the layer the tracer gives
+   it (roofline.measure.passes; `in_pass_ops_s` and `in_pass_gap_s` are the op time and the time
+   between ops). The profiled pass is stated against the plain one. Alone, a layer repeats with its
    code, weights and output buffer warm in cache; in the pass the layers before it have evicted
-   them, so the two differ, and the in-pass times add up to the pass. Not on a GPU, where a host
-   clock around a module times the kernel launches, not the kernels.
+   them, so the two differ, and the in-pass times add up to the pass.
+6. `measure(model, trace=FILE)` times nothing: it reads the in-pass times from a trace torch.profiler
+   wrote in the user's own run, on any device (`measure_trace`).
 
 All timing runs inside `timing.retained_heap`: freed buffers of up to 32 MiB stay in the process,
 so neither the layers nor the whole pass pay page faults that depend on what the process ran before
@@ -43,26 +45,31 @@ import dataclasses
 import datetime
 import json
 import os
-import platform
-import re
 import statistics
 import sys
-import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cache
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves, tree_map
 
-from roofline import costs
 from roofline.errors import RooflineError
 from roofline.formatting import format_markdown, format_number, format_table, format_time, json_records
+from roofline.machine import collect, num_threads
+from roofline.measure.capture import Capture, Row, forward_callable, layer_callable
+from roofline.measure.device import (
+    NotMeasurable,
+    check_device,
+    check_precision,
+    math_mode,
+    precision_notes,
+)
+from roofline.measure.passes import PassTimes, attribute_trace, module_records, profile_passes, read_trace
 from roofline.models import LoadedModel
 from roofline.precision import MEASURABLE_DTYPES, get_precision
 from roofline.timing import (
@@ -73,21 +80,17 @@ from roofline.timing import (
     retained_heap,
     time_interleaved,
 )
-from roofline.trace import LayerCall, ModuleCallTracker, call_name
 
-__all__ = ["ModelMeasurement", "NotMeasurable", "measure", "render"]
+__all__ = ["ModelMeasurement", "NotMeasurable", "measure", "measure_trace", "render"]
 
 JSON_FORMAT_VERSION = 1
-LAYER_COLUMNS = ["name", "type", "measured_s", "iqr_s", "repeats", "noisy", "in_pass_s", "timed_as", "ran_as"]
+LAYER_COLUMNS = ["name", "type", "measured_s", "iqr_s", "repeats", "noisy", "in_pass_s", "in_pass_ops_s", "in_pass_gap_s",
+                 "timed_as", "ran_as"]
 END_TO_END_COLUMNS = ["batch", "latency_s", "iqr_s", "repeats", "noisy", "throughput_samples_per_s"]
 
 # Module types torch's dynamic quantisation turns into int8 kernels (its default qconfig_spec).
 _DYNAMIC_INT8_TYPES = (nn.Linear, nn.LSTM, nn.GRU, nn.LSTMCell, nn.RNNCell, nn.GRUCell)
 _FLOAT_DTYPES = {**MEASURABLE_DTYPES, "int8": torch.float32}  # int8: captured in fp32, then quantised
-
-
-class NotMeasurable(RooflineError):
-    """The device cannot run the model at the requested precision; the message says why."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -106,8 +109,9 @@ class ModelMeasurement:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if "in_pass_s" not in self.layers.columns:  # not timed inside the pass (older results)
-            object.__setattr__(self, "layers", self.layers.assign(in_pass_s=float("nan")))
+        absent = {c: float("nan") for c in ("in_pass_s", "in_pass_ops_s", "in_pass_gap_s") if c not in self.layers}
+        if absent:  # not timed inside the pass (older results, int8)
+            object.__setattr__(self, "layers", self.layers.assign(**absent))
         missing = [c for c in LAYER_COLUMNS if c not in self.layers.columns]
         if missing:
             raise ValueError(f"layers table lacks columns {missing}")
@@ -142,10 +146,7 @@ class ModelMeasurement:
             f"  sum of {len(self.layers)} layers {format_time(self.sum_of_layers_s)} at batch {meta.get('batch', '?')}",
         ]
         if self.layers["in_pass_s"].notna().any():
-            hooked = (f" (timed with hooks: {format_time(meta['hooked_pass_s'])} per pass against "
-                      f"{format_time(meta['plain_pass_s'])} without, {format_time(meta['hook_cost_per_call_s'])} "
-                      "per module call taken off)") if "hooked_pass_s" in meta else ""
-            lines.append(f"  the same layers inside the pass: {format_time(float(self.layers['in_pass_s'].sum()))}{hooked}")
+            lines.append(_in_pass_line(meta, float(self.layers["in_pass_s"].sum())))
         from_speed = set(meta.get("noisy_from_machine_speed", []))
         for row in json_records(self.end_to_end):
             flag = "  (! noisy)" if row["noisy"] else ""
@@ -171,104 +172,6 @@ class ModelMeasurement:
         return f"<pre>{self.summary()}</pre>{table(self.layers[LAYER_COLUMNS])}{table(self.end_to_end)}"
 
 
-
-
-# ---- devices and precisions ------------------------------------------------------------------------
-
-def _check_device(device: str) -> str:
-    """'cpu' or 'cuda:N' (from 'cuda[:N]', with a GPU present); a one-line error otherwise."""
-    device = device.strip().lower()
-    if device == "cpu":
-        return device
-    if not re.fullmatch(r"cuda(:\d+)?", device):
-        raise RooflineError(f"unknown device {device!r}; choose cpu or cuda[:N]")
-    if not torch.cuda.is_available():
-        raise RooflineError("no CUDA device: torch.cuda.is_available() is False")
-    index = int(device.partition(":")[2] or torch.cuda.current_device())
-    if index >= torch.cuda.device_count():
-        raise RooflineError(f"no device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return f"cuda:{index}"  # the form tensors report, so device comparisons hold
-
-
-def _check_precision(name: str, device: str) -> str:
-    """The precision's name if `device` can run it in eager PyTorch; NotMeasurable with the reason if not."""
-    precision = get_precision(name).name
-    on_gpu = device.startswith("cuda")
-    if precision in ("w8a16", "w4a16"):
-        raise NotMeasurable(
-            f"{precision} is not measurable on {device}: weight-only quantised kernels are not part of PyTorch's"
-            " eager modules (they come from libraries such as torchao)"
-        )
-    if precision == "fp8":
-        raise NotMeasurable(
-            f"fp8 is not measurable on {device}: PyTorch's eager modules have no fp8 kernels"
-            " (fp8 matmuls need torch._scaled_mm or a compiler)"
-        )
-    if precision == "tf32":
-        if not on_gpu:
-            raise NotMeasurable(
-                f"tf32 is not measurable on {device}: TF32 is a math mode of NVIDIA GPUs (Ampere and newer)"
-            )
-        if torch.cuda.get_device_capability(device) < (8, 0):
-            raise NotMeasurable(f"tf32 is not measurable on {_device_name(device)}: TF32 needs compute capability 8.0+")
-    if precision == "bf16" and on_gpu and not torch.cuda.is_bf16_supported(including_emulation=False):
-        raise NotMeasurable(f"bf16 is not measurable on {_device_name(device)}: no native bfloat16 support")
-    if precision == "int8":
-        if on_gpu:
-            raise NotMeasurable(
-                f"int8 is not measurable on {device}: PyTorch's eager int8 modules (torch.ao dynamic quantisation)"
-                " run on the CPU only"
-            )
-        if torch.backends.quantized.engine == "none":
-            raise NotMeasurable("int8 is not measurable on cpu: this PyTorch build has no quantized engine")
-    return precision
-
-
-@contextlib.contextmanager
-def _math_mode(precision: str, device: str) -> Iterator[None]:
-    """TF32 on for tf32 and off otherwise (cuDNN enables it for fp32 convolutions by default); MHA fast path off."""
-    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    fastpath = torch.backends.mha.get_fastpath_enabled()
-    tf32 = precision == "tf32"
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.allow_tf32 = tf32
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = matmul
-        torch.backends.cudnn.allow_tf32 = cudnn
-        torch.backends.mha.set_fastpath_enabled(fastpath)
-
-
-@cache
-def _cpu_info() -> tuple[str, frozenset[str]]:
-    """The CPU's brand and feature flags (py-cpuinfo takes about a second, so once per process)."""
-    try:
-        import cpuinfo
-
-        info = cpuinfo.get_cpu_info()
-        return str(info.get("brand_raw") or platform.processor() or "cpu"), frozenset(info.get("flags", []))
-    except Exception:  # noqa: BLE001  py-cpuinfo failing must not stop a measurement; the name is only metadata
-        return platform.processor() or "cpu", frozenset()
-
-
-def _device_name(device: str) -> str:
-    if device.startswith("cuda"):
-        return str(torch.cuda.get_device_name(device))
-    return _cpu_info()[0]
-
-
-def _precision_notes(precision: str, device: str) -> list[str]:
-    """Why a reduced precision may be slower than fp32 on this CPU: said, not hidden."""
-    if device != "cpu" or precision not in ("bf16", "fp16"):
-        return []
-    native = {"bf16": ("avx512_bf16", "amx_bf16"), "fp16": ("avx512_fp16", "amx_fp16")}[precision]
-    flags = _cpu_info()[1]
-    if any(flag in flags for flag in native):
-        return []
-    return [(f"this CPU has no native {precision} math (no {' or '.join(native)} flag): kernels convert to fp32"
-             " or use reference code, so it can be slower than fp32")]
 
 
 def _cast_inputs(inputs: Any, dtype: torch.dtype, device: str) -> Any:
@@ -325,188 +228,17 @@ def _quantize_int8(module: nn.Module) -> tuple[nn.Module, set[str]]:
     return quantized, changed
 
 
-# ---- capture ---------------------------------------------------------------------------------------
-
-Op = tuple[Any, tuple[Any, ...], dict[str, Any]]
-
-
-@dataclass
-class _Row:
-    """One layer during capture: a leaf's arguments, or a non-leaf's own aten ops."""
-
-    call: LayerCall
-    order: int  # dispatch sequence number of the row's first op, for execution order
-    args: tuple[Any, ...] = ()
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    ops: list[Op] = field(default_factory=list)
-    counted_ops: int = 0  # ops the trace records (not views, not allocations): a non-leaf row exists iff > 0
-
-
-class _Capture(TorchDispatchMode):
-    """One forward pass: names calls with the trace's tracker and keeps what each row needs to run alone."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
-        self.model = model
-        self.tracker = ModuleCallTracker(model, on_enter=self._on_enter)
-        self.rows: dict[str, _Row] = {}
-        self._weights = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]
-                         if t.layout == torch.strided}
-        self._seq = 0
-        self._copying = False
-
-    def _on_enter(self, call: LayerCall, module: nn.Module, args: tuple[Any, ...]) -> None:
-        self.rows[call.name] = _Row(call, self._seq)
-
-    def _keep_inputs(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        """Forward pre-hook on leaves (runs after the tracker's global hook has pushed this call)."""
-        call = self.tracker.current()
-        if call is not None and call.is_leaf:
-            self.rows[call.name].args, self.rows[call.name].kwargs = self._copy(args), self._copy(kwargs)
-
-    def _copy(self, tree: Any) -> Any:
-        self._copying = True
-        try:
-            return tree_map(self._copy_tensor, tree)
-        finally:
-            self._copying = False
-
-    def _copy_tensor(self, value: Any) -> Any:
-        """A copy with the same sizes and strides (so replay reads memory as the model did); weights shared."""
-        if not isinstance(value, torch.Tensor):
-            return value
-        plain = type(value) in (torch.Tensor, nn.Parameter) and value.layout == torch.strided
-        if plain and value.untyped_storage().data_ptr() in self._weights:
-            return value
-        if not plain or value.is_quantized or value.is_conj() or value.is_neg() or value.numel() == 0:
-            return value.clone()
-        # Copy the span of memory the view covers, then view it the same way (works for slices, transposes
-        # and expanded stride-0 dimensions alike).
-        span = 1 + sum((size - 1) * stride for size, stride in zip(value.shape, value.stride()))
-        region = value.detach().as_strided((span,), (1,)).clone()
-        return region.as_strided(value.shape, value.stride(), 0)
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
-        kwargs = kwargs or {}
-        call = None if self._copying else self.tracker.current()
-        if call is not None and not call.is_leaf:
-            row = self.rows[call.name]
-            counted = not (costs.is_alias(func) or costs.is_free(func))
-            if counted and row.counted_ops == 0:
-                row.order = self._seq
-            row.counted_ops += counted
-            row.ops.append((func, self._copy(args), self._copy(kwargs)))  # before the op: in-place ops change args
-        if not self._copying:
-            self._seq += 1
-        return func(*args, **kwargs)
-
-    def run(self, inputs: list[Any] | dict[str, Any]) -> list[_Row]:
-        """Run the forward pass; the rows the trace would have, in execution order."""
-        args, kwargs = ((), dict(inputs)) if isinstance(inputs, dict) else (tuple(inputs), {})
-        leaves = [m for m in {id(m): m for m in self.model.modules()}.values() if next(m.children(), None) is None]
-        handles = [m.register_forward_pre_hook(self._keep_inputs, with_kwargs=True, prepend=True) for m in leaves]
-        try:
-            with self.tracker.active(), self:
-                self.model(*args, **kwargs)
-        except RooflineError:
-            raise
-        except Exception as error:
-            where = self.tracker.current()
-            place = f"module '{where.name}' ({where.module_type})" if where else "the model's forward"
-            message = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            raise RooflineError(f"forward pass failed in {place}: {type(error).__name__}: {message}") from error
-        finally:
-            for handle in handles:
-                handle.remove()
-        kept = [row for row in self.rows.values() if row.call.is_leaf or row.counted_ops]
-        return sorted(kept, key=lambda row: row.order)
-
-
-def _layer_callable(row: _Row, modules: dict[str, nn.Module]) -> Callable[[], object]:
-    """What timing a row calls: the leaf module on its inputs, or a replay of the non-leaf's own ops."""
-    if row.call.is_leaf:
-        module, args, kwargs = modules[row.call.path], row.args, row.kwargs
-        return lambda: module(*args, **kwargs)
-    ops = row.ops
-
-    def replay() -> None:
-        for func, op_args, op_kwargs in ops:
-            func(*op_args, **op_kwargs)
-
-    return replay
-
-
-class _PassTimer:
-    """Times every row inside real forward passes: a call's own time is from its module's pre-hook
-    to its forward hook, less the time of the module calls inside it (a non-leaf row owns only its
-    own ops and Python). Calling it runs one hooked forward pass.
-
-    Global hooks cost microseconds per module call, and in a pass that code is as cold as the
-    layers', so what they add lands in each caller's own time. `medians(leak_s=...)` takes it off:
-    the caller of `n` module calls loses `n * leak_s`, where leak_s is (hooked pass - plain pass) /
-    calls per pass, both timed in the same interleaved rounds.
-
-    A call with no row of its own (`rows` given and its name not in it: a Sequential, a block whose
-    own ops are only views) folds into its caller, so the rows still add up to the pass.
-    """
-
-    def __init__(self, model: nn.Module, forward: Callable[[], object],
-                 clock: Callable[[], float] = time.perf_counter, rows: set[str] | None = None) -> None:
-        self.paths = ModuleCallTracker(model).paths  # named as the trace names them
-        self.forward = forward
-        self.clock = clock
-        self.rows = rows
-        self.times: dict[str, list[float]] = {}  # own time per call name, hooks' cost included
-        self.child_calls: dict[str, int] = {}
-        self.calls_per_pass = 0
-        self._open: list[list[Any]] = []  # per running call: [module id, name, start, children's time, children]
-        self._calls: dict[int, int] = {}
-
-    def __call__(self) -> None:
-        self._open, self._calls = [], {}
-        pre = nn.modules.module.register_module_forward_pre_hook(self._enter)
-        post = nn.modules.module.register_module_forward_hook(self._exit)
-        try:
-            self.forward()
-        finally:
-            pre.remove()
-            post.remove()
-        self.calls_per_pass = sum(self._calls.values()) + len(self._calls)
-
-    def _enter(self, module: nn.Module, args: tuple[Any, ...]) -> None:
-        key = id(module)
-        if key in self.paths:
-            index = self._calls[key] = self._calls.get(key, -1) + 1
-            self._open.append([key, call_name(self.paths[key], index), self.clock(), 0.0, 0])
-
-    def _exit(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        end = self.clock()
-        key = id(module)
-        if key not in self.paths or not any(entry[0] == key for entry in self._open):
-            return
-        # A call that raised never reaches its forward hook: its time stays with its caller, and the
-        # calls made while it looked open were the caller's.
-        while self._open[-1][0] != key:
-            *_, children, child_calls = self._open.pop()
-            self._open[-1][3] += children
-            self._open[-1][4] += child_calls
-        _, name, start, children, child_calls = self._open.pop()
-        folds = self.rows is not None and name not in self.rows
-        if self._open and folds:  # its own time stays in the caller, and its calls become the caller's
-            self._open[-1][3] += children
-            self._open[-1][4] += 1 + child_calls
-            return
-        if self._open:
-            self._open[-1][3] += end - start
-            self._open[-1][4] += 1
-        self.times.setdefault(name, []).append(end - start - children)
-        self.child_calls[name] = child_calls
-
-    def medians(self, skip: int, leak_s: float = 0.0) -> dict[str, float]:
-        """Per call name, the median own time over the passes after the first `skip` (warm-up), less
-        `leak_s` per module call it made."""
-        return {name: max(statistics.median(times[skip:] or times) - leak_s * self.child_calls[name], 0.0)
-                for name, times in self.times.items()}
+def _in_pass_line(meta: Mapping[str, Any], total_s: float) -> str:
+    """The in-pass sum against the profiled pass, what no layer holds, and the profiler's own cost."""
+    if "profiled_pass_s" not in meta:
+        return f"  the same layers inside the pass: {format_time(total_s)}"
+    pass_s = float(meta["profiled_pass_s"])
+    cost = (f"; the profiler adds {meta['profiler_overhead_fraction']:+.1%} to the plain pass of "
+            f"{format_time(float(meta['plain_pass_s']))}") if "plain_pass_s" in meta else ""
+    return (f"  the same layers inside the pass ({meta['in_pass']}): {format_time(total_s)}, "
+            f"{total_s / pass_s:.1%} of the profiled pass of {format_time(pass_s)} (mean of "
+            f"{meta['profiled_passes']}); {format_time(float(meta['outside_ops_s']))} before the first op and after "
+            f"the last is no layer's{cost}")
 
 
 # ---- end to end ------------------------------------------------------------------------------------
@@ -526,12 +258,6 @@ def _at_batch(inputs: list[Any] | dict[str, Any], base: int, batch: int) -> Any:
         return value.repeat(repeats, *[1] * (value.dim() - 1))[:batch].contiguous()
 
     return tree_map(resize, inputs)
-
-
-def _forward(module: nn.Module, inputs: list[Any] | dict[str, Any]) -> Callable[[], object]:
-    if isinstance(inputs, dict):
-        return lambda: module(**inputs)
-    return lambda: module(*inputs)
 
 
 def parse_batch_sizes(text: str) -> list[int]:
@@ -561,7 +287,7 @@ class _Settings:
 def measure(model: Any, inputs: Any = None, device: str = "cpu", precision: str = "fp32",
             batch_sizes: Sequence[int] | None = None, progress: bool = True, *, min_run_time_s: float = 0.05,
             warmup: int = 2, max_repeats: int = 1000, num_threads: int | None = None, rounds: int = 3,
-            **load_options: Any) -> ModelMeasurement:
+            trace: str | Path | None = None, **load_options: Any) -> ModelMeasurement:
     """Time every layer alone and the whole forward pass on a real device (on a CPU, every layer
     inside the pass as well: the `in_pass_s` column).
 
@@ -573,9 +299,13 @@ def measure(model: Any, inputs: Any = None, device: str = "cpu", precision: str 
     num_threads: torch's CPU thread count for the run (recorded either way). load_options go to
     models.load (input_shape, batch, seq_len). Raises NotMeasurable for a precision the device
     cannot run, RooflineError for a missing device or a failing model.
+    trace: a Chrome trace (.json or .json.gz) torch.profiler wrote in the user's own run: nothing is
+    timed here, the per-layer times come from it (measure_trace).
     """
-    device = _check_device(device)
-    precision = _check_precision(precision, device)
+    if trace is not None:
+        return measure_trace(model, trace, precision=precision, inputs=inputs, **load_options)
+    device = check_device(device)
+    precision = check_precision(precision, device)
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     if batch_sizes is not None and (not batch_sizes or any(int(b) < 1 for b in batch_sizes)):
         raise RooflineError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
@@ -591,7 +321,7 @@ def measure(model: Any, inputs: Any = None, device: str = "cpu", precision: str 
         torch.set_num_threads(num_threads)
     try:
         # The model's own prints go to stderr, so `--format json` on stdout stays parseable.
-        with _math_mode(precision, device), torch.no_grad(), retained_heap() as allocator, \
+        with math_mode(precision, device), torch.no_grad(), retained_heap() as allocator, \
                 contextlib.redirect_stdout(sys.stderr):
             loaded = _prepare(model, inputs, device, precision, load_options)
             return _measure(loaded, dataclasses.replace(settings, allocator=allocator), batch_sizes, progress)
@@ -611,7 +341,7 @@ def _measure(loaded: LoadedModel, settings: _Settings, batch_sizes: Sequence[int
             " LSTM and GRU only, and this model has none"
         )
     try:
-        rows = _Capture(module).run(loaded.inputs)
+        rows = Capture(module).run(loaded.inputs)
     except RooflineError as error:
         if precision in ("bf16", "fp16"):  # an op with no kernel for this dtype on this device
             raise NotMeasurable(f"{precision} is not measurable on {device} for {loaded.name}: {error}") from error
@@ -627,14 +357,11 @@ def _measure(loaded: LoadedModel, settings: _Settings, batch_sizes: Sequence[int
     # machine's speed meanwhile). Two sets, so the captured inputs are freed before the largest batch.
     reference, reference_flops = reference_matmul(device)
     reference_item = ("(reference matmul)", "the reference matmul", reference)
-    layer_items = [(row.call.name, f"timing layer '{row.call.name}'", _layer_callable(row, modules)) for row in rows]
+    layer_items = [(row.call.name, f"timing layer '{row.call.name}'", layer_callable(row, modules)) for row in rows]
     batch_items = [(f"batch {size}", f"the end-to-end forward pass at batch {size} (choose others with batch_sizes)",
-                    _forward(module, _at_batch(loaded.inputs, base, size))) for size in sizes]
-    pass_timer = (_PassTimer(module, _forward(module, loaded.inputs), rows={row.call.name for row in rows})
-                  if device == "cpu" else None)
-    if pass_timer is not None:  # and a plain pass at the same batch, for what the hooks add
-        plain = [] if base in sizes else [("(plain pass)", "the end-to-end forward pass", _forward(module, loaded.inputs))]
-        batch_items += [*plain, ("(layers in the pass)", "the forward pass timed layer by layer", pass_timer)]
+                    forward_callable(module, _at_batch(loaded.inputs, base, size))) for size in sizes]
+    plain = [] if base in sizes else [("(plain pass)", "the end-to-end forward pass", forward_callable(module, loaded.inputs))]
+    batch_items += plain  # a plain pass at the measured batch, against which the profiler's cost is stated
     bar = tqdm(total=(len(rows) + len(batch_items) + 2) * settings.rounds, desc=f"measure {loaded.name}", unit="step",
                file=sys.stderr, disable=not progress, leave=False)
     try:
@@ -645,17 +372,11 @@ def _measure(loaded: LoadedModel, settings: _Settings, batch_sizes: Sequence[int
     finally:
         bar.close()
     batch_times, extra = batch_times[:len(sizes)], batch_times[len(sizes):]
-    hook_metadata: dict[str, float] = {}
-    in_pass: dict[str, float] = {}
-    if pass_timer is not None:
-        plain_s = (batch_times[sizes.index(base)] if base in sizes else extra[0]).median_s
-        hooked_s = extra[-1].median_s
-        leak_s = max(hooked_s - plain_s, 0.0) / max(pass_timer.calls_per_pass, 1)
-        # The untimed failure check and the first round's warm-up calls ran the hooked pass too.
-        in_pass = pass_timer.medians(skip=1 + settings.timer["warmup"], leak_s=leak_s)
-        hook_metadata = {"hooked_pass_s": hooked_s, "plain_pass_s": plain_s, "hook_cost_per_call_s": leak_s}
-    for row in layer_rows:
-        row["in_pass_s"] = in_pass.get(row["name"], float("nan"))
+    plain_s = (batch_times[sizes.index(base)] if base in sizes else extra[0]).median_s
+    in_pass, pass_metadata = _profiled_in_pass(module, loaded, precision, plain_s, settings)
+    for row in layer_rows:  # a leaf that runs no op has none in the profile: 0 s, its call in the next op's gap
+        for column, values in in_pass.items():
+            row[column] = values.get(row["name"], 0.0)
     e2e_rows = [_end_to_end_row(size, m) for size, m in zip(sizes, batch_times, strict=True)]
     reference_times_s = layer_reference.raw_times_s + batch_reference.raw_times_s
     reference_flops_per_s = reference_flops / statistics.median(reference_times_s)
@@ -670,8 +391,8 @@ def _measure(loaded: LoadedModel, settings: _Settings, batch_sizes: Sequence[int
                 "reference_flops_per_s_range": [slow, fast],
                 "machine_speed_spread": {"layers": layer_spread, "end_to_end": batch_spread},
                 "noisy_from_machine_speed": unsteady,
-                # The hooked pass behind in_pass_s against the plain one: what the hooks cost, taken off.
-                **hook_metadata}
+                # The profiled passes behind in_pass_s against the plain one: what the profiler costs.
+                **pass_metadata}
     metadata["notes"] += [note for note in [unsteady_note(slow, fast)] if note]
     if unsteady:
         metadata["notes"].append(_unsteady_rows_note(unsteady, layer_spread, batch_spread))
@@ -689,6 +410,88 @@ def _measure(loaded: LoadedModel, settings: _Settings, batch_sizes: Sequence[int
         warnings.warn(f"{len(noisy)} of {len(layers) + len(e2e_rows)} figures measured noisy ({'; '.join(reasons)}): "
                       f"{shown}; close other programs or raise --min-run-time (min_run_time_s=)", stacklevel=3)
     return result
+
+
+def measure_trace(model: Any, trace: str | Path, precision: str = "fp32", inputs: Any = None,
+                  **load_options: Any) -> ModelMeasurement:
+    """Per-layer in-pass times from a Chrome trace torch.profiler wrote in the user's own run.
+
+    The model is traced on the meta device (nothing runs here) and the trace's ops are matched to its
+    ops by name and input shapes in order (roofline.measure.passes); a trace of another model, batch
+    or shape is a one-line error naming the first op that does not match. No layer was timed alone,
+    so `measured_s` holds the in-pass time too (`timed_as` says "trace").
+    """
+    from roofline import models
+
+    get_precision(precision)  # the user's run chose its precision; the name must still be one we know
+    loaded = model if isinstance(model, LoadedModel) else models.load(model, inputs=inputs, **load_options)
+    with contextlib.redirect_stdout(sys.stderr):
+        records, calls = module_records(loaded.module, loaded.inputs)
+    times = attribute_trace(read_trace(trace), records, loaded.name)
+    # A leaf that runs no op (Identity, eval Dropout) has no op in the trace: 0 s, its call's cost
+    # lies in the gap before the next op.
+    rows = [{"name": name, "type": kind, "measured_s": times.in_pass_s.get(name, 0.0), "iqr_s": 0.0,
+             "repeats": times.passes, "noisy": False, "in_pass_s": times.in_pass_s.get(name, 0.0),
+             "in_pass_ops_s": times.ops_s.get(name, 0.0), "in_pass_gap_s": times.gap_s.get(name, 0.0),
+             "timed_as": "trace", "ran_as": precision} for name, kind in calls]
+    batch = batch_of(loaded.inputs)
+    e2e = [{"batch": batch, "latency_s": times.pass_s, "iqr_s": 0.0, "repeats": times.passes, "noisy": False,
+            "throughput_samples_per_s": batch / times.pass_s}]
+    import roofline
+
+    metadata: dict[str, Any] = {
+        "format_version": JSON_FORMAT_VERSION, "roofline_version": roofline.__version__,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        # Not this machine's record: the trace's machine is unknown here; the trace's own file says.
+        "device": times.timeline, "device_name": f"from the trace {trace}", "trace": str(trace),
+        "inputs": loaded.input_shapes(), "batch": batch, **_pass_metadata(times, None),
+        "notes": [(f"Times from the trace {Path(trace).name} ({times.passes} pass(es), {times.timeline} timeline), "
+                   "written by torch.profiler in the user's run: the measured column is the in-pass time, since no "
+                   "layer was timed alone. The trace's own device is what it measured; its profile is the one to "
+                   "compare with.")],
+    }
+    return ModelMeasurement(model=loaded.name, device=times.timeline, precision=precision,
+                            layers=pd.DataFrame(rows, columns=LAYER_COLUMNS), end_to_end=pd.DataFrame(e2e, columns=END_TO_END_COLUMNS),
+                            metadata=metadata)
+
+
+IN_PASS_COLUMNS = ["in_pass_s", "in_pass_ops_s", "in_pass_gap_s"]
+PROFILED_PASSES = 5
+
+
+def _profiled_in_pass(module: nn.Module, loaded: LoadedModel, precision: str, plain_s: float,
+                      settings: _Settings) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+    """Per-layer in-pass columns from torch.profiler over real passes, and what the profiler cost."""
+    if precision == "int8":  # torch.ao's quantised modules run ops the tracer has no records for
+        return {}, {"in_pass": "not profiled: int8 (dynamic quantisation) runs quantized:: ops, not aten ops"}
+    records, _ = module_records(module, loaded.inputs)
+    trace = profile_passes(forward_callable(module, loaded.inputs), settings.device, passes=PROFILED_PASSES)
+    times = attribute_trace(trace, records, loaded.name)
+    return _in_pass_columns(times), _pass_metadata(times, plain_s)
+
+
+def _in_pass_columns(times: PassTimes) -> dict[str, dict[str, float]]:
+    return {"in_pass_s": times.in_pass_s, "in_pass_ops_s": times.ops_s, "in_pass_gap_s": times.gap_s}
+
+
+def _pass_metadata(times: PassTimes, plain_s: float | None) -> dict[str, Any]:
+    """The profiled pass against the plain one, and what no layer holds: stated, never hidden."""
+    meta: dict[str, Any] = {
+        "in_pass": f"torch.profiler, {times.timeline} timeline: "
+                   + ("op self times plus the host time between ops" if times.timeline == "cpu"
+                      else "kernel durations (via correlation ids) plus GPU idle time before them (launch gaps)"),
+        "profiled_passes": times.passes,
+        "profiled_pass_s": times.pass_s,
+        "in_pass_sum_s": times.sum_s,
+        "outside_ops_s": times.outside_ops_s,  # the pass beyond its first op to its last: no layer's
+        "in_pass_gap_sum_s": float(sum(times.gap_s.values())),
+    }
+    if times.kernels:
+        meta["kernels_per_pass"] = times.kernels
+    if plain_s is not None:
+        meta["plain_pass_s"] = plain_s
+        meta["profiler_overhead_fraction"] = times.pass_s / plain_s - 1
+    return meta
 
 
 def _mark_unsteady(rows: list[dict[str, Any]], column: str, spread: float) -> list[dict[str, Any]]:
@@ -753,8 +556,8 @@ def speed_ratio(profile_metadata: Mapping[str, Any], measurement_metadata: Mappi
     except (KeyError, TypeError, ValueError, ZeroDivisionError):
         return None
     # Another thread count or device runs the reference at another rate: not a change of speed.
-    threads = profile_metadata.get("threads"), measurement_metadata.get("num_threads")
-    if None not in threads and str(threads[0]) != str(threads[1]):
+    threads = num_threads(profile_metadata), num_threads(measurement_metadata)
+    if None not in threads and threads[0] != threads[1]:
         return None
     devices = profile_metadata.get("device"), measurement_metadata.get("device")
     if None not in devices and str(devices[0]).split(":")[0] != str(devices[1]).split(":")[0]:
@@ -812,7 +615,7 @@ def _named_failure(fn: Callable[[], object], what: str, device: str) -> None:
         raise _failure(what, error) from error
 
 
-def _layer_row(row: _Row, timed: Measurement, precision: str, int8_paths: set[str]) -> dict[str, Any]:
+def _layer_row(row: Row, timed: Measurement, precision: str, int8_paths: set[str]) -> dict[str, Any]:
     if precision == "int8":
         ran_as = "int8" if row.call.is_leaf and row.call.path in int8_paths else "fp32"
     else:
@@ -831,35 +634,23 @@ def _end_to_end_row(batch: int, timed: Measurement) -> dict[str, Any]:
 
 def _metadata(loaded: LoadedModel, settings: _Settings, batch: int, int8_layers: list[str]) -> dict[str, Any]:
     """The machine and settings behind the numbers (pyperf records these with every run)."""
-    import roofline
 
     device, precision, load_before = settings.device, settings.precision, settings.load_before
 
     meta: dict[str, Any] = {
         "format_version": JSON_FORMAT_VERSION,
-        "roofline_version": roofline.__version__,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
-        "platform": platform.platform(),
-        "device": device,
-        "device_name": _device_name(device),
-        "cpu_name": _cpu_info()[0],
-        "num_threads": torch.get_num_threads(),
+        **collect(device, settings.allocator, load_before).to_dict(),  # the one machine record (roofline.machine)
         "inputs": loaded.input_shapes(),
         "batch": batch,
         "timer": {**settings.timer, "rounds": settings.rounds},
         "mha_fastpath": False,
-        "load_average_1min": load_before,
-        "allocator": settings.allocator,
-        "notes": _precision_notes(precision, device),
+        "notes": precision_notes(precision, device),
     }
     cpus = os.cpu_count() or 1
     if load_before is not None and load_before >= cpus:
         meta["notes"].append(f"the machine was busy when measuring began (load {load_before:.1f} on {cpus} CPUs):"
                              " other programs compete for the cores, so times may be inflated and noisy")
     if device.startswith("cuda"):
-        meta["cuda_version"] = torch.version.cuda
         meta["tf32"] = precision == "tf32"
     if precision == "int8":
         meta["int8_layers"] = int8_layers
@@ -872,6 +663,7 @@ def _metadata(loaded: LoadedModel, settings: _Settings, batch: int, int8_layers:
 
 _FORMATTERS: dict[str, Callable[[Any], str]] = {
     "measured_s": format_time, "iqr_s": format_time, "in_pass_s": format_time, "latency_s": format_time,
+    "in_pass_ops_s": format_time, "in_pass_gap_s": format_time,
     "noisy": lambda v: "!" if v else "", "throughput_samples_per_s": format_number,
 }
 

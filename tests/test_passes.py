@@ -1,0 +1,119 @@
+"""In-pass times from torch.profiler traces: a real trace written in another process, then imported."""
+from __future__ import annotations
+
+import gzip
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from roofline import analyze
+from roofline.cli import main
+from roofline.errors import RooflineError
+from roofline.measure import NotMeasurable, measure, measure_trace
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = "zoo:convnet"
+
+
+@pytest.fixture(scope="module")
+def trace_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trace written by scripts/write_trace.py in its own process, as a user's script would."""
+    out = tmp_path_factory.mktemp("trace") / "convnet.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "write_trace.py"), MODEL, str(out), "--passes", "2"],
+                          check=False, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return out
+
+
+def test_a_real_cpu_trace_gives_every_layer_its_time(trace_file: Path) -> None:
+    result = measure_trace(MODEL, trace_file)
+    layers = result.layers
+    # Named as analyze names them, every row of it, so rows join on `name`.
+    assert list(layers["name"]) == list(analyze(MODEL).layers["name"])
+    assert (layers["in_pass_s"] > 0).all() and set(layers["timed_as"]) == {"trace"}
+    assert (layers["in_pass_ops_s"] + layers["in_pass_gap_s"]).to_numpy() == pytest.approx(layers["in_pass_s"].to_numpy())
+    meta = result.metadata
+    assert meta["profiled_passes"] == 2 and meta["outside_ops_s"] >= 0
+    # The rows plus what lies outside the ops make up the pass (means over passes: exactly).
+    assert layers["in_pass_s"].sum() + meta["outside_ops_s"] == pytest.approx(meta["profiled_pass_s"], rel=1e-6)
+    # A convolution is the costliest op of a conv layer: its layer gets more than a ReLU's.
+    by_type = layers.groupby("type")["in_pass_s"].sum()
+    assert by_type["Conv2d"] > by_type["ReLU"] > 0
+
+
+def test_a_compressed_trace_reads_the_same(trace_file: Path, tmp_path: Path) -> None:
+    packed = tmp_path / "convnet.json.gz"
+    packed.write_bytes(gzip.compress(trace_file.read_bytes()))
+    plain, compressed = measure_trace(MODEL, trace_file), measure_trace(MODEL, packed)
+    assert list(compressed.layers["in_pass_s"]) == list(plain.layers["in_pass_s"])
+
+
+def test_the_cli_reads_a_trace(trace_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["measure", MODEL, "--trace", str(trace_file), "--format", "json"]) == 0
+    import json
+
+    data = json.loads(capsys.readouterr().out)
+    assert data["metadata"]["trace"] == str(trace_file) and all(row["in_pass_s"] > 0 for row in data["layers"])
+
+
+def test_a_trace_of_another_model_is_a_one_line_error(trace_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(RooflineError) as caught:
+        measure_trace("zoo:mlp", trace_file)
+    message = str(caught.value)
+    assert "\n" not in message
+    # It names the trace's op where the models part and what the model runs there.
+    assert "does not match zoo:mlp" in message and "aten::conv2d" in message and "aten::addmm" in message
+    assert main(["measure", "zoo:mlp", "--trace", str(trace_file)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not match" in err[0]
+
+
+def test_a_trace_at_another_batch_is_a_one_line_error(trace_file: Path) -> None:
+    with pytest.raises(RooflineError, match=r"does not match .*2x3x64x64"):
+        measure_trace(MODEL, trace_file, batch=2)
+
+
+def test_an_unreadable_trace_is_a_one_line_error(tmp_path: Path) -> None:
+    bad = tmp_path / "t.json"
+    bad.write_text("{not json")
+    with pytest.raises(RooflineError, match="not a readable Chrome trace"):
+        measure_trace(MODEL, bad)
+    with pytest.raises(RooflineError, match="no such file"):
+        measure_trace(MODEL, tmp_path / "missing.json")
+
+
+# ---- the one device/precision check, for each measurer ------------------------------------------
+
+_REFUSED = "fp8 is not measurable on cpu: PyTorch's eager modules have no fp8 kernels"
+
+
+def test_measure_refuses_an_unsupported_precision() -> None:
+    with pytest.raises(NotMeasurable, match=_REFUSED):
+        measure("zoo:mlp", precision="fp8", min_run_time_s=0.001, progress=False)
+
+
+def test_llm_measure_refuses_it_the_same_way() -> None:
+    from roofline.llm import llm
+
+    with pytest.raises(NotMeasurable, match=_REFUSED):
+        llm("hf:gpt2?n_layer=1&n_embd=64&n_head=2", "h100-sxm", precision="fp8", prompt_len=8, gen_len=2,
+            measure_device="cpu")
+
+
+def test_sweep_measure_refuses_it_the_same_way() -> None:
+    from roofline.explain import sweep_conv
+    from roofline.hardware import load_profile
+
+    with pytest.raises(NotMeasurable, match=_REFUSED):
+        sweep_conv(8, (8, 8), [1, 8], load_profile("h100-sxm"), precision="fp8", measure=True, progress=False)
+
+
+def test_float_only_measurers_refuse_int8_by_name() -> None:
+    from roofline.measure.device import float_dtype
+
+    with pytest.raises(NotMeasurable, match="int8 is not measurable by sweep --measure"):
+        float_dtype("int8", "cpu", "sweep --measure")
