@@ -47,14 +47,24 @@ def test_sequence_times_are_paired_with_the_alone_times_of_their_round() -> None
     assert calibrate.paired_sequence_medians(alone, in_sequence) == [2.0]  # median alone 1 x median ratio 2
 
 
-def test_time_callable_blocks_threads_and_callback() -> None:
+def test_time_callable_blocks_threads_and_callback(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    # A clock that moves 0.1 ms per call and never otherwise: block sizing is then exact, whatever the machine
+    # is doing (a real clock made this test fail when the machine sped up between sizing and timing).
+    clock = types.SimpleNamespace(now=0.0)
+    monkeypatch.setattr(timing, "time", types.SimpleNamespace(perf_counter=lambda: clock.now))
+
+    def work() -> None:
+        clock.now += 1e-4
+
     calls: list[tuple[int, float]] = []
-    x = torch.zeros(16)
     before = torch.get_num_threads()
-    m = time_callable(lambda: x.add_(1), min_run_time_s=0.01, num_threads=1, callback=lambda n, s: calls.append((n, s)))
+    m = time_callable(work, min_run_time_s=0.01, num_threads=1, callback=lambda n, s: calls.append((n, s)))
     assert m.num_threads == 1 and torch.get_num_threads() == before  # fixed for the run, then restored
     assert m.number > 1 and m.repeats >= 5 and len(calls) == m.repeats
-    assert all(n * t >= 1e-3 * 0.5 for n, t in zip([m.number] * m.repeats, m.raw_times_s))  # blocks >= ~1 ms
+    assert all(t == pytest.approx(1e-4) for t in m.raw_times_s)  # per call: the block's time / its size
+    assert all(n * t >= 1e-3 * (1 - 1e-9) for n, t in zip([m.number] * m.repeats, m.raw_times_s))  # blocks >= 1 ms
     assert len(time_callable(lambda: None, repeats=3).raw_times_s) == 3
 
 
