@@ -8,7 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 
+import roofline
 from roofline import analyze
 from roofline.cli import main
 from roofline.errors import RooflineError
@@ -117,3 +120,27 @@ def test_float_only_measurers_refuse_int8_by_name() -> None:
 
     with pytest.raises(NotMeasurable, match="int8 is not measurable by sweep --measure"):
         float_dtype("int8", "cpu", "sweep --measure")
+
+
+class _Shuffle(nn.Module):
+    """shufflenet_v2's channel shuffle then a 1x1 conv: on a CPU the shuffle's contiguous copies data the
+    meta trace's layout never needed (live `measure torchvision:shufflenet_v2_x1_0` failed on it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        x = x.view(b, 2, c // 2, h, w).transpose(1, 2).contiguous().view(b, c, h, w)
+        return self.conv(x[:, :, ::2])
+
+
+def test_a_layout_copy_the_meta_trace_did_not_need_is_tolerated() -> None:
+    from roofline.measure.passes import _tolerated
+
+    assert all(_tolerated(f"aten::{name}") for name in ("contiguous", "clone", "copy_", "view", "empty"))
+    assert not any(_tolerated(f"aten::{name}") for name in ("convolution", "addmm", "relu", "add"))
+    result = roofline.measure(_Shuffle().eval(), inputs=[torch.randn(1, 8, 8, 8)], batch_sizes=[1], progress=False,
+                              min_run_time_s=0.01)
+    assert set(result.layers["name"]) >= {"conv"} and (result.layers["in_pass_s"] >= 0).all()

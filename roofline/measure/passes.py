@@ -9,9 +9,11 @@ call index) and its input shapes; the profiler's trace gives the ops that really
   whole subtree is its layer's.
 - Otherwise its children are matched in turn (the profiler shows composites such as `aten::linear`
   that the tracer, below autograd, sees only as what they call).
-- A profiler op with no match anywhere below it is tolerated when it moves no data: a view or alias
-  (`aten::t`, `aten::view`, `aten::as_strided`), an allocation (`aten::empty`, `aten::resize_`) or a
-  query (`aten::_nnpack_available`). Its time goes to the layer of the next matched op in the pass
+- A profiler op with no match anywhere below it is tolerated when it does none of the model's own work:
+  a view or alias (`aten::t`, `aten::view`, `aten::as_strided`), an allocation (`aten::empty`,
+  `aten::resize_`), a query (`aten::_nnpack_available`), or a copy into another memory layout
+  (`aten::contiguous`, `aten::clone`, `aten::copy_`: a real device's kernels may choose layouts the
+  meta trace did not). Its time goes to the layer of the next matched op in the pass
   (it prepares that op's call), or to the previous one at the end of the pass.
 - Any other op with nothing matched in its subtree is a mismatch: one line naming that (outermost)
   op and what the model runs there.
@@ -179,9 +181,18 @@ def _op_events(events: list[Any], source: str) -> tuple[list[_Op], dict[int, _Op
     return roots, by_id, windows
 
 
+# Copies into another memory layout. A real device's kernels may pick other layouts than the meta trace's
+# (the README's note on meta and CPU bytes): shufflenet_v2 on a CPU makes a channel shuffle contiguous that
+# meta never copies. Such a copy is the preparation of the op that follows, like an allocation.
+_LAYOUT_COPIES = frozenset({"contiguous", "clone", "copy_", "_to_copy", "to", "empty_like"})
+
+
 def _tolerated(name: str) -> bool:
-    """An op that moves no data: a view or alias, an allocation, a metadata query."""
+    """An op that does none of the model's own work: a view or alias, an allocation, a metadata query, or
+    a copy into another memory layout."""
     short = name.removeprefix("aten::")
+    if short in _LAYOUT_COPIES:
+        return True
     packet = getattr(torch.ops.aten, short, None)
     if packet is not None:
         overloads = [getattr(packet, o) for o in packet.overloads()]
