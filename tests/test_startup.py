@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-HEAVY = ("torch", "pandas", "matplotlib")
 
 CHILD = """
 import contextlib, io, json, sys
