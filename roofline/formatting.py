@@ -1,14 +1,18 @@
-"""Human-readable numbers and terminal tables: the only place that applies SI prefixes."""
+"""Human-readable numbers and terminal tables: the only place that applies SI prefixes.
+
+pandas is imported only by the DataFrame paths, so `roofline hw list` (format_records) starts without it.
+"""
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["column_formatter", "display_header", "format_bytes", "format_markdown", "format_number", "format_percent",
-           "format_si", "format_table", "format_time", "json_records", "json_value"]
+           "format_records", "format_si", "format_table", "format_time", "json_records", "json_value"]
 
 _PREFIXES = [(1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")]
 _BINARY = [(2**50, "Pi"), (2**40, "Ti"), (2**30, "Gi"), (2**20, "Mi"), (2**10, "Ki")]
@@ -121,12 +125,12 @@ def column_formatter(column: str) -> Callable[[Any], str] | None:
     return None
 
 
-def _cells(df: pd.DataFrame, column: Any, formatters: Mapping[str, Callable[[Any], str]] | None) -> list[str]:
+def _cells(values: Sequence[Any], column: Any, formatters: Mapping[str, Callable[[Any], str]] | None) -> list[str]:
     explicit = (formatters or {}).get(column)
     if explicit is not None:
-        return [explicit(v) for v in df[column].tolist()]
+        return [explicit(v) for v in values]
     implied = column_formatter(str(column))
-    return [implied(v) if implied is not None and _is_number(v) else _default_cell(v) for v in df[column].tolist()]
+    return [implied(v) if implied is not None and _is_number(v) else _default_cell(v) for v in values]
 
 
 def _is_number(value: object) -> bool:
@@ -134,31 +138,51 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _text_table(columns: Sequence[Any], cells: Mapping[Any, list[str]], numeric: Mapping[Any, bool],
+                more_rows: int) -> str:
+    """The plain-text layout both table entry points share: numbers right-aligned, text left-aligned."""
+    headers = {c: display_header(str(c)) for c in columns}
+    widths = {c: max([len(headers[c])] + [len(s) for s in cells[c]]) for c in columns}
+
+    def align(column: Any, text: str) -> str:
+        return text.rjust(widths[column]) if numeric[column] else text.ljust(widths[column])
+
+    lines = ["  ".join(align(c, headers[c]) for c in columns)]
+    lines.append("  ".join("-" * widths[c] for c in columns))
+    rows = len(cells[columns[0]]) if columns else 0
+    for i in range(rows):
+        lines.append("  ".join(align(c, cells[c][i]) for c in columns).rstrip())
+    if more_rows:
+        lines.append(f"... {more_rows} more rows")
+    return "\n".join(lines)
+
+
 def format_table(df: pd.DataFrame, formatters: Mapping[str, Callable[[Any], str]] | None = None,
                  max_rows: int | None = None) -> str:
     """A plain-text table with right-aligned numbers: each column by `formatters`, else by its name's rule."""
+    import pandas as pd
+
     shown = df if max_rows is None or len(df) <= max_rows else df.head(max_rows)
-    cells = {c: _cells(shown, c, formatters) for c in shown.columns}
-    headers = {c: display_header(str(c)) for c in shown.columns}
-    widths = {c: max([len(headers[c])] + [len(s) for s in cells[c]]) for c in shown.columns}
-    numeric = {c: pd.api.types.is_numeric_dtype(shown[c]) for c in shown.columns}
+    cells = {c: _cells(shown[c].tolist(), c, formatters) for c in shown.columns}
+    numeric = {c: bool(pd.api.types.is_numeric_dtype(shown[c])) for c in shown.columns}
+    return _text_table(list(shown.columns), cells, numeric, len(df) - len(shown))
 
-    def align(column: str, text: str) -> str:
-        return text.rjust(widths[column]) if numeric[column] else text.ljust(widths[column])
 
-    lines = ["  ".join(align(c, headers[c]) for c in shown.columns)]
-    lines.append("  ".join("-" * widths[c] for c in shown.columns))
-    for i in range(len(shown)):
-        lines.append("  ".join(align(c, cells[c][i]) for c in shown.columns).rstrip())
-    if len(shown) < len(df):
-        lines.append(f"... {len(df) - len(shown)} more rows")
-    return "\n".join(lines)
+def format_records(rows: Sequence[Mapping[str, Any]], formatters: Mapping[str, Callable[[Any], str]] | None = None) -> str:
+    """format_table for plain row dicts (same columns in each row), without pandas: a column is numeric,
+    so right-aligned, when every value in it is a number (a bool counts, as in pandas)."""
+    columns = list(rows[0]) if rows else []
+    values = {c: [row[c] for row in rows] for c in columns}
+    numeric = {c: all(isinstance(v, (int, float)) for v in values[c]) for c in columns}
+    return _text_table(columns, {c: _cells(values[c], c, formatters) for c in columns}, numeric, 0)
 
 
 def format_markdown(df: pd.DataFrame, formatters: Mapping[str, Callable[[Any], str]] | None = None) -> str:
     """A GitHub-flavoured Markdown table with the same headers and cells as format_table (pandas'
     to_markdown needs the tabulate package)."""
-    cells = {c: _cells(df, c, formatters) for c in df.columns}
+    import pandas as pd
+
+    cells = {c: _cells(df[c].tolist(), c, formatters) for c in df.columns}
     header = "| " + " | ".join(display_header(str(c)) for c in df.columns) + " |"
     rule = "|" + "|".join("---:" if pd.api.types.is_numeric_dtype(df[c]) else "---" for c in df.columns) + "|"
     body = ["| " + " | ".join(cells[c][i] for c in df.columns) + " |" for i in range(len(df))]

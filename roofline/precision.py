@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from roofline.errors import RooflineError, close_matches
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["COMPUTE_TYPES", "MEASURABLE_DTYPES", "PRECISIONS", "TRAINING_PRECISIONS", "Precision", "get_precision",
            "training_precision"]
@@ -91,10 +93,19 @@ PRECISIONS: dict[str, Precision] = {
 }
 
 
-# Precisions a model can be run at by casting it: the storage dtype of weights and activations.
-MEASURABLE_DTYPES: dict[str, torch.dtype] = {
-    "fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
-}
+MEASURABLE_DTYPES: dict[str, torch.dtype]  # declared only: module __getattr__ fills it in on first use
+
+
+def __getattr__(name: str) -> dict[str, torch.dtype]:
+    """MEASURABLE_DTYPES, built on first use: the precisions a model can be run at by casting it (the
+    storage dtype of weights and activations). Lazy so that precision lookups do not import torch."""
+    if name != "MEASURABLE_DTYPES":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import torch
+
+    dtypes = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    globals()[name] = dtypes  # later lookups are plain attribute reads
+    return dtypes
 
 
 # Precisions a training step can run at; fp16 and bf16 are mixed precision as torch.autocast runs it.

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
+from torch.utils._pytree import TreeSpec, tree_flatten, tree_leaves, tree_unflatten
 from torch.utils.weak import WeakIdKeyDictionary
 
 from roofline import costs
@@ -413,12 +413,101 @@ def _op_name(func: Any) -> str:
     return f"aten.{func._overloadpacket.__name__}"
 
 
+_PLAIN = (int, float, bool, str, type(None), torch.dtype, torch.device, torch.layout, torch.memory_format)
+_PLAIN_TENSORS = (torch.Tensor, nn.Parameter)
+_Template = tuple[TreeSpec, list[Any]]  # the output's structure, and its leaves with tensors as (shape, stride, dtype)
+
+
+class _MetaMemo:
+    """The outputs of functional ops on meta tensors, keyed by their arguments' metadata (issue 19).
+
+    On meta, torch computes each output's shape in Python meta kernels (prims' elementwise meta, the
+    batch-norm and linear decompositions): about two thirds of a trace's time in the profile
+    (benchmarks/results/count_speed_profile.md). A network repeats the same op on the same shapes in
+    every block, so from the second call of a signature on, this builds empty meta outputs of the
+    recorded shapes and strides instead. Only for ops whose schema neither mutates nor aliases, with
+    every tensor argument and output a plain meta tensor; anything else runs the op as usual.
+    """
+
+    def __init__(self) -> None:
+        self._functional: dict[Any, bool] = {}
+        self._outputs: dict[tuple[Any, ...], _Template | None] = {}
+
+    def _is_functional(self, func: Any) -> bool:
+        known = self._functional.get(func)
+        if known is None:
+            schema = func._schema
+            known = not schema.is_mutable and all(ret.alias_info is None for ret in schema.returns)
+            self._functional[func] = known
+        return known
+
+    def run(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        key = _meta_key(func, args, kwargs) if self._is_functional(func) else None
+        if key is None:
+            return _run(func, args, kwargs)
+        if key not in self._outputs:
+            out = _run(func, args, kwargs)
+            self._outputs[key] = _template(out)
+            return out
+        template = self._outputs[key]
+        if template is None:  # seen, and not reproducible from metadata
+            return _run(func, args, kwargs)
+        spec, leaves = template
+        return tree_unflatten([torch.empty_strided(leaf[0], leaf[1], dtype=leaf[2], device="meta")
+                               if isinstance(leaf, _Meta) else leaf for leaf in leaves], spec)
+
+
+class _Meta(tuple[Any, ...]):
+    """(shape, stride, dtype) of a meta output tensor in a template."""
+
+
+def _meta_key(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...] | None:
+    """A hashable signature of the call, or None when an argument is not a meta tensor or plain value."""
+    parts: list[Any] = [func]
+    pending: list[Any] = [args, tuple(sorted(kwargs.items()))] if kwargs else [args]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, torch.Tensor):
+            if type(value) not in _PLAIN_TENSORS or value.device.type != "meta":
+                return None
+            parts.append((tuple(value.shape), value.stride(), value.dtype, value.storage_offset()))
+        elif isinstance(value, (tuple, list)):
+            parts.append((type(value), len(value)))
+            pending.extend(value)
+        elif isinstance(value, _PLAIN):
+            parts.append((type(value), value))
+        else:
+            return None
+    return tuple(parts)
+
+
+def _template(out: Any) -> _Template | None:
+    """How to rebuild `out` from metadata: fresh, plain, dense meta tensors only."""
+    leaves, spec = tree_flatten(out)
+    rebuilt: list[Any] = []
+    for leaf in leaves:
+        if isinstance(leaf, torch.Tensor):
+            if type(leaf) is not torch.Tensor or leaf.device.type != "meta" or leaf.storage_offset() != 0:
+                return None
+            meta = _Meta((tuple(leaf.shape), leaf.stride(), leaf.dtype))
+            fresh = torch.empty_strided(meta[0], meta[1], dtype=meta[2], device="meta")
+            if fresh.untyped_storage().nbytes() != leaf.untyped_storage().nbytes():
+                return None  # the op made a larger buffer than its view shows: keep running it
+            rebuilt.append(meta)
+        elif isinstance(leaf, _PLAIN):
+            rebuilt.append(leaf)
+        else:
+            return None
+    return spec, rebuilt
+
+
 class _CountingMode(TorchDispatchMode):
     """Observes every aten op below autograd and hands it to the tracer with its cost."""
 
     def __init__(self, tracer: _Tracer) -> None:
         super().__init__()  # type: ignore[no-untyped-call]  # torch's TorchDispatchMode is untyped
         self.tracer = tracer
+        self.memo = _MetaMemo()
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
@@ -440,7 +529,9 @@ class _CountingMode(TorchDispatchMode):
                 decomposed = func.decompose(*args, **kwargs)
             if decomposed is not NotImplemented:
                 return decomposed
-        out = _run(func, args, kwargs)
+            out = _run(func, args, kwargs)
+        else:
+            out = self.memo.run(func, args, kwargs)
         if rule is None:
             self.tracer.record(_op_name(func), args, kwargs, out, Cost(op_class=OpClass.UNSUPPORTED), supported=False)
         else:

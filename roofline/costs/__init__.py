@@ -16,10 +16,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any
 
 import torch
+
+from roofline.opclass import OpClass  # re-exported: its home is torch-free
 
 __all__ = [
     "ALIAS_OPS",
@@ -34,25 +35,6 @@ __all__ = [
     "register",
     "tensor_inputs",
 ]
-
-
-class OpClass(str, Enum):
-    """Families of ops that reach different fractions of the roofline (used by calibration)."""
-
-    GEMM = "gemm"
-    CONV = "conv"
-    GROUPED_CONV = "grouped_conv"  # groups > 1 with fewer than 16 input channels per group, depthwise included
-    ATTENTION = "attention"
-    ELEMENTWISE = "elementwise"
-    ACTIVATION = "activation"  # transcendental per-element math (gelu, silu, sigmoid, tanh, exp, erf)
-    NORM = "norm"
-    SOFTMAX = "softmax"
-    POOL = "pool"
-    REDUCTION = "reduction"
-    MEMORY = "memory"
-    RNN = "rnn"
-    VIEW = "view"
-    UNSUPPORTED = "unsupported"
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ import numpy as np
 import yaml
 
 import roofline
-from roofline.costs import OpClass
 from roofline.errors import RooflineError, close_matches
+from roofline.opclass import OpClass
 from roofline.precision import COMPUTE_TYPES
 
 __all__ = [

@@ -1,18 +1,22 @@
-"""Text and JSON views of hardware profiles for `roofline hw`; computes nothing new."""
+"""Text and JSON views of hardware profiles for `roofline hw`; computes nothing new.
+
+The `hw` views build plain row dicts, not DataFrames, so `roofline hw list` starts without pandas.
+"""
 from __future__ import annotations
 
 import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
-from roofline.formatting import format_bytes, format_si, format_table, format_time
+from roofline.formatting import format_bytes, format_records, format_si, format_time
 from roofline.hardware.profile import HardwareProfile, user_profile_dir
 
-__all__ = ["profiles_table", "render_list", "render_profile"]
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["profile_rows", "profiles_table", "render_list", "render_profile"]
 
 # Peak columns of `hw list`, and the ridge points it shows: fp32 and fp16 only, to keep the table within
 # a wide terminal (the others follow from the peaks and the DRAM bandwidth shown; the JSON has them all).
@@ -26,6 +30,13 @@ def _source(profile: HardwareProfile, saved: bool) -> str:
 
 
 def profiles_table(profiles: Sequence[HardwareProfile], saved: Sequence[HardwareProfile] = ()) -> pd.DataFrame:
+    """profile_rows as a DataFrame."""
+    import pandas as pd
+
+    return pd.DataFrame(profile_rows(profiles, saved))
+
+
+def profile_rows(profiles: Sequence[HardwareProfile], saved: Sequence[HardwareProfile] = ()) -> list[dict[str, Any]]:
     """One row per profile, shipped then saved: peaks and DRAM bandwidth in base units, ridge points in
     FLOP/byte (NaN = none). `name` is what --hw accepts: the file stem, or the path of a saved file
     whose stem a shipped profile already takes."""
@@ -45,7 +56,7 @@ def profiles_table(profiles: Sequence[HardwareProfile], saved: Sequence[Hardware
             peak = profile.peak_flops_per_s.get(compute_type)
             row[f"ridge_{compute_type}"] = peak / bandwidth if peak and bandwidth else math.nan
         rows.append(row)
-    return pd.DataFrame(rows)
+    return rows
 
 
 def _stem(path: str) -> str:
@@ -54,15 +65,16 @@ def _stem(path: str) -> str:
 
 def render_list(profiles: Sequence[HardwareProfile], fmt: str, saved: Sequence[HardwareProfile] = ()) -> str:
     """The `hw list` table (shipped datasheet profiles, then the user's saved ones), or JSON records with base units."""
-    table = profiles_table(profiles, saved)
+    table = profile_rows(profiles, saved)
     if fmt == "json":
-        records = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()} for row in table.to_dict("records")]
+        records = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()} for row in table]
         return json.dumps(records, indent=2)
     # Peaks under the compute type's own name (the cells carry FLOP/s); ridge headers get their unit
     # from formatting.display_header like every other table.
-    shown = table[["name", "device", "kind", "source", *(f"{t}_flops_per_s" for t in _TABLE_TYPES), "dram_bytes_per_s",
-                   *(f"ridge_{t}" for t in _RIDGE_TYPES)]]
-    shown = shown.rename(columns={f"{t}_flops_per_s": t for t in _TABLE_TYPES} | {"dram_bytes_per_s": "dram"})
+    columns = ["name", "device", "kind", "source", *(f"{t}_flops_per_s" for t in _TABLE_TYPES), "dram_bytes_per_s",
+               *(f"ridge_{t}" for t in _RIDGE_TYPES)]
+    renamed = {f"{t}_flops_per_s": t for t in _TABLE_TYPES} | {"dram_bytes_per_s": "dram"}
+    shown = [{renamed.get(c, c): row[c] for c in columns} for row in table]
     peak = lambda v: format_si(v, "FLOP/s") if not math.isnan(v) else "-"
     formatters: dict[str, Callable[[Any], str]] = {
         **{t: peak for t in _TABLE_TYPES},
@@ -71,7 +83,7 @@ def render_list(profiles: Sequence[HardwareProfile], fmt: str, saved: Sequence[H
     notes = ["ridge = FLOP per DRAM byte where compute and memory time are equal; '-' = no peak for that type"]
     where = user_profile_dir()
     notes.append(f"saved profiles ({where}): {len(saved)}" + ("" if saved else "; `roofline hw measure` adds one"))
-    return format_table(shown, formatters) + "\n" + "\n".join(notes)
+    return format_records(shown, formatters) + "\n" + "\n".join(notes)
 
 
 def render_profile(profile: HardwareProfile, fmt: str) -> str:

@@ -17,3 +17,4 @@ from roofline.measure.api import (
 
 __all__ = ["ModelMeasurement", "NotMeasurable", "batch_of", "measure", "measure_trace", "parse_batch_sizes", "render", "speed_note",
            "speed_range", "speed_ratio", "speed_spread", "unsteady_note"]
+
