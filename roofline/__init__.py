@@ -45,13 +45,17 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_HOMES])
 
 
+# API functions named like the module that defines them: `roofline.measure`, `roofline.report`.
+_SHADOWED = frozenset(name for name, home in _HOMES.items() if name == home)
+
+
 class _Package(types.ModuleType):
-    """`roofline.measure` stays the API function, as the eager `from roofline.measure import measure` made it:
-    importing the subpackage `roofline.measure` would otherwise rebind the name to the package (which stays
+    """`roofline.measure` and `roofline.report` stay the API functions, as the eager `from roofline.report import
+    report` made them: importing the submodule would otherwise rebind the name to the module (which stays
     reachable through import statements and sys.modules)."""
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name == "measure" and isinstance(value, types.ModuleType):
+        if name in _SHADOWED and isinstance(value, types.ModuleType):
             return
         super().__setattr__(name, value)
 
