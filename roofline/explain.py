@@ -8,6 +8,7 @@ profile) or asks it for the fused group (Prediction.fused_group).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,7 @@ from roofline.formatting import format_bytes, format_si, format_time
 from roofline.hardware.profile import HardwareProfile, MemoryLevel
 from roofline.precision import PRECISIONS, get_precision
 from roofline.predict import (
+    LATENCY_TERMS,
     TERM_COLUMNS,
     Prediction,
     batch_size,
@@ -138,15 +140,10 @@ def efficiency_source(prediction: Prediction, ops: pd.DataFrame) -> str:
         if own is None:
             parts.append(f"{op_class}: no factor measured, the profile's median class ({format_percent(factor)})")
             continue
-        samples = profile.calibration_samples(str(op_class))
         date = profile.metadata.get("recalibrated") or profile.metadata.get("date", "?")
-        fixed = profile.fixed_overhead_s.get(str(op_class), profile.overhead_s)
-        evidence = ""
-        if samples:
-            # How well the class's line, fixed + roofline / efficiency, fits the sizes it was fitted on.
-            factors = [(s, profile.efficiency_for(str(op_class), s.level)) for s in samples]
-            errors = [abs(fixed + s.roofline_s / f - s.measured_s) / s.measured_s for s, f in factors if f]
-            evidence = f", {len(samples)} sizes, line within {format_percent(max(errors))} of each" if errors else ""
+        # How well the class's line fits the sizes it was fitted on: residual r = log(measured / line).
+        errors = [abs(math.exp(-r) - 1) for r in prediction.line_residuals(str(op_class))]
+        evidence = (f", {len(errors)} sizes, line within {format_percent(max(errors))} of each" if errors else "")
         parts.append(f"{op_class} runs at {format_percent(factor)} of its roof on this machine "
                      f"(measured {date[:10]}{evidence})")
     return "; ".join(parts) or "no ops"
@@ -454,7 +451,7 @@ def compare(analysis: Analysis, profiles: Sequence[HardwareProfile], precisions:
                 row.update(
                     predicted_latency_s=totals["predicted_latency_s"],
                     throughput_samples_per_s=totals["throughput_samples_per_s"],
-                    **{term: totals[term] for term in _LATENCY_TERMS},
+                    **{term: totals[term] for term in LATENCY_TERMS},
                     memory_bound_fraction=totals["memory_bound_time_fraction"],
                     compute_bound_fraction=totals["compute_bound_time_fraction"],
                     efficiency_bound_fraction=totals["efficiency_bound_time_fraction"],
@@ -471,9 +468,6 @@ def compare(analysis: Analysis, profiles: Sequence[HardwareProfile], precisions:
     return pd.DataFrame(rows)
 
 
-# The terms of a predicted latency that compare carries; they add up to predicted_latency_s.
-_LATENCY_TERMS = ("roofline_compute_s", "roofline_memory_s", "efficiency_s", "exposed_overhead_s", "module_call_s",
-                  "collective_s", "pass_penalty_s")
 
 
 def compare_notes(table: pd.DataFrame) -> list[str]:

@@ -47,16 +47,13 @@ from roofline.models import LoadedModel, _quiet_transformers, load
 from roofline.moe import MoEParams, moe_params
 from roofline.parallel import ParallelPlan, bubble_fraction, pipeline_factor, plan_for, shard
 from roofline.precision import Precision, get_precision
-from roofline.predict import Prediction, overhead_sentence, predict
+from roofline.predict import LATENCY_TERMS, Prediction, overhead_sentence, predict
 from roofline.trace import Trace, trace
 
 __all__ = ["LLMReport", "RooflineError", "llm", "render"]
 
 DEFAULT_BATCH_SWEEP = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 _BOUND_KINDS = ("memory", "compute", "efficiency", "overhead")
-# The terms of a predicted pass time (roofline.predict), carried by the phase and batch tables and their JSON.
-_DECODE_TERMS = ("roofline_compute_s", "roofline_memory_s", "efficiency_s", "exposed_overhead_s", "module_call_s",
-                 "collective_s", "pass_penalty_s")
 
 
 def _forward_kwargs(module: nn.Module, ids: torch.Tensor, cache: Any) -> dict[str, Any]:
@@ -169,7 +166,7 @@ class LLMReport:
                 "arithmetic_intensity": phase.prediction.analysis.totals["arithmetic_intensity"],
                 "memory_bound_fraction": totals["memory_bound_time_fraction"],
                 "overhead_bound_fraction": totals["overhead_bound_time_fraction"],
-                **{term: totals[term] for term in _DECODE_TERMS},
+                **{term: totals[term] for term in LATENCY_TERMS},
                 "predicted_s": totals["predicted_latency_s"],
             })
         return pd.DataFrame(rows)
@@ -242,7 +239,7 @@ class LLMReport:
                 "tokens_per_s": batch / step,
                 **{f"{kind}_bound_fraction": share for kind, share in fractions.items()},
                 "bound": max(fractions, key=lambda kind: fractions[kind]),
-                **{term: totals[term] for term in _DECODE_TERMS},
+                **{term: totals[term] for term in LATENCY_TERMS},
                 "arithmetic_intensity": scaled.totals["arithmetic_intensity"],
                 "fits": batch <= self.metrics["max_batch_that_fits"],
             })
@@ -525,7 +522,7 @@ def render(report: LLMReport, fmt: str = "table") -> str:
     }
     percent = {column: (lambda v: f"{v:.0%}") for column in (*(f"{k}_bound_fraction" for k in _BOUND_KINDS),)}
     kept = ("exposed_overhead_s", "collective_s") if report.devices > 1 else ("exposed_overhead_s",)
-    shown_phases = phases.drop(columns=[c for c in _DECODE_TERMS if c not in kept])
+    shown_phases = phases.drop(columns=[c for c in LATENCY_TERMS if c not in kept])
     sweep = report.batch_sweep[["batch", "decode_step_s", "tokens_per_s", *percent, "exposed_overhead_s", "bound",
                                 "arithmetic_intensity", "fits"]]
     if not report.prefill.prediction.calibrated:

@@ -55,7 +55,7 @@ from roofline.parallel import COLLECTIVE_COLUMNS, collective_seconds
 from roofline.precision import Precision, get_precision
 from roofline.trace import UNUSED_NAME
 
-__all__ = ["INTERVAL_COLUMNS", "INTERVAL_COVERAGE", "FusedGroup", "Prediction", "bound_label", "overhead_exit_batch", "overhead_sentence", "predict", "render"]
+__all__ = ["INTERVAL_COLUMNS", "INTERVAL_COVERAGE", "LATENCY_TERMS", "FusedGroup", "Prediction", "bound_label", "overhead_exit_batch", "overhead_sentence", "predict", "render"]
 
 # The classes whose fp32 ops a GPU with TF32 runs in TF32 by PyTorch's defaults (cuDNN convolutions);
 # fp32 matmuls stay in full fp32 (torch.backends.cuda.matmul.allow_tf32 is False by default).
@@ -74,6 +74,9 @@ _INTERVAL_Z = 1.2816  # Phi^-1(0.9): 80% of a normal lies within +-1.2816 sigma
 # The terms every op and layer carries, in the order they are rendered; they add up as the module says.
 TERM_COLUMNS = ["compute_s", "memory_s", "roofline_s", "efficiency_s", "overhead_s", "exposed_overhead_s",
                 "module_call_s", "collective_s", "predicted_s", "pass_penalty_s", "in_pass_s"]
+# The terms of a predicted latency in `Prediction.totals`; they add up to predicted_latency_s.
+LATENCY_TERMS = ("roofline_compute_s", "roofline_memory_s", "efficiency_s", "exposed_overhead_s", "module_call_s",
+                 "collective_s", "pass_penalty_s")
 # A calibrated prediction's interval at INTERVAL_COVERAGE, per layer (NaN for a plain roofline, which has none).
 INTERVAL_COLUMNS = ["predicted_low_s", "predicted_high_s", "in_pass_low_s", "in_pass_high_s"]
 
@@ -236,7 +239,7 @@ class Prediction:
             return {}
         sigmas: dict[str, float] = {}
         for op_class in {key.partition("@")[0] for key in self.profile.efficiency}:
-            residuals = self._residuals(op_class, in_pass)
+            residuals = self.line_residuals(op_class, in_pass)
             if not residuals:
                 continue
             spread = self.profile.calibration_spread(op_class, in_pass) or 0.0
@@ -246,7 +249,7 @@ class Prediction:
         widest = max(sigmas.values())
         return {c: sigmas.get(c, widest) for c in (*sigmas, *self.analysis.records["op_class"].unique())}
 
-    def _residuals(self, op_class: str, in_pass: bool) -> list[float]:
+    def line_residuals(self, op_class: str, in_pass: bool = False) -> list[float]:
         """log(measured / line) at each size the class's line was fitted on."""
         fixed_field = self.profile.pass_fixed_overhead_s if in_pass else self.profile.fixed_overhead_s
         fixed = fixed_field.get(op_class, self.profile.overhead_s)

@@ -212,11 +212,14 @@ def time_interleaved(
             parts[index].append(time_callable(fn, **timer))
             if step is not None:
                 step(index)
-    return [
-        Measurement(tuple(t for m in measured for t in m.raw_times_s), measured[0].number, measured[0].device,
-                    measured[0].num_threads, names[index])
-        for index, measured in enumerate(parts)
-    ]
+    return [_merged(measured, names[index]) for index, measured in enumerate(parts)]
+
+
+def _merged(measured: Sequence[Measurement], label: str) -> Measurement:
+    """One Measurement of the blocks of several timings of the same callable (its block size: the first's)."""
+    first = measured[0]
+    return Measurement(tuple(t for m in measured for t in m.raw_times_s), first.number, first.device,
+                       first.num_threads, label)
 
 
 @dataclass(frozen=True)
@@ -269,12 +272,7 @@ def time_ratio(a: Callable[[], object], b: Callable[[], object], blocks: int = 1
             timed[name] = m.median_s
         ratios.append(timed["a"] / timed["b"])
 
-    def merged(name: str) -> Measurement:
-        ms = parts[name]
-        return Measurement(tuple(t for m in ms for t in m.raw_times_s), ms[0].number, ms[0].device, ms[0].num_threads,
-                           name)
-
-    return Ratio(tuple(ratios), merged("a"), merged("b"))
+    return Ratio(tuple(ratios), _merged(parts["a"], "a"), _merged(parts["b"], "b"))
 
 
 def time_in_sequence(

@@ -17,7 +17,7 @@ import roofline
 from roofline import explain
 from roofline.hardware import load_profile
 from roofline.hardware.profile import EFFICIENCY_CLASSES, HardwareProfile, MemoryLevel
-from roofline.predict import Prediction, overhead_exit_batch, predict
+from roofline.predict import LATENCY_TERMS, Prediction, overhead_exit_batch, predict
 
 RELATIVE = 1e-9
 
@@ -119,6 +119,7 @@ def test_terms_recombine_explain_agrees_and_fusion_is_never_slower(model, chosen
                                             "exposed_overhead_s", "module_call_s", "collective_s",
                                             "pass_penalty_s"))
     assert latency_terms == pytest.approx(totals["predicted_latency_s"], rel=RELATIVE)
+    assert sum(totals[k] for k in LATENCY_TERMS) == pytest.approx(latency_terms, rel=RELATIVE)  # the shared list
     named = list(prediction.layers[prediction.layers["ops"] > 0]["name"])
     for layer in named:
         fused = prediction.fused_group(layer)
