@@ -12,14 +12,16 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from roofline.formatting import format_bytes, format_markdown, format_si, format_table, json_records
-from roofline.models import LoadedModel
 from roofline.precision import Precision, get_precision, training_precision
-from roofline.trace import ROOT_NAME, Trace, trace
+from roofline.records import PEAK_CATEGORIES, STEP_CATEGORIES, Trace, TrainingInfo
+
+if TYPE_CHECKING:
+    from roofline.trace import TraceProgress
 
 __all__ = ["PEAK_CATEGORIES", "STEP_CATEGORIES", "Analysis", "TrainingInfo", "analyze", "render"]
 
@@ -30,88 +32,6 @@ LAYER_COLUMNS = [
     "name", "type", "macs", "flops", "params", "weight_bytes", "bytes_read", "bytes_written",
     "fused_bytes", "arithmetic_intensity",
 ]
-
-
-# Memory of a training step by category, tracked over each tensor's lifetime (roofline.train); the
-# parameters are constant and not in the timeline.
-STEP_CATEGORIES = ("inputs", "gradients", "optimizer_state", "activations", "temporaries", "optimizer_temporaries")
-# Bytes of a step's peak by category, in the order reports show them.
-PEAK_CATEGORIES = ("parameters", "weight_copies", "gradients", "optimizer_state", "activations", "temporaries",
-                   "optimizer_temporaries", "inputs")
-
-
-@dataclass(frozen=True)
-class TrainingInfo:
-    """What a training step's trace adds to the op records: roles' sizes and live memory over time.
-
-    Element counts, not bytes, so a Precision re-costs them. `timeline` has one entry per op record,
-    right after the op wrote its outputs: live floating-point elements of each of STEP_CATEGORIES,
-    then live bytes of integer tensors (indices, masks) of each. `blocks`: per checkpointable block,
-    its path, the activation elements it leaves saved for backward and its output's elements.
-    """
-
-    optimizer: str
-    loss: str
-    trainable_params: int
-    frozen_params: int
-    buffer_elements: int
-    state_elements: int
-    timeline: tuple[tuple[int, ...], ...]
-    timeline_layers: tuple[str, ...]
-    blocks: tuple[tuple[str, int, int], ...]
-    samples: int
-    tokens: int | None
-
-    def category_bytes(self, precision: Precision) -> dict[str, float]:
-        """Bytes per element of each timeline category at `precision` (a training precision)."""
-        return {"inputs": precision.activation_bytes, "gradients": precision.grad_bytes,
-                "optimizer_state": precision.state_bytes, "activations": precision.activation_bytes,
-                "temporaries": precision.activation_bytes, "optimizer_temporaries": precision.state_bytes}
-
-    def live_bytes(self, precision: Precision) -> list[dict[str, float]]:
-        """Bytes by category after each op (the optimizer state at its steady-state size throughout)."""
-        sizes = self.category_bytes(precision)
-        count = len(STEP_CATEGORIES)
-        rows = []
-        for entry in self.timeline:
-            row = {c: entry[i] * sizes[c] + entry[count + i] for i, c in enumerate(STEP_CATEGORIES)}
-            row["optimizer_state"] = self.state_elements * precision.state_bytes
-            rows.append(row)
-        return rows
-
-    def memory(self, precision: Precision) -> dict[str, Any]:
-        """The step's steady-state peak: bytes by category at the peak, the op and layer where it occurs.
-
-        Steady state: the optimizer state exists from the previous step, and gradients are None when
-        the forward starts (zero_grad's default). Under mixed precision, autocast's 16-bit copies of
-        the weights live from the forward into the backward that uses them: a category of their own,
-        counted as live for the whole step (an upper bound).
-        """
-        mixed = precision.master_bytes != precision.weight_bytes
-        static = {"parameters": (self.trainable_params + self.frozen_params + self.buffer_elements)
-                  * precision.master_bytes,
-                  "weight_copies": self.trainable_params * precision.weight_bytes if mixed else 0.0}
-        live = self.live_bytes(precision)
-        best_index = max(range(len(live)), key=lambda i: sum(live[i].values()), default=-1)
-        at_peak = dict.fromkeys(PEAK_CATEGORIES, 0.0) | static
-        if best_index >= 0:
-            at_peak.update(live[best_index])
-        return {
-            "peak_bytes": float(sum(at_peak.values())),
-            "by_category": at_peak,
-            "peak_layer": self.timeline_layers[best_index] if best_index >= 0 else ROOT_NAME,
-            "peak_op_index": best_index,
-        }
-
-    def model_size(self, precision: Precision) -> dict[str, float]:
-        """Model size per role: weights (master and, under mixed precision, the compute copies), grads, state."""
-        mixed = precision.master_bytes != precision.weight_bytes
-        return {
-            "weights_bytes": (self.trainable_params + self.frozen_params) * precision.master_bytes,
-            "weight_copies_bytes": self.trainable_params * precision.weight_bytes if mixed else 0.0,
-            "grads_bytes": self.trainable_params * precision.grad_bytes,
-            "optimizer_state_bytes": self.state_elements * precision.state_bytes,
-        }
 
 
 def _intensity(flops: pd.Series | float, moved: pd.Series | float) -> Any:
@@ -149,7 +69,7 @@ class Analysis:
         samples independently (transformer layers, an LLM decode step), except for outputs without a
         batch dimension (batch norm's per-channel statistics), which it over-counts slightly.
         """
-        from roofline.costs.memory import SELECTIVE_READ_OPS
+        from roofline.opclass import SELECTIVE_READ_OPS
 
         t = self.trace
 
@@ -384,17 +304,36 @@ _RECORD_FIELDS = [
 
 
 def analyze(model: Any, inputs: Any = None, precision: str | Precision = "fp32", *, attention: str = "fused",
-            warn_unsupported: bool = True, **load_options: Any) -> Analysis:
-    """Count a model: a MODEL spec string, a LoadedModel, or an nn.Module with `inputs`."""
-    from roofline import models
+            warn_unsupported: bool = True, cache: bool = False, progress: TraceProgress | None = None,
+            **load_options: Any) -> Analysis:
+    """Count a model: a MODEL spec string, a LoadedModel, or an nn.Module with `inputs`.
 
-    loaded = model if isinstance(model, LoadedModel) else models.load(model, inputs=inputs, **load_options)
-    counted = trace(loaded.module, loaded.inputs, model_name=loaded.name, attention=attention)
-    result = Analysis(counted, get_precision(precision))
+    cache: reuse a trace kept on disk, or keep this one (roofline.tracecache; spec strings of library and zoo
+    models only, anything else is traced). progress: called as the trace runs (trace.TraceProgress).
+    """
+    from roofline import tracecache
+
+    chosen = get_precision(precision)  # a bad precision fails before the model is built
+
+    def build() -> Trace:
+        from roofline import models
+        from roofline.trace import trace
+
+        loaded = model if isinstance(model, models.LoadedModel) else models.load(model, inputs=inputs, **load_options)
+        return trace(loaded.module, loaded.inputs, model_name=loaded.name, attention=attention, progress=progress)
+
+    key = tracecache.key_for(model, inputs, "inference", {"attention": attention, **load_options}) if cache else None
+    counted = tracecache.traced(key, build)
+    result = Analysis(counted, chosen)
     if warn_unsupported and counted.unsupported:
-        listed = ", ".join(f"{op} x{count}" for op, count in sorted(counted.unsupported.items()))
-        warnings.warn(f"ops with no cost rule (FLOPs not counted, bytes counted): {listed}", stacklevel=2)
+        warn_unsupported_ops(counted.unsupported)
     return result
+
+
+def warn_unsupported_ops(unsupported: dict[str, int]) -> None:
+    """The one warning for ops that have no cost rule, with each op's count."""
+    listed = ", ".join(f"{op} x{count}" for op, count in sorted(unsupported.items()))
+    warnings.warn(f"ops with no cost rule (FLOPs not counted, bytes counted): {listed}", stacklevel=3)
 
 
 _LAYER_FORMATTERS: dict[str, Callable[[Any], str]] = {

@@ -74,15 +74,55 @@ def _add_mode(parser: argparse.ArgumentParser) -> None:
                         help="with --mode train: the optimizer step counted (default: adamw)")
 
 
-def _counted(args: argparse.Namespace, loaded: Any, precision: str | None = None) -> Any:
-    """The analysis of the mode asked for: one forward pass, or one training step."""
-    from roofline import analysis
+def _add_counting(parser: argparse.ArgumentParser, progress: bool = True) -> None:
+    """Options of every command that counts a model: the trace cache, and (where the command has no other
+    bar to silence) --no-progress for the tracing bar."""
+    parser.add_argument("--no-cache", action="store_true",
+                        help="trace the model again, and keep no copy: the trace cache is neither read nor written "
+                             "(`roofline cache clear` empties it)")
+    if progress:
+        parser.add_argument("--no-progress", action="store_true", help="no progress bar while tracing")
 
+
+class _TraceBar:
+    """The tracing bar on stderr: tqdm, shown only once a trace has run for a second (short ones draw nothing)."""
+
+    def __init__(self, model: str) -> None:
+        self._model = model
+        self._bar: Any = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self._bar is None:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, desc=f"tracing {self._model}", unit="module", delay=1.0, leave=False,
+                             file=sys.stderr)
+        self._bar.update(done - self._bar.n)
+        if done >= total:
+            self._bar.close()
+
+
+def _counted(args: argparse.Namespace, precision: str | None = None, batch: int | None = None) -> Any:
+    """The analysis of the mode asked for (one forward pass, or one training step) of args.model, from the trace
+    cache unless --no-cache; batch replaces --batch (compare's --batches)."""
+    options: dict[str, Any] = {
+        "input_shape": args.input_shape, "batch": batch or args.batch, "seq_len": args.seq_len,
+        "cache": not args.no_cache, "progress": None if args.no_progress else _TraceBar(args.model),
+    }
     if getattr(args, "mode", "inference") == "train":
         from roofline.train import analyze_train
 
-        return analyze_train(loaded, precision=precision or args.precision, optimizer=args.optimizer)
-    return analysis.analyze(loaded, precision=precision or args.precision)
+        return analyze_train(args.model, precision=precision or args.precision, optimizer=args.optimizer, **options)
+    from roofline import analysis
+
+    return analysis.analyze(args.model, precision=precision or args.precision, **options)
+
+
+def _loaded(args: argparse.Namespace) -> Any:
+    """The module itself, for the commands that need more than its counts (a tensor-parallel plan)."""
+    from roofline import models
+
+    return models.load(args.model, input_shape=args.input_shape, batch=args.batch, seq_len=args.seq_len)
 
 
 def _check_precision(args: argparse.Namespace) -> None:
@@ -99,19 +139,17 @@ def _setup_analyze(parser: argparse.ArgumentParser) -> None:
     _add_precision(parser)
     parser.add_argument("--by", choices=("layer", "op", "type"), default="layer", help="table rows (default: layer)")
     _add_mode(parser)
+    _add_counting(parser)
     _add_format(parser)
 
 
 def _run_analyze(args: argparse.Namespace) -> int:
-    from roofline import analysis, models
+    from roofline import analysis
 
     _check_precision(args)  # validate before the (possibly slow) model build
-    loaded = models.load(args.model, input_shape=args.input_shape, batch=args.batch, seq_len=args.seq_len)
-    result = _counted(args, loaded)
+    result = _counted(args)
     print(analysis.render(result, by=args.by, fmt=args.format))
-    from roofline.moe import moe_params
-
-    moe = moe_params(loaded.module, loaded.meta.get("config"))
+    moe = result.trace.moe
     if moe is not None and args.format == "table":
         from roofline.formatting import format_si
 
@@ -156,13 +194,6 @@ def _add_recalibrate(parser: argparse.ArgumentParser, why: str) -> None:
                              f"on a machine whose speed drifts, {why}")
 
 
-def _load_for(args: argparse.Namespace) -> object:
-    from roofline import models
-
-    _check_precision(args)
-    return models.load(args.model, input_shape=args.input_shape, batch=args.batch, seq_len=args.seq_len)
-
-
 def _add_split(parser: argparse.ArgumentParser, auto: bool = False) -> None:
     more = " or auto (the smallest split that fits)" if auto else ""
     parser.add_argument("--tp", default=None, help=f"tensor-parallel devices (default 1){more}")
@@ -188,21 +219,25 @@ def _setup_predict(parser: argparse.ArgumentParser) -> None:
     _add_hw(parser)
     _add_split(parser)
     _add_recalibrate(parser, "the prediction is then for the machine as it is now")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar while recalibrating")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (tracing, recalibrating)")
     _add_mode(parser)
+    _add_counting(parser, progress=False)
     _add_format(parser)
 
 
 def _run_predict(args: argparse.Namespace) -> int:
     from roofline import predict
-    from roofline.calibrate import recalibrate, recalibration_device
 
     profile = _profile(args.hw, args)
-    device = recalibration_device(profile) if args.recalibrate else None  # bad profile, then bad model: both
-    loaded = _load_for(args)  # fail before the timing
-    if device is not None:
+    _check_precision(args)
+    if args.recalibrate:
+        from roofline.calibrate import recalibrate, recalibration_device
+
+        device = recalibration_device(profile)  # bad profile, then bad model: both before the timing
+        result = _counted(args)
         profile = recalibrate(profile, device, progress=not args.no_progress)
-    result = _counted(args, loaded)
+    else:
+        result = _counted(args)
     calibrated = args.calibrated or args.recalibrate
     tp, pp = _degree(args.tp, "tp") or 1, _degree(args.pp, "pp") or 1
     if tp * pp > 1:
@@ -210,7 +245,8 @@ def _run_predict(args: argparse.Namespace) -> int:
             raise RooflineError("--tp/--pp split an inference pass; --mode train models one device")
         from roofline.parallel import plan_for, shard
 
-        result = shard(result, plan_for(loaded.module, loaded.meta.get("config")), tp, pp)  # type: ignore[attr-defined]
+        loaded = _loaded(args)
+        result = shard(result, plan_for(loaded.module, loaded.meta.get("config")), tp, pp)
     prediction = predict.predict(result, profile, calibrated=calibrated)
     if result.trace.mode != "train":
         print(predict.render(prediction, fmt=args.format))
@@ -253,17 +289,19 @@ def _setup_explain(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layer", help="layer name (as in `roofline analyze`); omit for the model's top layers")
     parser.add_argument("--top", type=int, default=10, help="layers listed when --layer is omitted (default 10)")
     parser.add_argument("--vs", metavar="PROFILES", help="comma-separated other profiles for a what-if row each")
+    _add_counting(parser)
     parser.add_argument("--format", choices=("table", "json"), default="table")
 
 
 def _run_explain(args: argparse.Namespace) -> int:
     import json
 
-    from roofline import analysis, explain
+    from roofline import explain
     from roofline.formatting import format_table
 
     profile = _profile(args.hw, args)
-    result = analysis.analyze(_load_for(args), precision=args.precision)
+    _check_precision(args)
+    result = _counted(args)
     if args.layer:
         others = [_profile(name, args) for name in args.vs.split(",")] if args.vs else []
         diagnosis = explain.explain(result, args.layer, profile, calibrated=args.calibrated, other_profiles=others)
@@ -354,6 +392,7 @@ def _setup_compare(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batches", default=None, help="comma-separated batch sizes to compare (default: --batch)")
     parser.add_argument("--calibrated", action="store_true")
     _add_mode(parser)
+    _add_counting(parser)
     parser.add_argument("--format", choices=("table", "csv", "json", "markdown"), default="table")
     parser.add_argument("--tp", default=None, help="with a causal LM: tensor-parallel devices, or auto (the smallest "
                                                    "TP x PP that fits each device): compares tokens/s")
@@ -364,7 +403,7 @@ def _setup_compare(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    from roofline import explain, models
+    from roofline import explain
     from roofline.formatting import format_markdown, format_table
     from roofline.precision import get_precision
     from roofline.predict import batch_size
@@ -379,9 +418,7 @@ def _run_compare(args: argparse.Namespace) -> int:
     precisions = [get_precision(p).name for p in args.precision.split(",")]
     profiles = [_profile(name, args) for name in args.hw.split(",")]
     # Without --batches, the model's own batch (--batch, or --input-shape's first dimension) is compared.
-    loaded = models.load(args.model, input_shape=args.input_shape, batch=batches[0] if batches else args.batch,
-                         seq_len=args.seq_len)
-    result = _counted(args, loaded, precision="fp32")
+    result = _counted(args, precision="fp32", batch=batches[0] if batches else None)
     table = explain.compare(result, profiles, precisions, batches or [batch_size(result)], calibrated=args.calibrated)
     notes = explain.compare_notes(table)
     if args.format == "csv":
@@ -539,6 +576,29 @@ def _run_hw(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- cache ---------------------------------------------------------------------------------------
+
+def _setup_cache(parser: argparse.ArgumentParser) -> None:
+    cache = parser.add_subparsers(dest="cache_command", required=True, metavar="SUBCOMMAND")
+    cache.add_parser("info", help="where traces are kept, how many, and their size")
+    cache.add_parser("clear", help="remove the kept traces (only the files roofline wrote there)")
+
+
+def _run_cache(args: argparse.Namespace) -> int:
+    from roofline import tracecache
+    from roofline.formatting import format_bytes
+
+    if args.cache_command == "clear":
+        removed, freed = tracecache.clear()
+        print(f"removed {removed} trace{'s' if removed != 1 else ''} ({format_bytes(freed)}) from {tracecache.cache_dir()}")
+        return 0
+    kept = tracecache.entries()
+    size = sum(p.stat().st_size for p in kept)
+    print(f"{tracecache.cache_dir()}: {len(kept)} trace{'s' if len(kept) != 1 else ''}, {format_bytes(size)} "
+          "($ROOFLINE_TRACE_DIR moves it; --no-cache skips it)")
+    return 0
+
+
 # ---- measure -------------------------------------------------------------------------------------
 
 def _setup_measure(parser: argparse.ArgumentParser) -> None:
@@ -618,6 +678,7 @@ def _setup_report(parser: argparse.ArgumentParser) -> None:
     _add_out(parser, "the report", default="roofline-report")
     parser.add_argument("--no-progress", action="store_true", help="no progress messages or bars")
     _add_mode(parser)
+    _add_counting(parser, progress=False)
     _add_trace(parser)
 
 
@@ -629,7 +690,7 @@ def _run_report(args: argparse.Namespace) -> int:
     out = report(args.model, _profile(args.hw, args), out=args.out, precision=args.precision, measure=not args.no_measure,
                  calibrated=args.calibrated, progress=not args.no_progress, min_run_time_s=args.min_run_time,
                  input_shape=args.input_shape, batch=args.batch, seq_len=args.seq_len, recalibrate=args.recalibrate,
-                 force=args.force, trace=args.trace, mode=args.mode, optimizer=args.optimizer)
+                 force=args.force, trace=args.trace, mode=args.mode, optimizer=args.optimizer, cache=not args.no_cache)
     print(f"report written to {out}\nopen {out / 'index.html'}")
     return 0
 
@@ -646,6 +707,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handle
     "compare": ("compare devices, precisions and batch sizes", _setup_compare, _run_compare),
     "llm": ("LLM prefill and decode: time to first token, tokens/s, KV cache", _setup_llm, _run_llm),
     "report": ("write an HTML/Markdown/CSV/JSON report with charts", _setup_report, _run_report),
+    "cache": ("the trace cache: info, clear", _setup_cache, _run_cache),
 }
 
 

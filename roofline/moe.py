@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from roofline.errors import RooflineError
+from roofline.records import MoEParams
 
 __all__ = ["MoEParams", "Routing", "expected_experts", "moe_params", "parse_skew", "routing", "top_k_of"]
 
@@ -96,21 +97,6 @@ def top_k_of(config: object) -> int | None:
         if isinstance(value, int) and value > 0:
             return value
     return None
-
-
-@dataclass(frozen=True)
-class MoEParams:
-    """Parameter counts of a mixture-of-experts model."""
-
-    total: int  # all parameters: what memory holds
-    routed: int  # parameters of the routed experts (all E of every MoE layer)
-    experts: int
-    top_k: int
-
-    @property
-    def active(self) -> int:
-        """Parameters one token uses: everything but the experts it is not routed to, total - routed x (1 - k/E)."""
-        return round(self.total - self.routed * (1 - self.top_k / self.experts))
 
 
 def _expert_modules(module: nn.Module) -> list[nn.Module]:

@@ -1,10 +1,16 @@
-"""Op classes: the families of ops calibration fits separately, kept free of torch so that loading a
-hardware profile (`roofline hw list`) does not import it. `roofline.costs` re-exports OpClass."""
+"""Op classes (the families of ops calibration fits separately) and other facts about op names that code
+downstream of a trace needs, kept free of torch so that loading a hardware profile (`roofline hw list`) or
+re-costing a cached trace does not import it. `roofline.costs` re-exports OpClass."""
 from __future__ import annotations
 
 from enum import Enum
 
-__all__ = ["OpClass"]
+__all__ = ["SELECTIVE_READ_OPS", "OpClass"]
+
+# Ops that read rows selected by an index: what they read of a weight grows with the batch.
+SELECTIVE_READ_OPS = frozenset(
+    f"aten.{name}" for name in ("embedding", "index_select", "index", "_unsafe_index", "masked_select", "take", "gather")
+)
 
 
 class OpClass(str, Enum):

@@ -29,14 +29,16 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from torch import nn
 
 from roofline.analysis import Analysis
 from roofline.errors import RooflineError
 from roofline.hardware.profile import Interconnect
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = [
     "COLLECTIVE_COLUMNS",
@@ -134,6 +136,8 @@ class ParallelPlan:
 def plan_for(module: nn.Module, config: Any = None) -> ParallelPlan:
     """The tensor-parallel layout of a decoder-only transformer: its largest ModuleList holds the decoder
     layers; their children with matrices are the split blocks; embeddings and the LM head split by vocab."""
+    from torch import nn
+
     lists = [(name, m) for name, m in module.named_modules() if isinstance(m, nn.ModuleList) and len(m)]
     if not lists:
         raise RooflineError("--tp/--pp need a transformer with a list of decoder layers (an nn.ModuleList)")

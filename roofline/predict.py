@@ -53,7 +53,7 @@ from roofline.formatting import (
 from roofline.hardware.profile import HardwareProfile, MemoryLevel
 from roofline.parallel import COLLECTIVE_COLUMNS, collective_seconds
 from roofline.precision import Precision, get_precision
-from roofline.trace import UNUSED_NAME
+from roofline.records import UNUSED_NAME
 
 __all__ = ["INTERVAL_COLUMNS", "INTERVAL_COVERAGE", "LATENCY_TERMS", "FusedGroup", "Prediction", "bound_label", "overhead_exit_batch", "overhead_sentence", "predict", "render"]
 

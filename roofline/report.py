@@ -154,7 +154,7 @@ def report(model: Any, hw: str | HardwareProfile = "auto", *, out: str | Path = 
            precision: str = "fp32", measure: bool = True, calibrated: bool = False, progress: bool = True,
            min_run_time_s: float = 0.05, input_shape: str | None = None, batch: int | None = None,
            seq_len: int | None = None, recalibrate: bool = False, force: bool = False, mode: str = "inference",
-           optimizer: str = "adamw", trace: str | Path | None = None) -> Path:
+           optimizer: str = "adamw", trace: str | Path | None = None, cache: bool = False) -> Path:
     """Analyse, predict on `hw`, measure on the matching local device (unless measure=False), write `out`.
 
     min_run_time_s is the timing budget per layer and per batch size (roofline.measure's).
@@ -165,8 +165,8 @@ def report(model: Any, hw: str | HardwareProfile = "auto", *, out: str | Path = 
     measured real step. `out` is checked first (roofline.outdir's rule): a directory holding anything
     roofline did not write is refused unless `force`, which writes the report's files into it and keeps
     the rest. trace: a Chrome trace torch.profiler wrote in the user's own run (on the device `hw`
-    describes): its per-layer times are shown beside the prediction and nothing is timed here.
-    Returns the report directory; open `out/index.html`.
+    describes): its per-layer times are shown beside the prediction and nothing is timed here. cache: reuse
+    or keep the model's trace on disk (roofline.tracecache). Returns the report directory; open `out/index.html`.
     """
     from roofline import models
     from roofline.analysis import analyze
@@ -193,13 +193,13 @@ def report(model: Any, hw: str | HardwareProfile = "auto", *, out: str | Path = 
         _say(progress, f"timing {profile.name}'s efficiency ops again on {here}")
         profile, calibrated = recalibrated(profile, here, progress), True
     _say(progress, f"counting {model}")
-    loaded = models.load(model, input_shape=input_shape, batch=batch, seq_len=seq_len)
+    load_options: dict[str, Any] = {"input_shape": input_shape, "batch": batch, "seq_len": seq_len}
     if mode == "train":
         from roofline import train
 
-        counted = train.analyze_train(loaded, precision=precision, optimizer=optimizer)
+        counted = train.analyze_train(model, precision=precision, optimizer=optimizer, cache=cache, **load_options)
     else:
-        counted = analyze(loaded, precision=precision)
+        counted = analyze(model, precision=precision, cache=cache, **load_options)
     _say(progress, f"predicting on {profile.name}")
     prediction = predict(counted, profile, calibrated=calibrated)
 
@@ -215,7 +215,7 @@ def report(model: Any, hw: str | HardwareProfile = "auto", *, out: str | Path = 
         from roofline.measure import measure_trace
 
         _say(progress, f"reading the per-layer times of {trace}")
-        measurement = measure_trace(loaded, trace, precision=precision)
+        measurement = measure_trace(models.load(model, **load_options), trace, precision=precision)
     elif not measure:
         notes.append("Not measured (--no-measure): the report shows predictions only.")
     elif device is None:

@@ -15,8 +15,7 @@ import sys
 import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from enum import Enum
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,102 +29,10 @@ from roofline import costs
 from roofline.costs import Cost, OpClass
 from roofline.costs.matmul import attention_cost
 from roofline.errors import RooflineError
+from roofline.moe import moe_params
+from roofline.records import ROOT_NAME, UNUSED_NAME, LayerCall, OpRecord, Role, Trace, Traffic, call_name
 
-__all__ = ["LayerCall", "ModuleCallTracker", "OpRecord", "Role", "Trace", "trace"]
-
-ROOT_NAME = "(model)"
-UNUSED_NAME = "(unused parameters)"
-
-
-class Role(str, Enum):
-    """What a tensor is, which decides its element size under a Precision."""
-
-    WEIGHT = "weight"  # parameters and buffers, and views of them
-    ACT = "act"  # floating-point activations
-    KV = "kv"  # a language model's KV cache
-    FIXED = "fixed"  # integer and boolean tensors (indices, masks): bytes at their own dtype
-    GRAD = "grad"  # a parameter's gradient (training)
-    STATE = "state"  # optimizer state: momentum, Adam's moments (training)
-
-
-@dataclass(frozen=True)
-class LayerCall:
-    """One call of one module: a row of the layer table."""
-
-    name: str
-    path: str
-    call_index: int
-    module_type: str
-    is_leaf: bool
-    phase: str = "forward"  # forward, backward or optimizer (a training step's rows)
-
-
-@dataclass(frozen=True)
-class OpRecord:
-    """One aten op call: its cost in elements (bytes for FIXED tensors) and where it ran."""
-
-    seq: int
-    layer: str
-    op: str
-    op_class: str
-    macs: int
-    flops: int
-    weight_read: int
-    act_read: int
-    kv_read: int
-    fixed_read_bytes: int
-    act_written: int
-    kv_written: int
-    fixed_written_bytes: int
-    supported: bool
-    input_shapes: str
-    output_shapes: str
-    # Elements this op's output sends over the interconnect when the model is split across devices
-    # (roofline.parallel attaches them; a trace of one device has none).
-    allreduce_elements: int = 0
-    allgather_elements: int = 0
-    p2p_elements: int = 0
-    # Training roles (0 in inference): weights written in place (an optimizer update), gradients and
-    # optimizer state read and written, and the phase of the step the op ran in.
-    weight_written: int = 0
-    grad_read: int = 0
-    grad_written: int = 0
-    state_read: int = 0
-    state_written: int = 0
-    phase: str = "forward"
-
-
-@dataclass(frozen=True)
-class Traffic:
-    """Elements moved by role (bytes for FIXED), for a layer's fused estimate."""
-
-    weight: int = 0
-    act: int = 0
-    kv: int = 0
-    fixed_bytes: int = 0
-    grad: int = 0
-    state: int = 0
-
-
-@dataclass(frozen=True)
-class Trace:
-    """Everything counted in one forward pass; analysis turns it into tables."""
-
-    model_name: str
-    inputs: list[list[int]]
-    records: list[OpRecord]
-    layers: list[LayerCall]
-    fused: dict[str, Traffic]
-    layer_params: dict[str, int]
-    total_params: int
-    peak_activation_elements: int
-    peak_fixed_bytes: int
-    unsupported: dict[str, int]
-    attention: str
-    outputs: Any = field(default=None, repr=False, compare=False)
-    tensor_parallel: int = 1  # devices each op is split across (roofline.parallel.shard); its collectives' group
-    mode: str = "inference"  # or "train": forward, backward and optimizer step (roofline.train)
-    training: Any = field(default=None, repr=False, compare=False)  # roofline.train.TrainingInfo
+__all__ = ["LayerCall", "ModuleCallTracker", "OpRecord", "Role", "Trace", "TraceProgress", "trace"]
 
 
 @dataclass
@@ -133,12 +40,6 @@ class _TensorInfo:
     uid: int
     role: Role
     producer: str | None  # layer name, or None for tensors from outside the traced forward
-
-
-def call_name(path: str, index: int) -> str:
-    """A module call's row name: its path ('(model)' for the root), then '#k' from its second call on."""
-    base = path or ROOT_NAME
-    return base if index == 0 else f"{base}#{index}"
 
 
 class ModuleCallTracker:
@@ -201,8 +102,13 @@ class ModuleCallTracker:
 class _Tracer:
     """The bookkeeping behind the dispatch mode: tensor roles, lifetimes, records."""
 
-    def __init__(self, model: nn.Module) -> None:
-        self.tracker = ModuleCallTracker(model, on_enter=self._on_enter)
+    def __init__(self, model: nn.Module, progress: TraceProgress | None = None) -> None:
+        self.tracker = ModuleCallTracker(model, on_enter=self._on_enter, on_exit=self._on_exit)
+        self._progress = progress
+        # Progress is counted in leaf-module calls against the model's leaf modules: each runs about once
+        # per forward pass, and a 70B decoder's time is spread evenly over them.
+        self._leaves = sum(1 for m in model.modules() if next(m.children(), None) is None) if progress else 0
+        self._leaves_done = 0
         self.call_start: dict[str, int] = {}  # the seq of the next op when each call began
         self.records: list[OpRecord] = []
         self.unsupported: Counter[str] = Counter()
@@ -227,6 +133,13 @@ class _Tracer:
 
     def _on_enter(self, call: LayerCall, module: nn.Module, args: tuple[Any, ...]) -> None:
         self.call_start[call.name] = self._next_seq
+
+    def _on_exit(self, call: LayerCall, module: nn.Module, output: Any) -> None:
+        if self._progress is not None and call.is_leaf:
+            self._leaves_done += 1
+            # A leaf called more than once (a shared block) would run past the total: hold at total - 1
+            # until the pass ends, when trace() reports the total.
+            self._progress(min(self._leaves_done, self._leaves - 1), self._leaves)
 
     # -- tensors ------------------------------------------------------------------------------
     def layer_name(self) -> str:
@@ -599,21 +512,25 @@ def _fused_attention(tracer: _Tracer) -> Iterator[None]:
 
 ATTENTION_MODES = ("fused", "eager")
 
+TraceProgress = Callable[[int, int], None]
+"""Called as a trace runs with (leaf-module calls done, leaf modules in the model); the CLI draws it as a bar."""
+
 
 def trace(model: nn.Module, inputs: Sequence[Any] | dict[str, Any], *, model_name: str = "model",
           attention: str = "fused", kv_tensors: Iterable[torch.Tensor] = (),
-          kv_outputs: Callable[[Any], Iterable[torch.Tensor]] | None = None) -> Trace:
+          kv_outputs: Callable[[Any], Iterable[torch.Tensor]] | None = None,
+          progress: TraceProgress | None = None) -> Trace:
     """Run one inference forward pass of `model` on `inputs` and count every aten op.
 
     inputs: positional arguments, or a dict of keyword arguments. attention: "fused" counts SDPA as
     one kernel (the default, what PyTorch runs on CPU and GPU); "eager" counts the math path, whose
     score matrix reaches memory. kv_tensors: tensors to cost at the KV-cache precision.
     kv_outputs: given the model's output, the tensors it left in a KV cache; their writes are
-    counted as KV-cache writes (the cache a prefill fills).
+    counted as KV-cache writes (the cache a prefill fills). progress: see TraceProgress.
     """
     if attention not in ATTENTION_MODES:
         raise RooflineError(f"unknown attention mode {attention!r}; choose one of: {', '.join(ATTENTION_MODES)}")
-    tracer = _Tracer(model)
+    tracer = _Tracer(model, progress)
     args, kwargs = ((), dict(inputs)) if isinstance(inputs, dict) else (tuple(inputs), {})
     for tensor in _tensors((args, kwargs)):
         tracer.register_input(tensor)
@@ -645,6 +562,8 @@ def trace(model: nn.Module, inputs: Sequence[Any] | dict[str, Any], *, model_nam
             tracer.reclassify_as_kv(kv_outputs(out))
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
+    if progress is not None:
+        progress(tracer._leaves, tracer._leaves)
     return _finish(model, model_name, args, kwargs, tracer, attention, out)
 
 
@@ -708,4 +627,5 @@ def _finish(model: nn.Module, model_name: str, args: tuple[Any, ...], kwargs: di
         unsupported=dict(tracer.unsupported),
         attention=attention,
         outputs=out,
+        moe=moe_params(model),
     )

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from roofline.analysis import PEAK_CATEGORIES, STEP_CATEGORIES, Analysis, TrainingInfo
+from roofline.analysis import PEAK_CATEGORIES, STEP_CATEGORIES, Analysis, TrainingInfo, warn_unsupported_ops
 from roofline.costs import Cost
 from roofline.costs.matmul import attention_backward_cost, attention_cost
 from roofline.errors import RooflineError
@@ -41,12 +41,13 @@ from roofline.hardware.profile import HardwareProfile
 from roofline.models import LoadedModel
 from roofline.precision import Precision, training_precision
 from roofline.predict import Prediction, predict
+from roofline.records import ROOT_NAME
 from roofline.trace import (
-    ROOT_NAME,
     LayerCall,
     ModuleCallTracker,
     Role,
     Trace,
+    TraceProgress,
     _CountingMode,
     _finish,
     _tensors,
@@ -173,17 +174,20 @@ class StepAttribution:
 class _TrainTracer(_Tracer):
     """The trace bookkeeping plus step attribution and memory by category."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, progress: TraceProgress | None = None) -> None:
         self._producer: dict[int, str] = {}  # live storage key -> the row that made it
-        super().__init__(model)
+        super().__init__(model, progress)
         self.step = StepAttribution(model, self.tracker)
-        self.tracker._on_exit = lambda call, module, output: self.step.exit(call)
         self._category: dict[int, str] = {}  # live storage key -> category
         self.live = dict.fromkeys(STEP_CATEGORIES, 0)  # elements
         self.live_fixed = dict.fromkeys(STEP_CATEGORIES, 0)  # bytes of integer tensors (indices, masks)
         self.registering_inputs = False
         self.timeline: list[tuple[int, ...]] = []
         self.end_of_forward: dict[str, int] = {}  # layer -> live activation elements it made, after the loss
+
+    def _on_exit(self, call: LayerCall, module: nn.Module, output: Any) -> None:
+        super()._on_exit(call, module, output)
+        self.step.exit(call)
 
     def _on_enter(self, call: LayerCall, module: nn.Module, args: tuple[Any, ...]) -> None:
         super()._on_enter(call, module, args)
@@ -334,8 +338,12 @@ def checkpoint_blocks(model: nn.Module) -> list[str]:
 
 
 def trace_train(model: nn.Module, inputs: Sequence[Any] | dict[str, Any], *, model_name: str = "model",
-                optimizer: str = "adamw", loss: LossFn | None = None, attention: str = "fused") -> Trace:
-    """Trace one training step of `model` (on the meta device): forward, loss, backward, optimizer step."""
+                optimizer: str = "adamw", loss: LossFn | None = None, attention: str = "fused",
+                progress: TraceProgress | None = None) -> Trace:
+    """Trace one training step of `model` (on the meta device): forward, loss, backward, optimizer step.
+
+    progress: called over the forward's leaf-module calls (trace.TraceProgress); the total is reported when the
+    whole step is traced."""
     if optimizer not in OPTIMIZERS:
         raise RooflineError(f"unknown optimizer {optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
     if attention not in ("fused", "eager"):
@@ -343,7 +351,7 @@ def trace_train(model: nn.Module, inputs: Sequence[Any] | dict[str, Any], *, mod
     params = trainable_parameters(model)
     model.train()
     loss_fn = loss or default_loss
-    tracer = _TrainTracer(model)
+    tracer = _TrainTracer(model, progress)
     args, kwargs = ((), dict(inputs)) if isinstance(inputs, dict) else (tuple(inputs), {})
     tracer.registering_inputs = True
     for tensor in _tensors((args, kwargs)):
@@ -381,6 +389,8 @@ def trace_train(model: nn.Module, inputs: Sequence[Any] | dict[str, Any], *, mod
         torch.backends.mha.set_fastpath_enabled(fastpath)
         for hook in hooks:
             hook.remove()
+    if progress is not None:
+        progress(tracer._leaves, tracer._leaves)
     tracer.tracker.calls.extend(step.rows.values())
     tracer.tracker.calls.insert(0, step.loss_call)
     result = _finish(model, model_name, args, kwargs, tracer, attention, None)
@@ -491,22 +501,28 @@ def _tokens(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int | None:
 
 def analyze_train(model: Any, inputs: Any = None, precision: str | Precision = "fp32", *, optimizer: str = "adamw",
                   loss: LossFn | None = None, attention: str = "fused", warn_unsupported: bool = True,
-                  **load_options: Any) -> Analysis:
-    """Count one training step: a MODEL spec, a LoadedModel, or an nn.Module with `inputs`."""
-    import warnings
+                  cache: bool = False, progress: TraceProgress | None = None, **load_options: Any) -> Analysis:
+    """Count one training step: a MODEL spec, a LoadedModel, or an nn.Module with `inputs`.
 
-    from roofline import models
+    cache and progress as for analysis.analyze; a step with a loss function of the caller's is never cached.
+    """
+    from roofline import models, tracecache
 
     train_precision = training_precision(precision)  # fail on a bad precision before the model build
-    loaded = model if isinstance(model, LoadedModel) else models.load(model, inputs=inputs, **load_options)
-    loss = loss or loaded.meta.get("loss")
-    counted = trace_train(loaded.module, loaded.inputs, model_name=loaded.name, optimizer=optimizer, loss=loss,
-                          attention=attention)
-    if warn_unsupported and counted.unsupported:
-        listed = ", ".join(f"{op} x{count}" for op, count in sorted(counted.unsupported.items()))
-        warnings.warn(f"ops with no cost rule (FLOPs not counted, bytes counted): {listed}", stacklevel=2)
-    return Analysis(counted, train_precision)
+    if optimizer not in OPTIMIZERS:
+        raise RooflineError(f"unknown optimizer {optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
 
+    def build() -> Trace:
+        loaded = model if isinstance(model, LoadedModel) else models.load(model, inputs=inputs, **load_options)
+        return trace_train(loaded.module, loaded.inputs, model_name=loaded.name, optimizer=optimizer,
+                           loss=loss or loaded.meta.get("loss"), attention=attention, progress=progress)
+
+    options = {"attention": attention, "optimizer": optimizer, **load_options}
+    key = tracecache.key_for(model, inputs, "train", options) if cache and loss is None else None
+    counted = tracecache.traced(key, build)
+    if warn_unsupported and counted.unsupported:
+        warn_unsupported_ops(counted.unsupported)
+    return Analysis(counted, train_precision)
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,9 @@ from roofline import costs, models
 from roofline.errors import RooflineError
 from roofline.models import LoadedModel
 from roofline.precision import MEASURABLE_DTYPES, training_precision
+from roofline.records import ROOT_NAME
 from roofline.timing import time_callable
-from roofline.trace import ROOT_NAME, ModuleCallTracker
+from roofline.trace import ModuleCallTracker
 from roofline.train import LossFn, StepAttribution, default_loss, make_optimizer, trainable_parameters
 
 __all__ = ["TrainMeasurement", "measure_train"]

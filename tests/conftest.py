@@ -18,6 +18,12 @@ def _isolated_profile_dir(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("ROOFLINE_PROFILE_DIR", str(tmp_path_factory.mktemp("profiles")))
 
 
+@pytest.fixture(autouse=True)
+def _isolated_trace_cache(tmp_path_factory, monkeypatch):
+    """Traces the CLI keeps must not leak between tests (a hit would hide what a test means to trace)."""
+    monkeypatch.setenv("ROOFLINE_TRACE_DIR", str(tmp_path_factory.mktemp("traces")))
+
+
 @pytest.fixture
 def tiny_bench(monkeypatch):
     """Microbenchmark sizes small enough for a test, patched in as both FULL and QUICK: a measured

@@ -55,10 +55,6 @@ def _select_reads(args: tuple[Any, ...], kwargs: dict[str, Any], source_elements
     return (source_elements, *(t.numel() for t in tensors[1:]))
 
 
-# Ops that read rows selected by an index: what they read of a weight grows with the batch.
-SELECTIVE_READ_OPS = frozenset(
-    f"aten.{name}" for name in ("embedding", "index_select", "index", "_unsafe_index", "masked_select", "take", "gather")
-)
 
 
 @register(aten.embedding)
