@@ -373,31 +373,37 @@ def _trace_llm(model: str, prompt_len: int, gen_len: int, batch: int, attention:
     module, vocab = loaded.module, _vocab(loaded)
     trace_attention = "fused" if attention == "fused" else "eager"
     contexts = _decode_contexts(prompt_len, gen_len, points)
-    with _quiet_transformers(), tqdm(total=1 + len(contexts), desc="tracing prefill and decode", disable=not progress,
-                                     leave=False) as bar:
+    passes = 1 + len(contexts)
+    with _quiet_transformers(), tqdm(total=passes, desc="tracing prefill and decode", disable=not progress,
+                                     leave=False, unit="module") as bar:
 
         def run_trace(ids: torch.Tensor, cache: Any, name: str) -> Trace:
             kv = list(cache_tensors(cache)) if cache is not None else []
+            index = 0 if name == "prefill" else 1 + len(decode)
+
+            def advance(done: int, leaves: int) -> None:  # the bar runs over every traced pass's leaf modules
+                if bar.total != passes * leaves:
+                    bar.total = passes * leaves
+                bar.update(index * leaves + done - bar.n)
+
             try:
                 return trace(module, _forward_kwargs(module, ids, cache), model_name=f"{model} {name}",
                              attention=trace_attention, kv_tensors=kv,
-                             kv_outputs=lambda out: cache_tensors(_output_cache(out)))
+                             kv_outputs=lambda out: cache_tensors(_output_cache(out)), progress=advance)
             except TypeError as error:  # pragma: no cover - models without a cache API
                 raise RooflineError(f"{model} does not take a KV cache: {error}") from error
 
+        decode: list[tuple[int, Trace]] = []
         prompt = torch.randint(0, vocab, (batch, prompt_len), device="meta")
         prefill_trace = run_trace(prompt, None, "prefill")
-        bar.update()
         cache_elements = sum(t.numel() for t in cache_tensors(_output_cache(prefill_trace.outputs)))
         kv_per_token = cache_elements // (batch * prompt_len)
-        decode = []
         for context in contexts:
             with torch.no_grad():
                 context_ids = torch.randint(0, vocab, (batch, context), device="meta")
                 cache = _output_cache(module(**_forward_kwargs(module, context_ids, None)))
             decode.append((context, run_trace(torch.randint(0, vocab, (batch, 1), device="meta"), cache,
                                               f"decode@{context}")))
-            bar.update()
     try:
         plan: ParallelPlan | None = plan_for(module, loaded.meta.get("config"))
     except RooflineError:
