@@ -219,7 +219,7 @@ def test_progress_reaches_the_total():
     assert steps and steps[-1][0] == steps[-1][1]
 
 
-def test_cli_no_cache_neither_reads_nor_writes(capsys):
+def test_cli_no_cache_neither_reads_nor_writes(capsys, tmp_path):
     assert main(["predict", SPEC, "--hw", "h100-sxm", "--no-cache"]) == 0
     assert tracecache.entries() == []
     uncached = capsys.readouterr().out
@@ -227,9 +227,10 @@ def test_cli_no_cache_neither_reads_nor_writes(capsys):
     first = capsys.readouterr().out
     assert first == uncached
     assert len(tracecache.entries()) == 1
-    for command in (["analyze", SPEC], ["explain", SPEC, "--hw", "t4"], ["compare", SPEC, "--hw", "t4,l4"]):
+    for command in (["analyze", SPEC], ["explain", SPEC, "--hw", "t4"], ["compare", SPEC, "--hw", "t4,l4"],
+                    ["report", SPEC, "--hw", "t4", "--no-measure", "--no-progress", "--out", str(tmp_path / "r")]):
         assert main(command) == 0
-    assert len(tracecache.entries()) == 1  # all four commands share the entry
+    assert len(tracecache.entries()) == 1  # all five commands share the entry
     capsys.readouterr()
     assert main(["predict", SPEC, "--hw", "h100-sxm"]) == 0
     assert capsys.readouterr().out == first
