@@ -460,7 +460,7 @@ def _compare_llm(args: argparse.Namespace) -> int:
         check_out(args.out, force=args.force, names=serving.DEVICE_FILES)  # before the trace, not after
     profiles = [_profile(name, args) for name in args.hw.split(",")]
     traces = llm.trace_llm(args.model, prompt_len=args.prompt_len, gen_len=args.gen_len, batch=args.batch or 1,
-                           progress=False)
+                           progress=not args.no_progress, cache=not args.no_cache)
     auto = tp is None or pp is None
     table = serving.compare_devices(traces, profiles, precision, tp=None if auto else tp, pp=None if auto else pp,
                                     calibrated=args.calibrated)
@@ -488,6 +488,7 @@ def _setup_llm(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calibrated", action="store_true")
     parser.add_argument("--measure", choices=("cpu", "cuda"), help="also time prefill and decode on this device")
     parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    _add_counting(parser)
     _add_split(parser, auto=True)
     parser.add_argument("--routing-skew", help="MoE: measured expert loads, a Zipf exponent (0 = uniform, the default "
                                                "assumption) or comma-separated per-expert shares")
@@ -508,7 +509,8 @@ def _run_llm(args: argparse.Namespace) -> int:
         precision = get_precision(args.precision).with_kv(args.kv_precision)
         profiles = [_profile(name, args) for name in names]
         traces = llm.trace_llm(args.model, prompt_len=args.prompt_len, gen_len=args.gen_len, batch=args.batch,
-                               attention=args.attention, routing_skew=args.routing_skew)
+                               attention=args.attention, routing_skew=args.routing_skew, cache=not args.no_cache,
+                               progress=not args.no_progress)
         auto = tp is None or pp is None
         table = serving.compare_devices(traces, profiles, precision, tp=None if auto else tp,
                                         pp=None if auto else pp, calibrated=args.calibrated)
@@ -523,7 +525,8 @@ def _run_llm(args: argparse.Namespace) -> int:
     report = llm.llm(args.model, args.hw, precision=args.precision, kv_precision=args.kv_precision,
                      prompt_len=args.prompt_len, gen_len=args.gen_len, batch=args.batch, attention=args.attention,
                      calibrated=args.calibrated, measure_device=args.measure, tp=tp, pp=pp,
-                     microbatches=args.microbatches, routing_skew=args.routing_skew)
+                     microbatches=args.microbatches, routing_skew=args.routing_skew, cache=not args.no_cache,
+                     progress=not args.no_progress)
     print(llm.render(report, fmt=args.format))
     if args.continuous_batching and report.traces is not None:
         table = serving.continuous_batching(report.traces, report.profile, report.precision, tp=report.tp,

@@ -48,7 +48,8 @@ from roofline.moe import MoEParams, moe_params
 from roofline.parallel import ParallelPlan, bubble_fraction, pipeline_factor, plan_for, shard
 from roofline.precision import Precision, get_precision
 from roofline.predict import LATENCY_TERMS, Prediction, overhead_sentence, predict
-from roofline.trace import Trace, trace
+from roofline.trace import MetaStandIns, Trace, trace
+from roofline.tracecache import Codec, decode_trace, encode_trace, key_for, traced
 
 __all__ = ["LLMReport", "RooflineError", "llm", "render"]
 
@@ -350,15 +351,46 @@ class LLMTraces:
 
 
 def trace_llm(model: str, *, prompt_len: int = 1024, gen_len: int = 256, batch: int = 1, attention: str = "fused",
-              points: int = 3, progress: bool = True, routing_skew: str | None = None) -> LLMTraces:
+              points: int = 3, progress: bool = True, routing_skew: str | None = None,
+              cache: bool = False) -> LLMTraces:
     """Trace the prefill and a few decode steps of a causal LM on meta (see the module docstring).
 
     routing_skew: for an MoE model, a measured skew of the experts' loads (roofline.moe.parse_skew); uniform
-    routing when None."""
+    routing when None. cache: reuse or keep the traced passes on disk (roofline.tracecache)."""
     from roofline import moe
 
-    with moe.routing(moe.parse_skew(routing_skew)):
-        return _trace_llm(model, prompt_len, gen_len, batch, attention, points, progress)
+    def build() -> LLMTraces:
+        with moe.routing(moe.parse_skew(routing_skew)):
+            return _trace_llm(model, prompt_len, gen_len, batch, attention, points, progress)
+
+    options = {"prompt_len": prompt_len, "gen_len": gen_len, "batch": batch, "attention": attention, "points": points,
+               "routing_skew": routing_skew}
+    key = key_for(model, None, "llm", options) if cache else None
+    return traced(key, build, LLM_CODEC)
+
+
+def _encode_traces(traces: LLMTraces) -> dict[str, Any]:
+    return {"model": traces.model, "batch": traces.batch, "prompt_len": traces.prompt_len, "gen_len": traces.gen_len,
+            "attention": traces.attention, "prefill": encode_trace(traces.prefill),
+            "decode": [[context, encode_trace(t)] for context, t in traces.decode],
+            "kv_elements_per_token": traces.kv_elements_per_token,
+            "plan": dataclasses.asdict(traces.plan) if traces.plan is not None else None,
+            "moe": dataclasses.asdict(traces.moe) if traces.moe is not None else None}
+
+
+def _decode_traces(data: dict[str, Any]) -> LLMTraces:
+    plan = None
+    if data["plan"] is not None:  # JSON lists back to the plan's tuples
+        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data["plan"].items()}
+        plan = ParallelPlan(**fields)
+    return LLMTraces(data["model"], data["batch"], data["prompt_len"], data["gen_len"], data["attention"],
+                     decode_trace(data["prefill"]),
+                     tuple((int(context), decode_trace(t)) for context, t in data["decode"]),
+                     data["kv_elements_per_token"], plan,
+                     MoEParams(**data["moe"]) if data["moe"] is not None else None)
+
+
+LLM_CODEC: Codec[LLMTraces] = Codec(_encode_traces, _decode_traces)
 
 
 def _trace_llm(model: str, prompt_len: int, gen_len: int, batch: int, attention: str, points: int,
@@ -399,7 +431,7 @@ def _trace_llm(model: str, prompt_len: int, gen_len: int, batch: int, attention:
         cache_elements = sum(t.numel() for t in cache_tensors(_output_cache(prefill_trace.outputs)))
         kv_per_token = cache_elements // (batch * prompt_len)
         for context in contexts:
-            with torch.no_grad():
+            with torch.no_grad(), MetaStandIns():
                 context_ids = torch.randint(0, vocab, (batch, context), device="meta")
                 cache = _output_cache(module(**_forward_kwargs(module, context_ids, None)))
             decode.append((context, run_trace(torch.randint(0, vocab, (batch, 1), device="meta"), cache,
@@ -452,13 +484,14 @@ def llm(model: str, profile: HardwareProfile | str, *, precision: str | Precisio
         kv_precision: str | None = None, prompt_len: int = 1024, gen_len: int = 256, batch: int = 1,
         attention: str = "fused", calibrated: bool = False, points: int = 3, measure_device: str | None = None,
         progress: bool = True, tp: int = 1, pp: int = 1, microbatches: int | None = None,
-        check_fit: bool = True, routing_skew: str | None = None) -> LLMReport:
+        check_fit: bool = True, routing_skew: str | None = None, cache: bool = False) -> LLMReport:
     """Trace prefill and decode of a causal LM on meta and predict them on `profile`, split TP=tp x PP=pp.
 
     attention: "fused" (FlashAttention-style, the score matrix never reaches memory) or "eager"
     (the model's eager attention, which materialises it). measure_device: also time a real
     prefill and decode step on this device (use a small config; random weights). check_fit: refuse
-    (RooflineError) a split whose memory per device exceeds the device's.
+    (RooflineError) a split whose memory per device exceeds the device's. cache: reuse or keep the traced
+    passes on disk (roofline.tracecache).
     """
     if isinstance(profile, str):
         from roofline.hardware import load_profile
@@ -466,7 +499,7 @@ def llm(model: str, profile: HardwareProfile | str, *, precision: str | Precisio
         profile = load_profile(profile)
     chosen = get_precision(precision).with_kv(kv_precision)
     traces = trace_llm(model, prompt_len=prompt_len, gen_len=gen_len, batch=batch, attention=attention,
-                       points=points, progress=progress, routing_skew=routing_skew)
+                       points=points, progress=progress, routing_skew=routing_skew, cache=cache)
     if traces.plan is not None:
         traces.plan.check(tp, pp)
     report = report_for(traces, profile, chosen, tp=tp, pp=pp, microbatches=microbatches, calibrated=calibrated)

@@ -32,7 +32,7 @@ from roofline.errors import RooflineError
 from roofline.moe import moe_params
 from roofline.records import ROOT_NAME, UNUSED_NAME, LayerCall, OpRecord, Role, Trace, Traffic, call_name
 
-__all__ = ["LayerCall", "ModuleCallTracker", "OpRecord", "Role", "Trace", "TraceProgress", "trace"]
+__all__ = ["LayerCall", "MetaStandIns", "ModuleCallTracker", "OpRecord", "Role", "Trace", "TraceProgress", "trace"]
 
 
 @dataclass
@@ -450,6 +450,17 @@ class _CountingMode(TorchDispatchMode):
         else:
             self.tracer.record(_op_name(func), args, kwargs, out, rule(args, kwargs, out))
         return out
+
+
+class MetaStandIns(TorchDispatchMode):
+    """Runs a model on meta outside a trace with the tracer's stand-ins (_run): a forward that only builds state,
+    such as the KV cache a decode step is traced against, must get through the ops a trace gets through."""
+
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]  # torch's TorchDispatchMode is untyped
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+        return _run(func, args, kwargs or {})
 
 
 def _moe_routing(model: nn.Module) -> contextlib.AbstractContextManager[None]:

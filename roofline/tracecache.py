@@ -28,14 +28,31 @@ import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from roofline.records import LayerCall, MoEParams, OpRecord, Trace, Traffic, TrainingInfo
 
-__all__ = ["FORMAT_VERSION", "CachedTrace", "TraceKey", "cache_dir", "clear", "entries", "is_cacheable", "key_for", "load",
-           "store", "traced"]
+__all__ = [
+    "FORMAT_VERSION",
+    "TRACE_CODEC",
+    "Cached",
+    "Codec",
+    "Invalid",
+    "TraceKey",
+    "cache_dir",
+    "clear",
+    "decode_trace",
+    "encode_trace",
+    "entries",
+    "is_cacheable",
+    "key_for",
+    "load",
+    "store",
+    "traced",
+]
 
 FORMAT_VERSION = 1
+T = TypeVar("T")
 SUFFIX = ".trace.json.gz"
 _TEMP_PREFIX = ".writing-"
 # The libraries whose code builds or runs the models: a new version may change what a model traces to.
@@ -128,8 +145,11 @@ class RecordedWarning:
 
 
 @dataclass(frozen=True)
-class CachedTrace:
-    trace: Trace
+class Cached(Generic[T]):
+    """What an entry holds: the traced value (a Trace, or a bundle of them such as an LLM's passes) and the
+    warnings its build gave."""
+
+    value: T
     warnings: tuple[RecordedWarning, ...]
 
     def replay(self) -> None:
@@ -155,21 +175,30 @@ def _roofline_module(filename: str) -> str | None:
     return ".".join(parts) if parts and parts[0] == root.name else None
 
 
-def traced(key: TraceKey | None, build: Callable[[], Trace], *, refresh: bool = False) -> Trace:
-    """The trace for `key`: from the cache when an entry checks out, else `build()`, stored for next time.
+@dataclass(frozen=True)
+class Codec(Generic[T]):
+    """How a traced value becomes JSON and back. `decode` raises Invalid (or KeyError, TypeError, ValueError) for
+    anything that does not check out."""
 
-    key None: no caching (the model is not cacheable, or the caller asked for none). refresh: trace again and
-    overwrite the entry (--no-cache reads nothing; it writes nothing either, see the CLI).
+    encode: Callable[[T], Any]
+    decode: Callable[[Any], T]
+
+
+def traced(key: TraceKey | None, build: Callable[[], T], codec: Codec[T] | None = None) -> T:
+    """The value for `key`: from the cache when an entry checks out, else `build()`, stored for next time.
+
+    key None: no caching (the model is not cacheable, or the caller asked for none). codec: how to store the value;
+    by default it is one Trace (TRACE_CODEC).
     """
+    chosen: Codec[Any] = codec if codec is not None else TRACE_CODEC
     if key is None:
         return build()
-    if not refresh:
-        hit = load(key)
-        if hit is not None:
-            hit.replay()
-            return hit.trace
+    hit = load(key, chosen)
+    if hit is not None:
+        hit.replay()
+        return hit.value  # type: ignore[no-any-return]  # the codec decodes what it encoded: a T
     with warnings.catch_warnings(record=True) as caught:
-        trace = build()
+        value = build()
     # Show what the build warned, as it would have been shown (the filters were applied when it was caught).
     recorded = []
     for w in caught:
@@ -177,8 +206,8 @@ def traced(key: TraceKey | None, build: Callable[[], Trace], *, refresh: bool = 
         module = _roofline_module(w.filename)
         if module is not None:
             recorded.append(RecordedWarning(str(w.message), w.category.__name__, w.filename, w.lineno, module))
-    store(key, trace, recorded)
-    return trace
+    store(key, value, recorded, chosen)
+    return value
 
 
 # ---- reading and writing -------------------------------------------------------------------------
@@ -187,14 +216,13 @@ def _field_names(cls: Any) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 
 
-def _encode(key: TraceKey, trace: Trace, recorded: list[RecordedWarning]) -> dict[str, Any]:
+def encode_trace(trace: Trace) -> dict[str, Any]:
+    """A Trace as JSON-ready data: records and layers as rows under their field names (the file stays small)."""
     record_fields, layer_fields, traffic_fields = _field_names(OpRecord), _field_names(LayerCall), _field_names(Traffic)
     training = None
     if trace.training is not None:
         training = {name: getattr(trace.training, name) for name in _field_names(type(trace.training))}
     return {
-        "key": key.fields(),
-        "warnings": [dataclasses.asdict(w) for w in recorded],
         "record_fields": record_fields,
         "records": [[getattr(r, name) for name in record_fields] for r in trace.records],
         "layer_fields": layer_fields,
@@ -210,44 +238,48 @@ def _encode(key: TraceKey, trace: Trace, recorded: list[RecordedWarning]) -> dic
     }
 
 
-class _Invalid(Exception):
+class Invalid(Exception):
     """An entry that does not check out; the message says why."""
 
 
 def _rows(payload: dict[str, Any], fields_key: str, rows_key: str, cls: Any) -> list[Any]:
     if payload[fields_key] != _field_names(cls):
-        raise _Invalid(f"its {cls.__name__} fields differ from this roofline's")
+        raise Invalid(f"its {cls.__name__} fields differ from this roofline's")
     return [cls(*row) for row in payload[rows_key]]
 
 
-def _decode(payload: dict[str, Any]) -> CachedTrace:
+def decode_trace(payload: dict[str, Any]) -> Trace:
+    """encode_trace's data back to a Trace, every part checked against this roofline's record types."""
     records = _rows(payload, "record_fields", "records", OpRecord)
     layers = _rows(payload, "layer_fields", "layers", LayerCall)
     if payload["traffic_fields"] != _field_names(Traffic):
-        raise _Invalid("its Traffic fields differ from this roofline's")
+        raise Invalid("its Traffic fields differ from this roofline's")
     fused = {layer: Traffic(*values) for layer, values in payload["fused"].items()}
     training = None
     if payload["training"] is not None:
         raw = payload["training"]
         if sorted(raw) != sorted(_field_names(TrainingInfo)):
-            raise _Invalid("its training fields differ from this roofline's")
+            raise Invalid("its training fields differ from this roofline's")
         training = TrainingInfo(**{**raw, "timeline": tuple(tuple(entry) for entry in raw["timeline"]),
                                    "timeline_layers": tuple(raw["timeline_layers"]),
                                    "blocks": tuple(tuple(block) for block in raw["blocks"])})
         if len(training.timeline) != len(records):
-            raise _Invalid("its memory timeline does not match its records")
+            raise Invalid("its memory timeline does not match its records")
     if [r.seq for r in records] != list(range(len(records))):
-        raise _Invalid("its op records are not numbered 0..n-1")
+        raise Invalid("its op records are not numbered 0..n-1")
     known_layers = {c.name for c in layers}
     if not {r.layer for r in records} <= known_layers:
-        raise _Invalid("an op record names a layer the entry does not list")
+        raise Invalid("an op record names a layer the entry does not list")
     moe = MoEParams(**payload["moe"]) if payload["moe"] is not None else None
-    trace = Trace(records=records, layers=layers, fused=fused, training=training, moe=moe, **payload["trace"])
-    return CachedTrace(trace, tuple(RecordedWarning(**w) for w in payload["warnings"]))
+    return Trace(records=records, layers=layers, fused=fused, training=training, moe=moe, **payload["trace"])
 
 
-def load(key: TraceKey) -> CachedTrace | None:
+TRACE_CODEC: Codec[Trace] = Codec(encode_trace, decode_trace)
+
+
+def load(key: TraceKey, codec: Codec[T] | None = None) -> Cached[T] | None:
     """The entry for `key`, or None when there is none. A broken entry warns, is removed, and reads as none."""
+    chosen: Codec[Any] = codec if codec is not None else TRACE_CODEC
     path = key.path()
     try:
         data = path.read_bytes()
@@ -259,38 +291,40 @@ def load(key: TraceKey) -> CachedTrace | None:
     try:
         payload = json.loads(gzip.decompress(data))
         if not isinstance(payload, dict) or not isinstance(payload.get("key"), dict):
-            raise _Invalid("it holds no key")
+            raise Invalid("it holds no key")
         _check_key(payload["key"], key)
-        return _decode(payload)
-    except (_Invalid, OSError, EOFError, zlib.error, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError,
+        return Cached(chosen.decode(payload["value"]), tuple(RecordedWarning(**w) for w in payload["warnings"]))
+    except (Invalid, OSError, EOFError, zlib.error, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError,
             ValueError) as error:
-        why = str(error) if isinstance(error, _Invalid) else f"it is truncated or corrupt ({type(error).__name__})"
+        why = str(error) if isinstance(error, Invalid) else f"it is truncated or corrupt ({type(error).__name__})"
         warnings.warn(f"ignoring trace cache entry {path.name}: {why}; tracing again", stacklevel=2)
         _remove(path)
         return None
 
 
 def _check_key(stored: dict[str, Any], key: TraceKey) -> None:
-    """Raise _Invalid naming the first thing that differs between an entry's key and `key`."""
+    """Raise Invalid naming the first thing that differs between an entry's key and `key`."""
     current = key.fields()
     if stored.get("format") != current["format"]:
-        raise _Invalid(f"it is in cache format {stored.get('format')!r}, this roofline reads {current['format']}")
+        raise Invalid(f"it is in cache format {stored.get('format')!r}, this roofline reads {current['format']}")
     if {k: stored.get(k) for k in key.traced()} != key.traced():
-        raise _Invalid("it was written for another model or options")
+        raise Invalid("it was written for another model or options")
     recorded = stored.get("versions")
     was: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
     for name, now in current["versions"].items():
         if was.get(name) != now:
             if name == "roofline_source":
-                raise _Invalid("roofline's source files changed since it was written")
-            raise _Invalid(f"it was written with {name} {was.get(name) or 'absent'}, this is {name} {now or 'absent'}")
+                raise Invalid("roofline's source files changed since it was written")
+            raise Invalid(f"it was written with {name} {was.get(name) or 'absent'}, this is {name} {now or 'absent'}")
 
 
-def store(key: TraceKey, trace: Trace, recorded: list[RecordedWarning] | tuple[RecordedWarning, ...] = ()) -> None:
+def store(key: TraceKey, value: Any, recorded: list[RecordedWarning] | tuple[RecordedWarning, ...] = (),
+          codec: Codec[Any] | None = None) -> None:
     """Write the entry atomically; a cache that cannot be written warns and is skipped (the result stands)."""
     path = key.path()
-    data = gzip.compress(json.dumps(_encode(key, trace, list(recorded)), separators=(",", ":")).encode(),
-                         compresslevel=5)
+    entry = {"key": key.fields(), "warnings": [dataclasses.asdict(w) for w in recorded],
+             "value": (codec or TRACE_CODEC).encode(value)}
+    data = gzip.compress(json.dumps(entry, separators=(",", ":")).encode(), compresslevel=5)
     temp: str | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

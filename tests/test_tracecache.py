@@ -124,10 +124,11 @@ def test_a_corrupt_entry_is_rebuilt_with_a_warning(damage):
     elif damage == "not json":
         path.write_bytes(gzip.compress(b"{not json"))
     elif damage == "wrong shape":
-        payload["records"][0] = payload["records"][0][:3]
+        payload["value"]["records"][0] = payload["value"]["records"][0][:3]
         path.write_bytes(gzip.compress(json.dumps(payload).encode()))
     else:
-        payload["records"][0][payload["record_fields"].index("layer")] = "no.such.layer"
+        value = payload["value"]
+        value["records"][0][value["record_fields"].index("layer")] = "no.such.layer"
         path.write_bytes(gzip.compress(json.dumps(payload).encode()))
     with pytest.warns(UserWarning, match="ignoring trace cache entry .*tracing again"):
         rebuilt = analyze(SPEC, cache=True)
@@ -248,3 +249,29 @@ def test_a_cli_hit_imports_no_torch():
     assert first == {"rc": 0, "torch": True, "transformers": True}
     assert second == {"rc": 0, "torch": False, "transformers": False}
     assert runs[0].stdout.splitlines()[:-1] == runs[1].stdout.splitlines()[:-1]
+
+
+LLM_SMALL = ("hf:llama?num_hidden_layers=2&hidden_size=128&intermediate_size=256&num_attention_heads=4"
+             "&num_key_value_heads=2&vocab_size=512")
+
+
+@pytest.mark.parametrize("spec", [LLM_SMALL, MIXTRAL])
+def test_an_llm_hit_is_the_fresh_traces(spec, monkeypatch):
+    from roofline import llm
+
+    options = {"prompt_len": 32, "gen_len": 8, "batch": 2, "progress": False}
+    fresh = llm.trace_llm(spec, **options)
+    llm.trace_llm(spec, cache=True, **options)
+    _forbid_tracing(monkeypatch)
+    monkeypatch.setattr(llm, "trace", lambda *a, **k: pytest.fail("traced although the cache holds these passes"))
+    hit = llm.trace_llm(spec, cache=True, **options)
+    assert hit.prefill.records == fresh.prefill.records and hit.prefill.layers == fresh.prefill.layers
+    assert [(c, t.records, t.fused) for c, t in hit.decode] == [(c, t.records, t.fused) for c, t in fresh.decode]
+    assert (hit.kv_elements_per_token, hit.plan, hit.moe) == (fresh.kv_elements_per_token, fresh.plan, fresh.moe)
+    assert (hit.model, hit.batch, hit.prompt_len, hit.gen_len, hit.attention) == (
+        fresh.model, fresh.batch, fresh.prompt_len, fresh.gen_len, fresh.attention)
+    from roofline.hardware import load_profile
+    from roofline.precision import get_precision
+
+    profile, bf16 = load_profile("h100-sxm"), get_precision("bf16")
+    assert llm.report_for(hit, profile, bf16, tp=2).metrics == llm.report_for(fresh, profile, bf16, tp=2).metrics
