@@ -39,7 +39,8 @@ echo "wheel-check: installed with $(env -u PYTHONPATH "$py" -c 'import torch; pr
 # directory of its own, so the user's cache does not change what `hw list` shows.
 cd "$work"
 mkdir "$work/saved"
-run() { env -u PYTHONPATH -u ROOFLINE_HWPROFILES ROOFLINE_PROFILE_DIR="$work/saved" "$work/venv/bin/roofline" "$@"; }
+run() { env -u PYTHONPATH -u ROOFLINE_HWPROFILES ROOFLINE_PROFILE_DIR="$work/saved" ROOFLINE_TRACE_DIR="$work/traces" \
+    "$work/venv/bin/roofline" "$@"; }
 fail() { echo "wheel-check: FAIL: $*" >&2; exit 1; }
 
 where=$(env -u PYTHONPATH "$py" -c "import roofline; print(roofline.__file__)")
@@ -59,4 +60,10 @@ prediction=$(run predict zoo:convnet --hw h100-sxm) || fail "roofline predict zo
 printf '%s\n' "$prediction" | grep -q "zoo:convnet on NVIDIA H100 SXM 80GB" \
     || fail "the prediction does not name the model and device:"$'\n'"$prediction"
 echo "wheel-check: predict zoo:convnet --hw h100-sxm: $(printf '%s\n' "$prediction" | grep 'zoo:convnet on')"
+
+# The trace cache from an installed wheel: the first predict kept its trace (keyed by the installed files' digest),
+# and a second one reads it back to the same output.
+run cache info | grep -q ": 1 trace," || fail "the first predict kept no trace: $(run cache info)"
+[ "$(run predict zoo:convnet --hw h100-sxm)" = "$prediction" ] || fail "a cached predict printed something else"
+echo "wheel-check: $(run cache info | cut -d'(' -f1)read back to the same prediction"
 echo "wheel-check: passed"
