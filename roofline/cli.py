@@ -230,14 +230,16 @@ def _run_predict(args: argparse.Namespace) -> int:
 
     profile = _profile(args.hw, args)
     _check_precision(args)
+    device = None
     if args.recalibrate:
-        from roofline.calibrate import recalibrate, recalibration_device
+        from roofline.calibrate import recalibration_device
 
-        device = recalibration_device(profile)  # bad profile, then bad model: both before the timing
-        result = _counted(args)
+        device = recalibration_device(profile)
+    result = _counted(args)  # a bad profile, then a bad model: both fail before the timing
+    if device is not None:
+        from roofline.calibrate import recalibrate
+
         profile = recalibrate(profile, device, progress=not args.no_progress)
-    else:
-        result = _counted(args)
     calibrated = args.calibrated or args.recalibrate
     tp, pp = _degree(args.tp, "tp") or 1, _degree(args.pp, "pp") or 1
     if tp * pp > 1:
