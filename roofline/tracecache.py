@@ -22,6 +22,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import sys
 import tempfile
 import warnings
 import zlib
@@ -78,7 +79,19 @@ def key_for(model: Any, inputs: Any, mode: str, options: Mapping[str, Any]) -> T
     """The cache key of a trace, or None when it cannot be cached (see is_cacheable; options must be plain)."""
     if not is_cacheable(model, inputs) or not all(isinstance(v, _PLAIN_OPTION) for v in options.values()):
         return None
-    return TraceKey.of(model, mode, options)
+    routing = _routing_in_force()
+    return TraceKey.of(model, mode, {**options, "routing": routing} if routing else options)
+
+
+def _routing_in_force() -> str | None:
+    """The MoE routing a caller set around the trace (roofline.moe.routing), which changes an MoE trace's bytes;
+    None when it is the default. A process that never imported roofline.moe has set none (and a hit stays
+    torch-free)."""
+    moe = sys.modules.get("roofline.moe")
+    if moe is None:
+        return None
+    current = moe.current_routing()
+    return None if current == moe.Routing() else repr(current)
 
 
 @functools.lru_cache(maxsize=1)

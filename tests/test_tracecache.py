@@ -275,3 +275,15 @@ def test_an_llm_hit_is_the_fresh_traces(spec, monkeypatch):
 
     profile, bf16 = load_profile("h100-sxm"), get_precision("bf16")
     assert llm.report_for(hit, profile, bf16, tp=2).metrics == llm.report_for(fresh, profile, bf16, tp=2).metrics
+
+
+def test_a_routing_skew_set_around_the_trace_is_part_of_the_key():
+    from roofline import moe
+
+    uniform = analyze(MIXTRAL, cache=True, seq_len=8, warn_unsupported=False)
+    with moe.routing(moe.parse_skew("1.5")):
+        skewed = analyze(MIXTRAL, cache=True, seq_len=8, warn_unsupported=False)
+        fresh = analyze(MIXTRAL, seq_len=8, warn_unsupported=False)
+    assert len(tracecache.entries()) == 2
+    _same(skewed, fresh)
+    assert skewed.totals["bytes_read"] != uniform.totals["bytes_read"]  # the skew touches fewer experts' weights
