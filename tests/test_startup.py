@@ -43,7 +43,8 @@ def _run(argv: list[str] | None, tmp_path: Path) -> dict[str, object]:
 
 
 @pytest.mark.parametrize("argv", [None, ["hw", "list"], ["hw", "show", "t4"], ["hw", "list", "--format", "json"],
-                                  ["hw", "detect", "--device", "cpu"], ["--help"], ["--version"]],
+                                  ["hw", "detect", "--device", "cpu"], ["--help"], ["--version"], ["cache", "info"],
+                                  ["cache", "clear"]],
                          ids=lambda a: "import" if a is None else " ".join(a))
 def test_commands_without_a_model_import_no_heavy_package(argv: list[str] | None, tmp_path: Path) -> None:
     result = _run(argv, tmp_path)
