@@ -211,6 +211,11 @@ def test_effective_capacity_is_where_the_sweep_falls_halfway_to_the_next_level()
     # the reported 1 MiB, so the reported size stays.
     assert out[0].effective_capacity_bytes is None
     assert out[2] == levels[2]
+    # A crossing less than one sweep step (2x) below the reported size is within the noise: the reported size stays.
+    # Reported 48 MiB: 29.41 MiB x 2 is past it. Reported 64 MiB: 29.41 MiB x 2 = 58.8 MiB is below it, so it is taken.
+    for reported, expected in ((48 * mib, None), (64 * mib, pytest.approx(29.41 * mib, rel=1e-3))):
+        near = [MemoryLevel("L3", reported, 100e9), levels[2]]
+        assert microbench.effective_capacities(near, _sweep(curve), 1e-9)[0].effective_capacity_bytes == expected
     # Levels within 1.25x of each other cannot be told apart in the sweep: the reported size stays.
     close = [MemoryLevel("L3", 256 * mib, 100e9), MemoryLevel("DRAM", 64e9, 90e9)]
     assert microbench.effective_capacities(close, _sweep(curve), 1e-9)[0].effective_capacity_bytes is None

@@ -232,7 +232,7 @@ def _plateaus(
 
 
 def effective_capacities(
-    levels: list[MemoryLevel], points: list[BandwidthPoint], overhead_s: float
+    levels: list[MemoryLevel], points: list[BandwidthPoint], overhead_s: float, size_step: float = 2.0
 ) -> list[MemoryLevel]:
     """`levels` (measured) with each cache's effective capacity: the working set at which the sweep's
     bandwidth falls to the geometric mean of this level's bandwidth and the next measured level's,
@@ -240,8 +240,11 @@ def effective_capacities(
 
     The curve is the best kernel per working set among points not dominated by per-op overhead; the
     crossing is interpolated on log size and log bandwidth between the last point at or above the
-    threshold and the next size. Left as reported when the sweep never falls below it there, or when
-    the two levels' bandwidths are within _DISTINCT_LEVELS_FACTOR of each other.
+    threshold and the next size. Left as reported when the crossing is not below the reported size by
+    more than one sweep step (`size_step`: two sweeps of a 2-core EPYC VM, at 2 threads while it was idle
+    and at 1 thread while other tests ran, placed its L3's crossing at 40 MiB and at 19 MiB of a reported
+    32 MiB, so a drop that close is within the noise, not evidence against the reported size), or when the two levels' bandwidths are within
+    _DISTINCT_LEVELS_FACTOR of each other.
     """
     curve: dict[int, float] = {}
     for p in points:
@@ -264,7 +267,7 @@ def effective_capacities(
         (s0, b0), (s1, b1) = (sizes[k], curve[sizes[k]]), (sizes[k + 1], curve[sizes[k + 1]])
         fraction = math.log(b0 / threshold) / math.log(b0 / b1)
         crossing = math.exp(math.log(s0) + fraction * math.log(s1 / s0))
-        if crossing >= level.capacity_bytes:
+        if crossing * size_step >= level.capacity_bytes:
             continue
         note = (f"{level.note}; effective capacity {crossing:.0f} B: where the sweep's best bandwidth fell to "
                 f"{threshold:.3g} B/s (geometric mean of this level's and {below.name}'s), between {s0} and {s1} B")
@@ -385,7 +388,7 @@ def measure_roofs(device: str, config: BenchConfig, bar: _Progress) -> HardwareP
                 points.append(BandwidthPoint(kernel, size, nbytes, m))
                 bar.step(f"{kernel} {size // _KIB} KiB")
         measured_levels, bw_metadata = _plateaus(levels, points, overhead.median_s)
-        measured_levels = effective_capacities(measured_levels, points, overhead.median_s)
+        measured_levels = effective_capacities(measured_levels, points, overhead.median_s, config.size_step)
         peaks, peak_notes, peak_metadata = _compute_peaks(device, config, bar)
         if "fp32" not in peaks:
             raise RooflineError(f"no fp32 matmul could be timed on {device}")
