@@ -44,7 +44,8 @@ _DISTINCT_LEVELS_FACTOR = 1.25
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """How much to measure. QUICK finishes in under 30 s on a 2-core CPU, FULL in under 3 minutes."""
+    """How much to measure. On a 2-core CPU with bf16 calibrated too, QUICK took 100 s and FULL about 5 minutes
+    while other work shared the cores (under 30 s and 3 minutes when only fp32 was calibrated)."""
 
     min_bytes: int = 16 * _KIB
     max_bytes: int = 512 * _MIB
