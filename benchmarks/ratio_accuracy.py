@@ -9,9 +9,16 @@ way: pairs of models of different kinds, the group counts of one convolution, ba
 sample), and fp32 against bf16 where the CPU has a bf16 peak. The table gives each ratio with the quartiles
 of its block ratios, the errors, and the share of pairs within 10%.
 
-    .venv/bin/python benchmarks/ratio_accuracy.py [--hw PROFILE] [--recalibrate] [--blocks 10] [--threads 1]
+    .venv/bin/python benchmarks/ratio_accuracy.py [--hw PROFILE] [--recalibrate] [--blocks 10] [--threads N]
 
-Writes benchmarks/results/ratio_accuracy.{txt,csv}.
+The pairs run at the thread count the profile was measured at (its num_threads), unless --threads says
+otherwise: a profile's peaks and factors hold for its own thread count (on this 2-core VM a 1-thread
+profile's fp32 peak is about half a 2-thread one's while DRAM bandwidth is not), so a ratio of a
+compute-bound side to a memory-bound one predicted from one count and timed at another is off by that.
+
+Writes benchmarks/results/ratio_accuracy.{txt,csv} (--out names another stem). --measured CSV takes the
+measured ratios of an earlier run's CSV instead of timing them, and predicts them again: what a change to the
+model or the profile does to the errors, against the same measurements.
 """
 from __future__ import annotations
 
@@ -29,6 +36,7 @@ from torch import nn
 import roofline
 from roofline.formatting import format_table
 from roofline.hardware import HardwareProfile, load_profile
+from roofline.machine import num_threads
 from roofline.models import load
 from roofline.predict import predict
 from roofline.timing import retained_heap, time_ratio
@@ -139,29 +147,42 @@ def main() -> int:
     parser.add_argument("--recalibrate", action="store_true", help="time the profile's efficiency ops again first")
     parser.add_argument("--blocks", type=int, default=10, help="alternating blocks per pair (default 10)")
     parser.add_argument("--block-s", type=float, default=0.1, help="seconds per side per block (default 0.1)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: the profile's num_threads)")
+    parser.add_argument("--measured", type=Path, help="reuse the measured ratios of this earlier CSV (no timing)")
+    parser.add_argument("--out", default="ratio_accuracy", help="result file stem in benchmarks/results/")
     args = parser.parse_args()
     torch.manual_seed(0)
-    torch.set_num_threads(args.threads)
     profile = load_profile(args.hw)
+    profiled = num_threads(profile.metadata)
+    threads = args.threads or profiled or torch.get_num_threads()
+    if threads < 1:
+        raise SystemExit(f"ratio_accuracy: --threads must be at least 1, got {threads}")
+    torch.set_num_threads(threads)
     if args.recalibrate:
         from roofline.calibrate import recalibrate
 
         profile = recalibrate(profile, "cpu")
     bf16 = "bf16" in profile.peak_flops_per_s
+    earlier = pd.read_csv(args.measured).set_index("pair") if args.measured else None
     rows = []
     with retained_heap():
         for pair in PAIRS:
             if pair.kind == "precision" and not bf16:
                 print(f"skipping {pair.name}: no bf16 peak on {profile.name}", file=sys.stderr)
                 continue
-            print(f"timing {pair.name} ...", file=sys.stderr, flush=True)
             scale = pair.a.batch / pair.b.batch if pair.per_sample else 1.0
-            measured = time_ratio(_callable(pair.a, "cpu"), _callable(pair.b, "cpu"), blocks=args.blocks,
-                                  block_s=args.block_s, num_threads=args.threads)
-            low, high = measured.quartiles
-            row = {"pair": pair.name, "kind": pair.kind, "measured": measured.median / scale,
-                   "measured_q1": low / scale, "measured_q3": high / scale}
+            if earlier is not None:
+                if pair.name not in earlier.index:
+                    raise SystemExit(f"ratio_accuracy: {args.measured} has no pair {pair.name!r}")
+                row = {"pair": pair.name, "kind": pair.kind,
+                       **{c: float(earlier.loc[pair.name, c]) for c in ("measured", "measured_q1", "measured_q3")}}
+            else:
+                print(f"timing {pair.name} ...", file=sys.stderr, flush=True)
+                measured = time_ratio(_callable(pair.a, "cpu"), _callable(pair.b, "cpu"), blocks=args.blocks,
+                                      block_s=args.block_s, num_threads=threads)
+                low, high = measured.quartiles
+                row = {"pair": pair.name, "kind": pair.kind, "measured": measured.median / scale,
+                       "measured_q1": low / scale, "measured_q3": high / scale}
             for mode, calibrated in (("calibrated", True), ("plain", False)):
                 predicted = _predicted(pair.a, profile, calibrated) / _predicted(pair.b, profile, calibrated) / scale
                 row[mode] = predicted
@@ -171,9 +192,12 @@ def main() -> int:
     within = {mode: float((table[f"{mode}_error"].abs() <= WITHIN).mean()) for mode in ("calibrated", "plain")}
     percent = {c: (lambda v: f"{v:+.1%}") for c in ("calibrated_error", "plain_error")}
     ratio = {c: (lambda v: f"{v:.3g}") for c in ("measured", "measured_q1", "measured_q3", "calibrated", "plain")}
+    whose = "(the profile's)" if threads == profiled else f"(THE PROFILE WAS MEASURED AT {profiled or 'an unrecorded count'})"
+    source = (f"measured ratios from {args.measured}" if args.measured else
+              f"{args.blocks} alternating blocks of {args.block_s:g} s per side")
     text = "\n".join([
-        (f"ratio accuracy on {profile.name}, torch {torch.__version__}, {args.threads} thread(s), "
-        f"{args.blocks} alternating blocks of {args.block_s:g} s per side, {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC"),
+        (f"ratio accuracy on {profile.name}, torch {torch.__version__}, {threads} thread(s) {whose}, {source}, "
+         f"predicted {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC with {args.hw}"),
         "",
         format_table(table, {**percent, **ratio}),
         "",
@@ -184,8 +208,8 @@ def main() -> int:
     ])
     print(text)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "ratio_accuracy.txt").write_text(text + "\n")
-    table.to_csv(RESULTS / "ratio_accuracy.csv", index=False)
+    (RESULTS / f"{args.out}.txt").write_text(text + "\n")
+    table.to_csv(RESULTS / f"{args.out}.csv", index=False)
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import itertools
 import statistics
 import warnings
 from collections.abc import Callable, Sequence
@@ -27,15 +28,31 @@ from roofline.predict import Prediction
 from roofline.timing import reference_matmul, retained_heap, time_in_sequence, time_interleaved
 from roofline.trace import trace
 
-__all__ = ["efficiency_steps", "ensure_measured_profile", "fit_class", "fit_efficiency", "fit_line", "fit_rounds",
+__all__ = ["calibrated_types", "efficiency_steps", "ensure_measured_profile", "fit_class", "fit_efficiency", "fit_line",
+           "fit_rounds",
            "measure_efficiency", "measure_profile", "paired_sequence_medians", "recalibrate",
            "recalibration_device", "representative_ops"]
 
 
-def efficiency_steps(config: BenchConfig, device: str) -> int:
-    """Progress steps of measure_efficiency: each op and the reference per round, then the cycles."""
+def efficiency_steps(config: BenchConfig, device: str, types: int = 1) -> int:
+    """Progress steps of measure_efficiency over `types` compute types: each op per round and one
+    reference, then each type's cycles."""
     cycles = config.rounds * config.cycles_per_round if device == "cpu" else 0
-    return config.rounds * (len(representative_ops("meta", 0.01)) + 1) + cycles
+    return config.rounds * (types * len(representative_ops("meta", 0.01)) + 1) + types * cycles
+
+
+# The compute types whose ops a profile may carry lines of their own for (HardwareProfile.for_compute_type),
+# by the torch dtype their representative ops are timed in; fp32's lines are the unprefixed keys.
+_CALIBRATED_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def calibrated_types(profile: HardwareProfile) -> list[str]:
+    """fp32, then each of bf16 and fp16 that the profile has a peak for at a fast-path rate (at least
+    microbench's slow-path fraction of fp32's): their kernels, not fp32's, run those precisions, and a
+    slow path is said in the peak's note rather than timed at length."""
+    fp32 = profile.peak_flops_per_s.get("fp32", 0.0)
+    return ["fp32", *(t for t in ("bf16", "fp16")
+                      if profile.peak_flops_per_s.get(t, 0.0) >= microbench.SLOW_PATH_FRACTION * fp32)]
 
 
 class _Call(torch.nn.Module):
@@ -53,8 +70,8 @@ class _Call(torch.nn.Module):
 RepresentativeOp = tuple[str, str, Callable[..., object], list[torch.Tensor]]
 
 
-def representative_ops(device: str, scale: float) -> list[RepresentativeOp]:
-    """(op class, description, function, inputs): per class, one or two fp32 ops at three sizes.
+def representative_ops(device: str, scale: float, dtype: torch.dtype = torch.float32) -> list[RepresentativeOp]:
+    """(op class, description, function, inputs): per class, one or two ops of `dtype` at three sizes.
 
     Three sizes (small, cache-sized, large) separate a class's fixed per-call cost from its
     efficiency; the sizes bracket the layers of common CNNs and transformers at batch 1.
@@ -64,7 +81,7 @@ def representative_ops(device: str, scale: float) -> list[RepresentativeOp]:
         return max(2, int(base * scale))
 
     def randn(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, device=device)
+        return torch.randn(*shape, device=device, dtype=dtype)
 
     ops: list[RepresentativeOp] = []
     # Transformer-shaped products too (MLP up and down projections, an LM head whose weight does not
@@ -99,10 +116,11 @@ def representative_ops(device: str, scale: float) -> list[RepresentativeOp]:
     return ops
 
 
-def _roofline_s(fn: Callable[..., object], inputs: list[torch.Tensor], profile: HardwareProfile) -> tuple[float, str]:
-    """The op's uncalibrated roofline time, costed by roofline's own rules (no overhead), and the
-    memory level its largest op streams from."""
-    ops = Prediction(Analysis(trace(_Call(fn), inputs), get_precision("fp32")), profile).ops
+def _roofline_s(fn: Callable[..., object], inputs: list[torch.Tensor], profile: HardwareProfile,
+                compute_type: str = "fp32") -> tuple[float, str]:
+    """The op's uncalibrated roofline time at `compute_type` (its peak, its element sizes), costed by
+    roofline's own rules (no overhead), and the memory level its largest op streams from."""
+    ops = Prediction(Analysis(trace(_Call(fn), inputs), get_precision(compute_type)), profile).ops
     level = str(ops.loc[ops["bytes"].idxmax(), "memory_level"])
     return float((ops[["compute_s", "memory_s"]].max(axis=1)).sum()), level
 
@@ -137,44 +155,74 @@ def measure_efficiency(
     a CPU, pass_efficiency and pass_fixed_overhead_s from the same ops timed as in a pass) and
     metadata. On a GPU the host queues kernels ahead of the device, so a per-call timing in a
     cycle would time synchronisation, not the kernel: no pass factors there.
+
+    Each of calibrated_types(profile) is fitted on its own ops (bf16 ops run other kernels than fp32
+    ones: a CPU's bf16 GEMM may reach twice fp32's rate while its bf16 elementwise ops convert and run
+    slower per element); fp32's keys are plain (gemm), the others' carry their type (bf16:gemm). All
+    types' ops are timed in the same interleaved rounds, so a slow spell of a shared machine cannot
+    land on one type's lines and not another's (their ratio is what a precision comparison shows).
     """
-    ops = representative_ops(device, config.efficiency_scale)
+    types = calibrated_types(profile)
+    per_type = [representative_ops(device, config.efficiency_scale, _CALIBRATED_DTYPES[t]) for t in types]
+    ops = [op for typed in per_type for op in typed]
     fns, labels, reference_flops = efficiency_callables(ops, device)
+    labels = [*(f"{type_prefix(t)}{op[0]}" for t, typed in zip(types, per_type, strict=True) for op in typed), "reference"]
+    bounds = list(itertools.accumulate([0, *(len(typed) for typed in per_type)]))
     in_sequence = device == "cpu" and config.sequence_cycles > 0
-    alone_rounds: list[list[float]] = []  # per round, per callable: median seconds
-    sequence_rounds: list[list[float]] = []
+    alone_rounds: list[list[float]] = []  # per round, per callable (the reference last): median seconds
+    sequence_rounds: list[list[list[float]]] = [[] for _ in types]  # per type, per round, per op
     for _ in range(config.rounds):
         # Each round times every op alone (interleaved, so a slow spell of a shared machine does not
-        # land on one class and not another), then on a CPU every op in sequence, right after.
+        # land on one class and not another), then on a CPU each type's ops in sequence, right after.
         alone = time_interleaved(fns, 1, min_run_time_s=config.min_run_time_s / config.rounds, labels=labels,
                                  step=lambda index: progress.step(labels[index]), device=device)
         alone_rounds.append([m.median_s for m in alone])
-        if in_sequence:
-            timed = time_in_sequence(fns[:-1], config.cycles_per_round, labels=labels[:-1], device=device,
+        for index in range(len(types) if in_sequence else 0):
+            low, high = bounds[index], bounds[index + 1]
+            timed = time_in_sequence(fns[low:high], config.cycles_per_round, labels=labels[low:high], device=device,
                                      step=lambda cycle: progress.step(f"in sequence, cycle {cycle + 1}"))
-            sequence_rounds.append([m.median_s for m in timed])
-    return fit_rounds(profile, ops, alone_rounds, sequence_rounds, reference_flops)
-
-
-def fit_rounds(profile: HardwareProfile, ops: list[RepresentativeOp], alone_rounds: Sequence[Sequence[float]],
-               sequence_rounds: Sequence[Sequence[float]], reference_flops: float,
-               ) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
-    """The profile fields and metadata fitted from per-round median times: `alone_rounds` per round,
-    per op then the reference matmul last; `sequence_rounds` per round, per op timed in sequence, or
-    none (no pass line: efficiency and fixed_overhead_s only)."""
-    medians = [statistics.median(column) for column in zip(*alone_rounds, strict=True)]
-    efficiency, fixed, metadata = fit_efficiency(profile, ops, medians[:-1], reference_flops / medians[-1])
-    metadata |= _spread_metadata(ops, [row[:-1] for row in alone_rounds], "efficiency")
-    fields = {"efficiency": efficiency, "fixed_overhead_s": fixed}
-    if sequence_rounds:
-        in_pass = paired_sequence_medians([row[:-1] for row in alone_rounds], sequence_rounds)
-        pass_efficiency, pass_fixed, pass_metadata = fit_efficiency(profile, ops, in_pass, name="pass_efficiency")
-        fields |= {"pass_efficiency": pass_efficiency, "pass_fixed_overhead_s": pass_fixed}
-        metadata |= pass_metadata | _spread_metadata(ops, sequence_rounds, "pass_efficiency")
+            sequence_rounds[index].append([m.median_s for m in timed])
+    fields: dict[str, dict[str, float]] = {}
+    metadata: dict[str, str] = {}
+    for index, compute_type in enumerate(types):
+        low, high = bounds[index], bounds[index + 1]
+        typed_fields, typed_metadata = fit_rounds(
+            profile, per_type[index], [[*row[low:high], row[-1]] for row in alone_rounds], sequence_rounds[index],
+            reference_flops, compute_type)
+        for name, values in typed_fields.items():
+            fields.setdefault(name, {}).update(values)
+        metadata |= typed_metadata
     return fields, metadata
 
 
-def _spread_metadata(ops: list[RepresentativeOp], rounds: Sequence[Sequence[float]], name: str) -> dict[str, str]:
+def fit_rounds(profile: HardwareProfile, ops: list[RepresentativeOp], alone_rounds: Sequence[Sequence[float]],
+               sequence_rounds: Sequence[Sequence[float]], reference_flops: float, compute_type: str = "fp32",
+               ) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+    """The profile fields and metadata fitted from per-round median times of `compute_type` ops: `alone_rounds`
+    per round, per op then the reference matmul last; `sequence_rounds` per round, per op timed in sequence,
+    or none (no pass line: efficiency and fixed_overhead_s only)."""
+    medians = [statistics.median(column) for column in zip(*alone_rounds, strict=True)]
+    efficiency, fixed, metadata = fit_efficiency(profile, ops, medians[:-1], reference_flops / medians[-1],
+                                                 compute_type=compute_type)
+    prefix = type_prefix(compute_type)
+    metadata |= _spread_metadata(ops, [row[:-1] for row in alone_rounds], "efficiency", prefix)
+    fields = {"efficiency": efficiency, "fixed_overhead_s": fixed}
+    if sequence_rounds:
+        in_pass = paired_sequence_medians([row[:-1] for row in alone_rounds], sequence_rounds)
+        pass_efficiency, pass_fixed, pass_metadata = fit_efficiency(profile, ops, in_pass, name="pass_efficiency",
+                                                                    compute_type=compute_type)
+        fields |= {"pass_efficiency": pass_efficiency, "pass_fixed_overhead_s": pass_fixed}
+        metadata |= pass_metadata | _spread_metadata(ops, sequence_rounds, "pass_efficiency", prefix)
+    return fields, metadata
+
+
+def type_prefix(compute_type: str) -> str:
+    """How a profile's factor keys name the compute type their ops ran in: none for fp32, 'bf16:' for bf16."""
+    return "" if compute_type == "fp32" else f"{compute_type}:"
+
+
+def _spread_metadata(ops: list[RepresentativeOp], rounds: Sequence[Sequence[float]], name: str,
+                     prefix: str = "") -> dict[str, str]:
     """Per class, how much its ops' times moved from round to round: the median over its ops of half the
     range over rounds, relative to the median (a prediction interval's timing part; HardwareProfile.spread)."""
     if len(rounds) < 2:
@@ -184,7 +232,7 @@ def _spread_metadata(ops: list[RepresentativeOp], rounds: Sequence[Sequence[floa
         middle = statistics.median(times)
         if middle > 0:
             per_class.setdefault(op_class, []).append((max(times) - min(times)) / (2 * middle))
-    return {f"{name}_spread.{c}": f"{statistics.median(v):.4g}" for c, v in per_class.items()}
+    return {f"{name}_spread.{prefix}{c}": f"{statistics.median(v):.4g}" for c, v in per_class.items()}
 
 
 def _count(n: int, noun: str) -> str:
@@ -212,13 +260,14 @@ def efficiency_callables(ops: list[RepresentativeOp], device: str) -> tuple[list
 
 def fit_efficiency(
     profile: HardwareProfile, ops: list[RepresentativeOp], medians_s: Sequence[float],
-    reference_flops_per_s: float | None = None, name: str = "efficiency",
+    reference_flops_per_s: float | None = None, name: str = "efficiency", compute_type: str = "fp32",
 ) -> tuple[dict[str, float], dict[str, float], dict[str, str]]:
-    """(efficiency, fixed_overhead_s, metadata) from the median time of each of `ops`, fitted per class;
-    metadata keys start with `name`."""
+    """(efficiency, fixed_overhead_s, metadata) from the median time of each of `ops` (of `compute_type`),
+    fitted per class; metadata keys start with `name`, class keys with the type's prefix (type_prefix)."""
+    prefix = type_prefix(compute_type)
     points: dict[str, list[tuple[float, float, str, str]]] = {}
     for (op_class, description, fn, inputs), median_s in zip(ops, medians_s, strict=True):
-        roofline_s, level = _roofline_s(fn, inputs, profile)
+        roofline_s, level = _roofline_s(fn, inputs, profile, compute_type)
         points.setdefault(op_class, []).append((roofline_s, median_s, level, description))
     efficiency: dict[str, float] = {}
     fixed: dict[str, float] = {}
@@ -227,9 +276,10 @@ def fit_efficiency(
         metadata["reference_flops_per_s"] = f"{reference_flops_per_s:.4g}"
     last_level = profile.memory_levels[-1].name
     for op_class, samples in points.items():
-        factors, fixed[op_class] = fit_class(samples, last_level)
-        efficiency.update({op_class if level is None else f"{op_class}@{level}": f for level, f in factors.items()})
-        metadata[f"{name}.{op_class}"] = "; ".join(
+        factors, fixed[prefix + op_class] = fit_class(samples, last_level)
+        efficiency.update({prefix + (op_class if level is None else f"{op_class}@{level}"): f
+                           for level, f in factors.items()})
+        metadata[f"{name}.{prefix}{op_class}"] = "; ".join(
             str(CalibrationSample(description, r, t, level)) for r, t, level, description in samples
         )
     return efficiency, fixed, metadata
@@ -283,7 +333,8 @@ def recalibrate(profile: HardwareProfile, device: str | None = None, progress: b
     here = recalibration_device(profile)  # the one-line errors: no device of its kind here, nothing to refit
     device = device or here
     config = config_of(profile)
-    bar = _Progress(efficiency_steps(config, device), progress, f"recalibrating on {device}")
+    bar = _Progress(efficiency_steps(config, device, len(calibrated_types(profile))), progress,
+                    f"recalibrating on {device}")
     try:
         with torch.inference_mode(), retained_heap():
             fields, metadata = measure_efficiency(profile, device, config, bar)
@@ -314,12 +365,15 @@ def measure_profile(device: str = "cpu", quick: bool = False, progress: bool = T
         profile = microbench.measure_roofs(device, config, bar)
         if not config.efficiency or not any(level.bandwidth_bytes_per_s for level in profile.memory_levels):
             return profile
+        types = calibrated_types(profile)  # known once the peaks are: the steps counted above were fp32's
+        bar.extend(efficiency_steps(config, device, len(types)) - efficiency_steps(config, device))
         with torch.inference_mode(), retained_heap():
             fields, metadata = measure_efficiency(profile, device, config, bar)
     finally:
         bar.close()
     notes = {**profile.notes, "efficiency": (
-        "fitted per op class over fp32 ops at three sizes (in metadata): "
+        f"fitted per op class over ops at three sizes (in metadata), per compute type ({', '.join(types)}; "
+        "fp32's keys plain, the others' prefixed: bf16:gemm): "
         "time_measured = fixed_overhead_s + time_roofline / efficiency; time_calibrated uses that line")}
     if "pass_efficiency" in fields:
         notes["pass_efficiency"] = (

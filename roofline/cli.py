@@ -164,7 +164,7 @@ def _add_hw(parser: argparse.ArgumentParser, required: bool = True, calibrated: 
     parser.add_argument("--hw", required=required, help="profile name from hwprofiles/, a profile file, or auto")
     parser.add_argument("--measure-hw", action="store_true",
                         help="with --hw auto: if this machine has no saved measured profile, measure one first "
-                             "(roofline hw measure --quick, about 40 s) and save it")
+                             "(roofline hw measure --quick, 40-100 s on a 2-core CPU) and save it")
     if calibrated:
         parser.add_argument("--calibrated", action="store_true",
                             help="scale each op class by the efficiency measured on the device (measured profiles)")
@@ -552,7 +552,7 @@ def _setup_hw(parser: argparse.ArgumentParser) -> None:
     detect.add_argument("--format", choices=("table", "json"), default="table", help="output format (default: table)")
     measure = hw.add_parser("measure", help="measure bandwidths, matmul peaks, overhead and efficiency here")
     measure.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default: cpu")
-    measure.add_argument("--quick", action="store_true", help="a shorter run (under 30 s on a small CPU)")
+    measure.add_argument("--quick", action="store_true", help="a shorter run (40-100 s on a 2-core CPU; a full run about 5 min)")
     measure.add_argument("--save", metavar="FILE", help="write the profile here (default: the user profile dir, used by --hw auto)")
     measure.add_argument("--no-progress", action="store_true", help="no progress bar")
     measure.add_argument("--format", choices=("table", "json"), default="table", help="output format (default: table)")

@@ -20,7 +20,7 @@ from torch import nn
 from roofline.analysis import Analysis, analyze
 from roofline.errors import RooflineError, close_matches, positive_int
 from roofline.formatting import format_bytes, format_si, format_time
-from roofline.hardware.profile import HardwareProfile, MemoryLevel
+from roofline.hardware.profile import HardwareProfile
 from roofline.precision import PRECISIONS, get_precision
 from roofline.predict import (
     LATENCY_TERMS,
@@ -121,8 +121,7 @@ def _row(prediction: Prediction, layer: str) -> pd.Series:
 
 def _with_bandwidth(profile: HardwareProfile, factor: float) -> HardwareProfile:
     levels = tuple(
-        MemoryLevel(level.name, level.capacity_bytes,
-                    level.bandwidth_bytes_per_s * factor if level.bandwidth_bytes_per_s else None, level.note)
+        dataclasses.replace(level, bandwidth_bytes_per_s=level.bandwidth_bytes_per_s * factor if level.bandwidth_bytes_per_s else None)
         for level in profile.memory_levels
     )
     return dataclasses.replace(profile, name=f"{profile.name} x{factor:g} bandwidth", memory_levels=levels)
@@ -144,8 +143,10 @@ def efficiency_source(prediction: Prediction, ops: pd.DataFrame) -> str:
         # How well the class's line fits the sizes it was fitted on: residual r = log(measured / line).
         errors = [abs(math.exp(-r) - 1) for r in prediction.line_residuals(str(op_class))]
         evidence = (f", {len(errors)} sizes, line within {format_percent(max(errors))} of each" if errors else "")
+        raised = (f", raised from its class's {format_percent(own)}: it streams from "
+                  f"{group['memory_level'].iloc[0]}, deeper than the sizes the line was fitted at" if factor > own * (1 + 1e-9) else "")
         parts.append(f"{op_class} runs at {format_percent(factor)} of its roof on this machine "
-                     f"(measured {date[:10]}{evidence})")
+                     f"(measured {date[:10]}{evidence}{raised})")
     return "; ".join(parts) or "no ops"
 
 

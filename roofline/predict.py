@@ -7,7 +7,11 @@ The one model of time (everything that prints or plots a time renders these term
   the fastest level with a known bandwidth whose capacity holds the op's working set);
 - roofline_s = max(compute_s, memory_s), and the op's roof is whichever is larger;
 - kernel_s = roofline_s / efficiency, where efficiency is 1 for a plain prediction and the class's
-  fitted factor when calibrated; efficiency_s = kernel_s - roofline_s is the time above the roof;
+  fitted factor when calibrated; efficiency_s = kernel_s - roofline_s is the time above the roof.
+  An op that streams from a level deeper than every size its class's line was fitted at (with no
+  CLASS@LEVEL factor for it) takes that line's time at the deepest fitted level, or its own roof if
+  that is longer (_beyond_fitted_levels): a factor of 0.007 fitted on max-pools in cache says the
+  core, not the level, sets their time, and divided into a DRAM roof 5x longer it made one 5x too slow;
 - overhead: the profile's per-op figure, or the class's fitted fixed cost when calibrated;
 - the combine rule: a CPU dispatches and executes in turn, so op time = kernel_s + overhead (sum);
   a GPU queues launches while earlier kernels run, so op time = max(kernel_s, overhead) (max), and
@@ -133,6 +137,8 @@ class Prediction:
         if not isinstance(self.profile, HardwareProfile):
             raise RooflineError(f"predict() needs a HardwareProfile or a profile name, path or 'auto', got "
                                 f"{type(self.profile).__name__} {self.profile!r}"[:200])
+        # The efficiency lines fitted on this precision's own ops, where the profile has them (calibrate).
+        object.__setattr__(self, "profile", self.profile.for_compute_type(self.precision.compute_type))
         if self.calibrated and not self.profile.efficiency:
             raise RooflineError(
                 f"profile {self.profile.name!r} has no efficiency factors for calibrated prediction;"
@@ -185,7 +191,7 @@ class Prediction:
         records["roofline_s"] = np.maximum(records["compute_s"], records["memory_s"])
         records["roof"] = np.where(records["compute_s"] >= records["memory_s"], "compute",
                                    "memory:" + records["memory_level"])
-        records["efficiency"] = self._efficiency(records["op_class"], records["memory_level"])
+        records["efficiency"] = self._efficiency(records)
         records["overhead_s"] = self._overhead(records["op_class"])
         kernel = records["roofline_s"] / records["efficiency"]
         records["efficiency_s"] = kernel - records["roofline_s"]
@@ -194,7 +200,7 @@ class Prediction:
         records["exposed_overhead_s"] = records["predicted_s"] - kernel - records["collective_s"]
         records["module_call_s"] = 0.0
         if self.in_pass:
-            efficiency = self._efficiency(records["op_class"], records["memory_level"], in_pass=True)
+            efficiency = self._efficiency(records, in_pass=True)
             overhead = self._overhead(records["op_class"], in_pass=True)
             records["in_pass_s"] = (_combine(self.rule, records["roofline_s"] / efficiency, overhead)
                                     + records["collective_s"])
@@ -218,12 +224,47 @@ class Prediction:
                                 "collectives; add one (name, bandwidth_bytes_per_s, latency_s, source)")
         return collective_seconds(moved[:, 0], moved[:, 1], moved[:, 2], self.analysis.trace.tensor_parallel, link)
 
-    def _efficiency(self, op_class: pd.Series, level: pd.Series, in_pass: bool = False) -> pd.Series:
+    def _efficiency(self, records: pd.DataFrame, in_pass: bool = False) -> pd.Series:
+        """Per op, the factor in force: its class's (at its level), raised beyond the levels it was fitted at."""
+        op_class, level = records["op_class"], records["memory_level"]
         if not self.calibrated:
             return pd.Series(1.0, index=op_class.index)
         default = self.default_efficiency(in_pass)
         found = [self.profile.efficiency_for(c, lvl, in_pass) for c, lvl in zip(op_class, level, strict=True)]
-        return pd.Series([default if f is None else f for f in found], index=op_class.index, dtype=float)
+        factor = pd.Series([default if f is None else f for f in found], index=op_class.index, dtype=float)
+        return self._beyond_fitted_levels(records, factor, in_pass)
+
+    def _beyond_fitted_levels(self, records: pd.DataFrame, factor: pd.Series, in_pass: bool) -> pd.Series:
+        """`factor` where an op streams from a level deeper than all the sizes its class's line was fitted at
+        (and the class has no factor of that level's own) raised to roofline_s / max(roofline_s, roofline at
+        the deepest fitted level / factor), never below `factor`: the line's time where it was measured,
+        unless the op's own level is slower still. Classes with no recorded samples are left as they are."""
+        names = [lvl.name for lvl in self._levels]
+        bandwidth = np.array([lvl.bandwidth_bytes_per_s or np.nan for lvl in self._levels], dtype=float)
+        deepest = {c: self._deepest_fitted_level(str(c), names, in_pass) for c in records["op_class"].unique()}
+        fitted = records["op_class"].map(deepest).astype(float)
+        here = records["memory_level"].map({name: i for i, name in enumerate(names)}).astype(float)
+        own = pd.Series([f"{c}@{lvl}" in self.profile.efficiency
+                         for c, lvl in zip(records["op_class"], records["memory_level"], strict=True)], index=records.index)
+        beyond = fitted.notna() & (here > fitted) & ~own
+        if not beyond.any():
+            return factor
+        at_fitted = bandwidth[fitted[beyond].astype(int).to_numpy()]
+        roof_fitted = np.maximum(records.loc[beyond, "compute_s"], records.loc[beyond, "bytes"] / at_fitted)
+        roof_here = records.loc[beyond, "roofline_s"]
+        raised = roof_here / np.maximum(roof_here, roof_fitted / factor[beyond])
+        out = factor.copy()
+        out[beyond] = np.maximum(factor[beyond], raised.where(roof_here > 0, factor[beyond]))
+        return out
+
+    def _deepest_fitted_level(self, op_class: str, names: list[str], in_pass: bool) -> int | None:
+        """Index (in streaming levels) of the deepest level among the sizes the class's own factor was fitted
+        on: its samples, less those at a level with a CLASS@LEVEL factor (fitted on their own); None if none."""
+        factors = self.profile.pass_efficiency if in_pass else self.profile.efficiency
+        levels = {s.level for s in self.profile.calibration_samples(op_class, in_pass)
+                  if f"{op_class}@{s.level}" not in factors and f"{op_class}@{s.level}" not in self.profile.efficiency}
+        indices = [names.index(name) for name in levels if name in names]
+        return max(indices) if indices else None
 
     def default_efficiency(self, in_pass: bool = False) -> float:
         """The factor of a class the profile has none for: the median of its classes (in-cache factors only)."""

@@ -133,8 +133,14 @@ def test_measure_cpu_profile_structure(tiny_bench: BenchConfig) -> None:
     assert capacities == sorted(capacities)
     assert 0 < p.overhead_s < 1e-2
     assert p.module_call_s is not None and 0 < p.module_call_s < 1e-2
-    assert {key.partition("@")[0] for key in p.efficiency} <= set(EFFICIENCY_CLASSES)
+    assert {key.rpartition(":")[2].partition("@")[0] for key in p.efficiency} <= set(EFFICIENCY_CLASSES)
     assert {key.partition("@")[2] for key in p.efficiency if "@" in key} <= {p.memory_levels[-1].name}
+    # Each fast compute type has lines of its own, keyed TYPE:CLASS (fp32's plain), for the same classes.
+    types = calibrate.calibrated_types(p)
+    assert {key.partition(":")[0] for key in p.efficiency if ":" in key} == set(types) - {"fp32"}
+    for compute_type in types:
+        classes = {k.partition("@")[0] for k in p.for_compute_type(compute_type).efficiency}
+        assert classes == {k.partition("@")[0] for k in p.efficiency if ":" not in k}
     assert p.efficiency and all(0 < v <= 1.5 for v in p.efficiency.values())
     assert "time_calibrated" in p.notes["efficiency"]
     # The same ops timed as in a pass: a factor and a fixed cost for every class timed alone.
@@ -179,3 +185,54 @@ def test_recalibrate_times_the_efficiency_ops_again_and_keeps_the_roofs(tiny_ben
     detected = load_profile("epyc-7763")
     with pytest.raises(RooflineError, match="not a measured profile with efficiency factors"):
         calibrate.recalibrate(detected, "cpu", progress=False)
+
+
+def _sweep(curve: dict[int, float]) -> list[microbench.BandwidthPoint]:
+    """One 'copy' point per working set moving 2 x the working set at the given bandwidth (B/s)."""
+    return [microbench.BandwidthPoint("copy", size, 2 * size, Measurement((2 * size / bw,) * 5, 1, "cpu", 1))
+            for size, bw in curve.items()]
+
+
+def test_effective_capacity_is_where_the_sweep_falls_halfway_to_the_next_level() -> None:
+    """Issue 16: a VM reported a 256 MiB L3 that a 96 MB weight set did not enjoy; the sweep says where it ends."""
+    from roofline.hardware.profile import MemoryLevel
+
+    mib = 1024 * 1024
+    levels = [MemoryLevel("L2", 1 * mib, 200e9), MemoryLevel("L3", 256 * mib, 100e9), MemoryLevel("DRAM", 64e9, 20e9)]
+    curve = {mib // 4: 200e9, mib // 2: 200e9, 2 * mib: 110e9, 8 * mib: 100e9, 16 * mib: 100e9, 32 * mib: 40e9,
+             64 * mib: 20e9, 128 * mib: 20e9, 512 * mib: 20e9}
+    out = microbench.effective_capacities(levels, _sweep(curve), overhead_s=1e-9)
+    # L3: threshold sqrt(100e9 x 20e9) = 44.72e9 B/s; last size at or above it 16 MiB (100e9), next 32 MiB (40e9):
+    # fraction ln(100/44.72) / ln(100/40) = 0.8047 / 0.9163 = 0.8782, so 16 MiB x 2^0.8782 = 16 x 1.8383 = 29.41 MiB.
+    assert out[1].effective_capacity_bytes == pytest.approx(29.41 * mib, rel=1e-3)
+    assert out[1].capacity_bytes == 256 * mib and "effective capacity" in out[1].note
+    # L2: threshold sqrt(200e9 x 100e9) = 141.4e9; last above 512 KiB (200e9), next 2 MiB (110e9):
+    # fraction ln(200/141.4) / ln(200/110) = 0.3466 / 0.5978 = 0.5798, so 512 KiB x 4^0.5798 = 1.117 MiB: past
+    # the reported 1 MiB, so the reported size stays.
+    assert out[0].effective_capacity_bytes is None
+    assert out[2] == levels[2]
+    # A crossing less than one sweep step (2x) below the reported size is within the noise: the reported size stays.
+    # Reported 48 MiB: 29.41 MiB x 2 is past it. Reported 64 MiB: 29.41 MiB x 2 = 58.8 MiB is below it, so it is taken.
+    for reported, expected in ((48 * mib, None), (64 * mib, pytest.approx(29.41 * mib, rel=1e-3))):
+        near = [MemoryLevel("L3", reported, 100e9), levels[2]]
+        assert microbench.effective_capacities(near, _sweep(curve), 1e-9)[0].effective_capacity_bytes == expected
+    # Levels within 1.25x of each other cannot be told apart in the sweep: the reported size stays.
+    close = [MemoryLevel("L3", 256 * mib, 100e9), MemoryLevel("DRAM", 64e9, 90e9)]
+    assert microbench.effective_capacities(close, _sweep(curve), 1e-9)[0].effective_capacity_bytes is None
+
+
+def test_prediction_streams_from_the_level_that_holds_the_working_set_by_its_effective_capacity(tmp_path: Path) -> None:
+    from roofline.hardware.profile import HardwareProfile, MemoryLevel, save_profile
+
+    mib = 1024 * 1024
+    l3 = MemoryLevel("L3", 256 * mib, 100e9, effective_capacity_bytes=30 * mib)
+    profile = HardwareProfile("vm", "cpu", "test", "measured", "written in the test", {"fp32": 1e11},
+                              (l3, MemoryLevel("DRAM", 64e9, 20e9)), 1e-6)
+    assert profile.memory_level_for(96e6).name == "DRAM"  # 96 MB of weights: past the 30 MiB in use
+    assert profile.memory_level_for(8e6).name == "L3"
+    path = tmp_path / "vm.yaml"
+    save_profile(profile, path)
+    assert load_profile(str(path)).memory_levels[0].effective_capacity_bytes == 30 * mib
+    with pytest.raises(RooflineError, match=r"memory_levels\[0\]\.effective_capacity_bytes.*must not exceed"):
+        HardwareProfile("vm", "cpu", "test", "measured", "written in the test", {"fp32": 1e11},
+                        (MemoryLevel("L3", mib, 100e9, effective_capacity_bytes=2 * mib), MemoryLevel("DRAM", 64e9, 20e9)), 1e-6)

@@ -217,3 +217,77 @@ def test_a_profile_whose_dram_bandwidth_is_unknown_is_refused_for_prediction():
     # A cache level with no bandwidth is skipped: its ops stream from the next level that has one.
     hw = dataclasses.replace(synthetic(), memory_levels=(MemoryLevel("L2", L2_SIZE, None), MemoryLevel("DRAM", 64e9, DRAM_BW)))
     assert set(predict(analysis, hw).ops["memory_level"]) == {"DRAM"}
+
+
+def test_calibrated_bf16_uses_the_lines_fitted_on_bf16_ops():
+    """Issue 16: fp32 factors reused for bf16 made resnet18's fp32/bf16 ratio 92% too high on an AMX Xeon."""
+    import dataclasses
+
+    efficiency = {"gemm": 0.8, "gemm@DRAM": 0.5, "conv": 0.6, "bf16:gemm": 0.4}
+    fixed = {"gemm": 1e-5, "conv": 2e-5, "bf16:gemm": 3e-5}
+    hw = dataclasses.replace(synthetic(efficiency=efficiency), fixed_overhead_s=fixed,
+                             peak_flops_per_s={"fp32": PEAK, "bf16": 2 * PEAK})
+    bf16 = hw.for_compute_type("bf16")
+    # bf16 has a gemm line of its own: all of gemm's keys come from it (fp32's gemm@DRAM is not mixed in).
+    assert dict(bf16.efficiency) == {"gemm": 0.4, "conv": 0.6} and dict(bf16.fixed_overhead_s) == {"gemm": 3e-5, "conv": 2e-5}
+    assert dict(hw.for_compute_type("fp32").efficiency) == {"gemm": 0.8, "gemm@DRAM": 0.5, "conv": 0.6}
+    batch, width = 64, 256  # in L2 in both precisions
+    analysis = roofline.analyze(nn.Linear(width, width, bias=False).to("meta"), inputs=[torch.randn(batch, width, device="meta")])
+    flops = 2 * batch * width * width  # 8,388,608
+    for precision, factor, fixed_s, peak in (("fp32", 0.8, 1e-5, PEAK), ("bf16", 0.4, 3e-5, 2 * PEAK)):
+        row = predict(analysis, hw, precision=precision, calibrated=True).layers.iloc[0]
+        assert row["compute_s"] == pytest.approx(flops / peak)
+        assert row["compute_s"] > row["memory_s"]  # compute-bound: bytes / 1 TB/s is under 1 us
+        assert row["predicted_s"] == pytest.approx(fixed_s + flops / peak / factor + row["module_call_s"])
+    with pytest.raises(RooflineError, match=r"efficiency\.bf17:gemm.*unknown compute type 'bf17'"):
+        dataclasses.replace(hw, efficiency={"bf17:gemm": 0.5})
+
+
+def test_calibration_fits_each_fast_compute_type_on_its_own_ops():
+    import dataclasses
+
+    from roofline.calibrate import calibrated_types, fit_efficiency
+
+    hw = dataclasses.replace(synthetic(), peak_flops_per_s={"fp32": PEAK, "bf16": 2 * PEAK, "fp16": 0.01 * PEAK})
+    assert calibrated_types(hw) == ["fp32", "bf16"]  # fp16 at 1% of fp32: a slow path, not calibrated
+    # Three bf16 GEMMs in L2, compute-bound at the bf16 peak: roofline = 2 m k n / 2e12 s; timed as 1e-5 + roofline / 0.5.
+    ops = [("gemm", f"linear {m}", torch.nn.functional.linear,
+            [torch.randn(m, 256, dtype=torch.bfloat16), torch.randn(256, 256, dtype=torch.bfloat16)]) for m in (64, 128, 256)]
+    medians = [1e-5 + 2 * m * 256 * 256 / (2 * PEAK) / 0.5 for m in (64, 128, 256)]
+    efficiency, fixed, metadata = fit_efficiency(hw, ops, medians, compute_type="bf16")
+    assert efficiency == {"bf16:gemm": pytest.approx(0.5, rel=1e-6)} and fixed == {"bf16:gemm": pytest.approx(1e-5, rel=1e-6)}
+    calibrated = dataclasses.replace(hw, efficiency={"gemm": 0.9, **efficiency}, fixed_overhead_s={"gemm": 1e-6, **fixed},
+                                     metadata=metadata)
+    # The evidence follows the type: bf16's samples back its own line, with residuals of 0 on a line that fits exactly.
+    samples = calibrated.for_compute_type("bf16").calibration_samples("gemm")
+    # (kept to 3 significant digits in metadata)
+    assert [s.roofline_s for s in samples] == pytest.approx([2 * m * 256 * 256 / (2 * PEAK) for m in (64, 128, 256)], rel=2e-3)
+    analysis = roofline.analyze(nn.Linear(256, 256).to("meta"), inputs=[torch.randn(8, 256, device="meta")])
+    prediction = predict(analysis, calibrated, precision="bf16", calibrated=True)
+    assert prediction.line_residuals("gemm") == pytest.approx([0.0, 0.0, 0.0], abs=5e-3)
+
+
+def test_an_op_beyond_the_levels_its_class_was_fitted_at_keeps_the_line_s_time_there():
+    """Issue 16: max-pools fitted in cache at 0.7% of their roof made one streaming from DRAM 5x too slow."""
+    import dataclasses
+
+    from roofline.hardware.profile import CalibrationSample
+
+    samples = "; ".join(str(CalibrationSample(f"pool {i}", r, 1e-6 + r / 0.01, "L2")) for i, r in enumerate((1e-8, 1e-7)))
+    hw = dataclasses.replace(synthetic(efficiency={"pool": 0.01}), fixed_overhead_s={"pool": 1e-6},
+                             metadata={"efficiency.pool": samples})
+    pool, x = nn.MaxPool2d(3, 2, 1), torch.randn(1, 64, 224, 224, device="meta")
+    row = layer_row(pool, x, hw, calibrated=True)
+    # 4 B x 64 x 224 x 224 read, 4 B x 64 x 112 x 112 written, and as many int64 indices (aten's max_pool2d_with_indices):
+    moved = 4 * 64 * 224 * 224 + (4 + 8) * 64 * 112 * 112  # 22,478,848 B: past the 1 MiB L2
+    assert row["memory_level"] == "DRAM" and row["bytes"] == moved and row["memory_s"] > row["compute_s"]
+    # The line's time at L2, the deepest level it was fitted at: moved / 1e12 / 0.01 = 2.248 ms, longer than the
+    # DRAM roof (moved / 1e11 = 0.225 ms), so it stands; the class factor on the DRAM roof would give 22.48 ms.
+    assert row["predicted_s"] - row["module_call_s"] == pytest.approx(1e-6 + moved / L2_BW / 0.01)
+    # A class with a factor of its own at DRAM, or with no recorded samples, keeps its factor on the DRAM roof.
+    for profile in (dataclasses.replace(hw, efficiency={"pool": 0.01, "pool@DRAM": 0.05}),
+                    dataclasses.replace(hw, metadata={})):
+        factor = profile.efficiency_for("pool", "DRAM")
+        assert factor is not None
+        row = layer_row(pool, x, profile, calibrated=True)
+        assert row["predicted_s"] - row["module_call_s"] == pytest.approx(1e-6 + moved / DRAM_BW / factor)

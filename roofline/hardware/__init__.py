@@ -77,7 +77,7 @@ def _auto_profile() -> HardwareProfile:
         return detected
     raise RooflineError(
         f"no measured profile of this machine ({detected.name}) yet, and detection cannot know its memory "
-        "bandwidth: measure it once with `roofline hw measure --quick` (about 40 s), or pass --measure-hw"
+        "bandwidth: measure it once with `roofline hw measure --quick` (40-100 s), or pass --measure-hw"
     )
 
 

@@ -27,19 +27,25 @@ from roofline.timing import (
     with_matmul_tf32,
 )
 
-__all__ = ["FULL", "QUICK", "BandwidthPoint", "BenchConfig", "check_bench_device", "config_of", "local_device", "measure_roofs"]
+__all__ = ["FULL", "QUICK", "SLOW_PATH_FRACTION", "BandwidthPoint", "BenchConfig", "check_bench_device", "config_of", "effective_capacities",
+           "local_device", "measure_roofs"]
 
 _KIB = 1024
 _MIB = 1024 * 1024
 # A point whose time is under this many per-op overheads measures dispatch, not memory: not used.
 _OVERHEAD_BOUND_FACTOR = 10.0
-# A compute type slower than this fraction of fp32 has no fast path on this device (said in notes).
-_SLOW_PATH_FRACTION = 0.05
+# A compute type slower than this fraction of fp32 has no fast path on this device (said in notes, and
+# not calibrated: roofline.calibrate.calibrated_types).
+SLOW_PATH_FRACTION = 0.05
+# Two levels whose measured bandwidths differ by less than this factor cannot be told apart in a sweep
+# whose points move 10-30% (IQR) on a shared machine: the drop between them is not placed (reported size kept).
+_DISTINCT_LEVELS_FACTOR = 1.25
 
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """How much to measure. QUICK finishes in under 30 s on a 2-core CPU, FULL in under 3 minutes."""
+    """How much to measure. On a 2-core CPU with bf16 calibrated too, QUICK took 100 s and FULL about 5 minutes
+    while other work shared the cores (under 30 s and 3 minutes when only fp32 was calibrated)."""
 
     min_bytes: int = 16 * _KIB
     max_bytes: int = 512 * _MIB
@@ -120,8 +126,9 @@ def _stream_kernels(working_set: int, device: str, llc_bytes: float | None) -> I
     yield "triad", 3 * three * element, lambda: torch.add(y, z, alpha=3.0, out=x)
     if llc_bytes is None or working_set <= llc_bytes:
         # In-cache read: a sum over a stride-0 repeated view re-reads the same small buffer `repeat`
-        # times in one op, so cache levels are not hidden behind per-op dispatch cost.
-        n = max(1, working_set // element)
+        # times in one op, so cache levels are not hidden behind per-op dispatch cost. The buffer and
+        # the output it sums into are each half the working set, so the point sits where its data does.
+        n = max(1, working_set // (2 * element))
         repeat = max(2, math.ceil(16 * _MIB / working_set))
         r, out = torch.rand(n, device=device), torch.empty(n, device=device)
         view = r.expand(repeat, n)
@@ -147,6 +154,12 @@ class _Progress:
         if self._bar is not None:
             self._bar.set_postfix_str(label, refresh=False)
             self._bar.update(1)
+
+    def extend(self, steps: int) -> None:
+        """Add `steps` to the total: work whose size is known only part-way through."""
+        if self._bar is not None and steps:
+            self._bar.total += steps
+            self._bar.refresh()
 
     def close(self) -> None:
         if self._bar is not None:
@@ -219,6 +232,50 @@ def _plateaus(
     return measured, metadata
 
 
+def effective_capacities(
+    levels: list[MemoryLevel], points: list[BandwidthPoint], overhead_s: float, size_step: float = 2.0
+) -> list[MemoryLevel]:
+    """`levels` (measured) with each cache's effective capacity: the working set at which the sweep's
+    bandwidth falls to the geometric mean of this level's bandwidth and the next measured level's,
+    where that is below the reported size (a VM may report a cache its guest does not get).
+
+    The curve is the best kernel per working set among points not dominated by per-op overhead; the
+    crossing is interpolated on log size and log bandwidth between the last point at or above the
+    threshold and the next size. Left as reported when the crossing is not below the reported size by
+    more than one sweep step (`size_step`: two sweeps of a 2-core EPYC VM, at 2 threads while it was idle
+    and at 1 thread while other tests ran, placed its L3's crossing at 40 MiB and at 19 MiB of a reported
+    32 MiB, so a drop that close is within the noise, not evidence against the reported size), or when the two levels' bandwidths are within
+    _DISTINCT_LEVELS_FACTOR of each other.
+    """
+    curve: dict[int, float] = {}
+    for p in points:
+        if p.measurement.median_s >= _OVERHEAD_BOUND_FACTOR * overhead_s:
+            curve[p.working_set_bytes] = max(curve.get(p.working_set_bytes, 0.0), p.bandwidth_bytes_per_s)
+    sizes = sorted(curve)
+    out = list(levels)
+    for i, level in enumerate(levels[:-1]):
+        below = next((lower for lower in levels[i + 1:] if lower.bandwidth_bytes_per_s), None)
+        if level.capacity_bytes is None or level.bandwidth_bytes_per_s is None or below is None:
+            continue
+        fast, slow = level.bandwidth_bytes_per_s, float(below.bandwidth_bytes_per_s or 0.0)
+        if fast < _DISTINCT_LEVELS_FACTOR * slow:
+            continue
+        threshold = math.sqrt(fast * slow)
+        above = [k for k, size in enumerate(sizes) if curve[size] >= threshold]
+        if not above or above[-1] + 1 == len(sizes):
+            continue
+        k = above[-1]
+        (s0, b0), (s1, b1) = (sizes[k], curve[sizes[k]]), (sizes[k + 1], curve[sizes[k + 1]])
+        fraction = math.log(b0 / threshold) / math.log(b0 / b1)
+        crossing = math.exp(math.log(s0) + fraction * math.log(s1 / s0))
+        if crossing * size_step >= level.capacity_bytes:
+            continue
+        note = (f"{level.note}; effective capacity {crossing:.0f} B: where the sweep's best bandwidth fell to "
+                f"{threshold:.3g} B/s (geometric mean of this level's and {below.name}'s), between {s0} and {s1} B")
+        out[i] = dataclasses.replace(level, effective_capacity_bytes=crossing, note=note)
+    return out
+
+
 _MATMUL_TYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -263,7 +320,7 @@ def _compute_peaks(
             rate = 2 * n**3 / m.median_s
             if best is None or rate > best[0]:
                 best = (rate, m, n)
-            if "fp32" in peaks and compute_type != "fp32" and rate < _SLOW_PATH_FRACTION * peaks["fp32"]:
+            if "fp32" in peaks and compute_type != "fp32" and rate < SLOW_PATH_FRACTION * peaks["fp32"]:
                 break  # no fast path: larger sizes would only take longer
         if best is None:
             continue
@@ -271,7 +328,7 @@ def _compute_peaks(
         peaks[compute_type] = rate
         metadata[f"matmul.{compute_type}"] = f"{_spread(m, 2 * n**3)} FLOP/s at n={n}"
         note = f"measured: best median rate of torch matmul over n in {list(config.matmul_sizes)} (at n={n}), IQR {100 * m.iqr_s / m.median_s:.1f}%"
-        if compute_type != "fp32" and "fp32" in peaks and rate < _SLOW_PATH_FRACTION * peaks["fp32"]:
+        if compute_type != "fp32" and "fp32" in peaks and rate < SLOW_PATH_FRACTION * peaks["fp32"]:
             note += f"; NO FAST PATH: {100 * rate / peaks['fp32']:.2g}% of the fp32 rate on this device (kept as measured, not hidden)"
         notes[f"peak_flops_per_s.{compute_type}"] = note
     return peaks, notes, metadata
@@ -332,6 +389,7 @@ def measure_roofs(device: str, config: BenchConfig, bar: _Progress) -> HardwareP
                 points.append(BandwidthPoint(kernel, size, nbytes, m))
                 bar.step(f"{kernel} {size // _KIB} KiB")
         measured_levels, bw_metadata = _plateaus(levels, points, overhead.median_s)
+        measured_levels = effective_capacities(measured_levels, points, overhead.median_s, config.size_step)
         peaks, peak_notes, peak_metadata = _compute_peaks(device, config, bar)
         if "fp32" not in peaks:
             raise RooflineError(f"no fp32 matmul could be timed on {device}")
@@ -340,7 +398,8 @@ def measure_roofs(device: str, config: BenchConfig, bar: _Progress) -> HardwareP
             "overhead_s": f"measured: median latency of a 1-element torch.add (dispatch/launch cost), IQR {100 * overhead.iqr_s / overhead.median_s:.1f}%",
             "module_call_s": f"measured: median latency of calling an nn.Identity (Python module call), IQR {100 * module_call.iqr_s / module_call.median_s:.1f}%",
             "memory_levels": "capacities detected; bandwidths measured: STREAM copy/scale/add/triad (+ an in-cache read) swept "
-            f"over {len(sizes)} working sets from {sizes[0]} to {sizes[-1]} B; each level = best kernel among sizes that fit it",
+            f"over {len(sizes)} working sets from {sizes[0]} to {sizes[-1]} B; each level = best kernel among sizes that fit it; "
+            "a cache's effective capacity = where the sweep's bandwidth fell halfway (log scale) to the next level's",
         }
         metadata = {
             **{k: v for k, v in base.metadata.items() if k in ("machine", "brand", "physical_cores", "clock_hz", "flags_used", "nvml_name", "compute_capability", "gpu")},

@@ -65,19 +65,30 @@ _OPTIONAL = ("format_version", "module_call_s", "efficiency", "fixed_overhead_s"
 _FACTOR_FIELDS = ("efficiency", "pass_efficiency")  # op class (or CLASS@LEVEL) -> fraction of the roofline
 _FIXED_FIELDS = ("fixed_overhead_s", "pass_fixed_overhead_s")  # op class -> seconds per call
 _LEVEL_REQUIRED = ("name", "capacity_bytes", "bandwidth_bytes_per_s")
-_LEVEL_OPTIONAL = ("note",)
+_LEVEL_OPTIONAL = ("note", "effective_capacity_bytes")
 _INTERCONNECT_FIELDS = ("name", "bandwidth_bytes_per_s", "latency_s", "source")
 _MAX_LINK_LATENCY_S = 1e-3
 
 
 @dataclass(frozen=True)
 class MemoryLevel:
-    """One level of the memory hierarchy; None means not known (capacity) or not measured yet (bandwidth)."""
+    """One level of the memory hierarchy; None means not known (capacity) or not measured yet (bandwidth).
+
+    `effective_capacity_bytes` is the working set at which a measured bandwidth sweep left this level
+    (microbench.effective_capacities), where it is smaller than the reported size: a VM may report a
+    cache its guest does not get, and a core running alone uses its own share of a per-core cache.
+    """
 
     name: str
     capacity_bytes: float | None
     bandwidth_bytes_per_s: float | None
     note: str = ""
+    effective_capacity_bytes: float | None = None
+
+    @property
+    def holds_bytes(self) -> float | None:
+        """The largest working set that streams from this level: the measured capacity, else the reported one."""
+        return self.effective_capacity_bytes if self.effective_capacity_bytes is not None else self.capacity_bytes
 
 
 @dataclass(frozen=True)
@@ -135,6 +146,10 @@ class HardwareProfile:
     code, weights and output buffer cold, having been evicted by the others, while an op repeated
     alone finds them warm. A layer's predicted time alone uses the first pair; its time inside a
     pass (and so the end-to-end latency) uses the second where the profile has it.
+
+    Keys of these four mappings may name the compute type their ops ran in, `TYPE:CLASS[@LEVEL]`
+    (bf16:gemm): that type's own line, fitted on ops of that dtype; a plain key is fp32's.
+    `for_compute_type` puts one type's lines in force, as prediction does for its precision.
     """
 
     name: str
@@ -231,17 +246,43 @@ class HardwareProfile:
 
     def memory_level_for(self, working_set_bytes: float) -> MemoryLevel:
         """The level an op streams from, the one rule for it: the fastest level with a known bandwidth whose
-        capacity holds the op's working set, else the last level (DRAM/HBM)."""
+        capacity (its measured effective capacity where the profile has one, MemoryLevel.holds_bytes) holds
+        the op's working set, else the last level (DRAM/HBM)."""
         levels = self.streaming_levels()
         return levels[int(self.level_indices(np.array([working_set_bytes], dtype=float))[0])]
 
     def level_indices(self, working_set_bytes: np.ndarray) -> np.ndarray:
         """memory_level_for over an array: indices into streaming_levels()."""
         levels = self.streaming_levels()
-        capacities = np.array([level.capacity_bytes or np.inf for level in levels], dtype=float)
+        capacities = np.array([level.holds_bytes or np.inf for level in levels], dtype=float)
         capacities[-1] = np.inf
         fits: np.ndarray = np.asarray(working_set_bytes, dtype=float)[:, None] <= capacities[None, :]
         return np.asarray(np.argmax(fits, axis=1))
+
+    def for_compute_type(self, compute_type: str) -> HardwareProfile:
+        """This profile with `compute_type`'s own efficiency lines (keys TYPE:CLASS) in force as the plain
+        keys, class by class: a class without a line of that type keeps fp32's (the plain keys). Lines of
+        other types are left out, so everything that reads the plain keys reads this type's."""
+        if not any(":" in key for name in (*_FACTOR_FIELDS, *_FIXED_FIELDS) for key in getattr(self, name)):
+            return self
+        prefix = f"{compute_type}:"
+        own = {key.removeprefix(prefix).partition("@")[0]
+               for name in _FACTOR_FIELDS for key in getattr(self, name) if key.startswith(prefix)}
+
+        def pick(mapping: Mapping[str, Any]) -> dict[str, Any]:
+            plain = {k: v for k, v in mapping.items() if ":" not in k and k.partition("@")[0] not in own}
+            return plain | {k.removeprefix(prefix): v for k, v in mapping.items() if k.startswith(prefix)}
+
+        # Calibration evidence (samples, spreads) is kept in metadata as "<field>.<key>", with the same keys.
+        evidence = ("efficiency.", "pass_efficiency.", "efficiency_spread.", "pass_efficiency_spread.")
+        metadata = {k: v for k, v in self.metadata.items() if not k.startswith(evidence)}
+        for stem in evidence:
+            keyed = {k.removeprefix(stem): v for k, v in self.metadata.items() if k.startswith(stem)}
+            metadata |= {stem + k: v for k, v in pick(keyed).items()}
+        return dataclasses.replace(
+            self, efficiency=pick(self.efficiency), fixed_overhead_s=pick(self.fixed_overhead_s),
+            pass_efficiency=pick(self.pass_efficiency), pass_fixed_overhead_s=pick(self.pass_fixed_overhead_s),
+            metadata=metadata)
 
     def efficiency_for(self, op_class: str, level: str, in_pass: bool = False) -> float | None:
         """The calibrated factor for `op_class` streaming from `level`: CLASS@LEVEL, else CLASS, else None.
@@ -290,6 +331,8 @@ class HardwareProfile:
                     "capacity_bytes": level.capacity_bytes,
                     "bandwidth_bytes_per_s": level.bandwidth_bytes_per_s,
                     **({"note": level.note} if level.note else {}),
+                    **({"effective_capacity_bytes": level.effective_capacity_bytes}
+                       if level.effective_capacity_bytes is not None else {}),
                 }
                 for level in self.memory_levels
             ],
@@ -313,6 +356,8 @@ class HardwareProfile:
         lines.append("  peaks: " + ", ".join(f"{k} {format_si(v, 'FLOP/s')}" for k, v in self.peak_flops_per_s.items()))
         for level in self.memory_levels:
             capacity = format_bytes(level.capacity_bytes) if level.capacity_bytes is not None else "?"
+            if level.effective_capacity_bytes is not None:
+                capacity += f" (in use {format_bytes(level.effective_capacity_bytes)})"
             bandwidth = (
                 format_si(level.bandwidth_bytes_per_s, "B/s") if level.bandwidth_bytes_per_s is not None else "not measured"
             )
@@ -385,6 +430,12 @@ def _check_values(profile: HardwareProfile) -> None:
     for i, level in enumerate(profile.memory_levels):
         _number(where, f"memory_levels[{i}].capacity_bytes", level.capacity_bytes, "bytes", 1.0, _MAX_CAPACITY, allow_none=True)
         _number(where, f"memory_levels[{i}].bandwidth_bytes_per_s", level.bandwidth_bytes_per_s, "bytes/s", _MIN_BW, _MAX_BW, allow_none=True)
+        effective = _number(where, f"memory_levels[{i}].effective_capacity_bytes", level.effective_capacity_bytes, "bytes",
+                            1.0, _MAX_CAPACITY, allow_none=True)
+        if effective is not None and (level.capacity_bytes is None or effective > level.capacity_bytes):
+            raise _fail(where, f"memory_levels[{i}].effective_capacity_bytes",
+                        f"{effective:.0f} must not exceed the level's capacity_bytes ({level.capacity_bytes}): it is the "
+                        "part of that capacity a bandwidth sweep found in use")
         if level.capacity_bytes is not None:
             if previous is not None and level.capacity_bytes <= previous:
                 raise _fail(where, f"memory_levels[{i}].capacity_bytes", "levels go from fastest (smallest) to slowest (largest); this one is not larger than the one before")
@@ -396,7 +447,8 @@ def _check_values(profile: HardwareProfile) -> None:
     level_names = [level.name for level in profile.memory_levels]
     for name in _FACTOR_FIELDS:
         for key, value in getattr(profile, name).items():
-            op_class, _, level = key.partition("@")
+            _check_compute_type_prefix(where, f"{name}.{key}", key)
+            op_class, _, level = key.rpartition(":")[2].partition("@")
             if op_class not in EFFICIENCY_CLASSES:
                 raise _fail(where, f"{name}.{key}", f"unknown op class{close_matches(op_class, EFFICIENCY_CLASSES)}; accepted: {', '.join(EFFICIENCY_CLASSES)}")
             if "@" in key and level not in level_names:
@@ -404,7 +456,8 @@ def _check_values(profile: HardwareProfile) -> None:
             _number(where, f"{name}.{key}", value, "fraction of the roofline", 1e-6, _MAX_EFFICIENCY)
     for name in _FIXED_FIELDS:
         for key, value in getattr(profile, name).items():
-            if key not in EFFICIENCY_CLASSES:
+            _check_compute_type_prefix(where, f"{name}.{key}", key)
+            if key.rpartition(":")[2] not in EFFICIENCY_CLASSES:
                 raise _fail(where, f"{name}.{key}", f"unknown op class{close_matches(key, EFFICIENCY_CLASSES)}; accepted: {', '.join(EFFICIENCY_CLASSES)}")
             _number(where, f"{name}.{key}", value, "seconds", 1e-9, _MAX_OVERHEAD_S)
     link = profile.interconnect
@@ -414,6 +467,14 @@ def _check_values(profile: HardwareProfile) -> None:
                 raise _fail(where, f"interconnect.{key}", f"must be a non-empty string, got {getattr(link, key)!r}")
         _number(where, "interconnect.bandwidth_bytes_per_s", link.bandwidth_bytes_per_s, "bytes/s", _MIN_BW, _MAX_BW)
         _number(where, "interconnect.latency_s", link.latency_s, "seconds", 1e-9, _MAX_LINK_LATENCY_S)
+
+
+def _check_compute_type_prefix(where: str, field_path: str, key: str) -> None:
+    """A factor key's `TYPE:` prefix (HardwareProfile.for_compute_type) names a compute type."""
+    kind, colon, _ = key.partition(":")
+    if colon and kind not in COMPUTE_TYPES:
+        raise _fail(where, field_path, f"unknown compute type {kind!r}{close_matches(kind, COMPUTE_TYPES)}; "
+                                       f"accepted: {', '.join(COMPUTE_TYPES)}")
 
 
 def _interconnect(where: str, raw: object) -> Interconnect | None:
@@ -474,7 +535,8 @@ def profile_from_dict(data: object, where: str, path: str | None = None) -> Hard
                 raise _fail(where, f"memory_levels[{i}].{key}", "missing (use null for 'unknown')")
         if not isinstance(raw["name"], str):
             raise _fail(where, f"memory_levels[{i}].name", "must be a string")
-        levels.append(MemoryLevel(raw["name"], raw["capacity_bytes"], raw["bandwidth_bytes_per_s"], str(raw.get("note", ""))))
+        levels.append(MemoryLevel(raw["name"], raw["capacity_bytes"], raw["bandwidth_bytes_per_s"], str(raw.get("note", "")),
+                                  raw.get("effective_capacity_bytes")))
     return HardwareProfile(
         name=data["name"],
         kind=data["kind"],

@@ -106,6 +106,8 @@ def render_profile(profile: HardwareProfile, fmt: str) -> str:
     lines.append("  memory levels (fastest first):")
     for level in profile.memory_levels:
         capacity = format_bytes(level.capacity_bytes) if level.capacity_bytes is not None else "?"
+        if level.effective_capacity_bytes is not None:
+            capacity += f" (in use {format_bytes(level.effective_capacity_bytes)})"
         bandwidth = format_si(level.bandwidth_bytes_per_s, "B/s") if level.bandwidth_bytes_per_s is not None else "not measured"
         lines.append(f"    {level.name:6s} {capacity:>10s} {bandwidth:>14s}" + (f"   [{level.note}]" if level.note else ""))
     note = profile.notes.get("overhead_s", "")
