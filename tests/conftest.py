@@ -12,6 +12,16 @@ def _quiet_library_warnings():
         yield
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_user_dirs_for_wide_fixtures(tmp_path_factory):
+    """Module- and session-scoped fixtures are set up before the function-scoped isolation below: they get
+    directories of their own too, never the user's saved profiles or trace cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ROOFLINE_PROFILE_DIR", str(tmp_path_factory.mktemp("session-profiles")))
+        patch.setenv("ROOFLINE_TRACE_DIR", str(tmp_path_factory.mktemp("session-traces")))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _isolated_profile_dir(tmp_path_factory, monkeypatch):
     """Measured profiles saved in the user's cache must not change what the tests see."""
