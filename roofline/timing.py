@@ -81,7 +81,7 @@ class Measurement:
         share = 100 * self.iqr_s / self.median_s
         return (
             f"{self.label or 'measurement'}: IQR is {share:.0f}% of the median ({self.repeats} blocks); "
-            "close other programs, pin threads or raise --min-run-time (min_run_time_s=)"
+            "close other programs, pin threads or raise --min-run-time (min_run_time_s= in Python)"
         )
 
     def __repr__(self) -> str:

@@ -376,4 +376,4 @@ def test_the_noise_warning_names_the_flag():
     from roofline.timing import Measurement
 
     warning = Measurement((1.0, 2.0, 3.0, 4.0, 5.0), 1, "cpu", 1, "layer").warning
-    assert warning is not None and "raise --min-run-time (min_run_time_s=)" in warning
+    assert warning is not None and "raise --min-run-time (min_run_time_s= in Python)" in warning

@@ -408,7 +408,7 @@ def _measure(loaded: LoadedModel, settings: _Settings, batch_sizes: Sequence[int
             reasons.append(f"{len(unsteady)} as the machine's own speed varied by {max(layer_spread, batch_spread):.0%} "
                            "while timing (reference matmul), more than their IQR")
         warnings.warn(f"{len(noisy)} of {len(layers) + len(e2e_rows)} figures measured noisy ({'; '.join(reasons)}): "
-                      f"{shown}; close other programs or raise --min-run-time (min_run_time_s=)", stacklevel=3)
+                      f"{shown}; close other programs or raise --min-run-time (min_run_time_s= in Python)", stacklevel=3)
     return result
 
 
