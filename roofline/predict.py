@@ -290,6 +290,19 @@ class Prediction:
         widest = max(sigmas.values())
         return {c: sigmas.get(c, widest) for c in (*sigmas, *self.analysis.records["op_class"].unique())}
 
+    def pass_model_sigma(self, scope: str) -> float:
+        """The pass line's own error against a real pass (sigma of log time), as the profile measured it on a
+        reference network (calibrate.pass_model_evidence): per layer ("layer"), or of a whole pass ("pass").
+        0 where there is none: a plain prediction, no pass line, or a profile measured before it was kept."""
+        if not self.in_pass:
+            return 0.0
+        key = "pass_model_sigma" if scope == "layer" else "pass_model_total_sigma"
+        text = self.profile.metadata.get(key)
+        try:
+            return float(text) if text is not None else 0.0
+        except ValueError as error:
+            raise RooflineError(f"profile {self.profile.name!r}: metadata {key} must be a number, got {text!r}") from error
+
     def line_residuals(self, op_class: str, in_pass: bool = False) -> list[float]:
         """log(measured / line) at each size the class's line was fitted on."""
         fixed_field = self.profile.pass_fixed_overhead_s if in_pass else self.profile.fixed_overhead_s
@@ -361,6 +374,8 @@ class Prediction:
             fixed = layers["module_call_s"].to_numpy() + layers["collective_s"].to_numpy()
             half = half * np.divide(timed - fixed, timed, out=np.zeros_like(timed),
                                     where=timed > 0)
+            if column == "in_pass_s":  # the pass line standing for a real pass: its own error, per layer
+                half = np.sqrt(half**2 + self.pass_model_sigma("layer") ** 2)
             stem = column.removesuffix("_s")
             layers[f"{stem}_low_s"] = layers[column].to_numpy() * np.exp(-_INTERVAL_Z * half)
             layers[f"{stem}_high_s"] = layers[column].to_numpy() * np.exp(_INTERVAL_Z * half)
@@ -401,7 +416,8 @@ class Prediction:
         # The module calls carry no error of their own (a measured constant): they scale the interval's width down.
         weight = ((latency - float(layers["module_call_s"].sum()) - float(layers["collective_s"].sum())) / latency
                   if latency else 0.0)
-        low, high = latency * math.exp(-_INTERVAL_Z * half * weight), latency * math.exp(_INTERVAL_Z * half * weight)
+        half = math.sqrt((half * weight) ** 2 + self.pass_model_sigma("pass") ** 2)
+        low, high = latency * math.exp(-_INTERVAL_Z * half), latency * math.exp(_INTERVAL_Z * half)
         return {
             "predicted_latency_s": latency,
             "predicted_latency_low_s": low,

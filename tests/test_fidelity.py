@@ -18,19 +18,33 @@ from roofline.predict import INTERVAL_COVERAGE, predict
 Z = 1.2816  # the 80% two-sided normal quantile
 
 
-def _profile(residual: float, spread: float | None = None) -> HardwareProfile:
-    """A measured CPU whose gemm line (fixed 1 us, efficiency 0.5) missed its three sizes by exp(+-residual)."""
+def _samples(residual: float, efficiency: float) -> str:
+    """Calibration evidence of a gemm line (fixed 1 us) that missed its three sizes by exp(+-residual)."""
     samples = []
     for roof, sign in ((1e-5, 1), (1e-4, -1), (1e-3, 1)):
-        line = 1e-6 + roof / 0.5
+        line = 1e-6 + roof / efficiency
         samples.append(str(CalibrationSample(f"linear {roof}", roof, line * math.exp(sign * residual), "DRAM")))
-    metadata = {"efficiency.gemm": "; ".join(samples), "date": "2026-12-01T00:00:00"}
+    return "; ".join(samples)
+
+
+def _profile(residual: float, spread: float | None = None, pass_line: bool = False,
+             pass_model: tuple[float, float] | None = None) -> HardwareProfile:
+    """A measured CPU whose gemm line (fixed 1 us, efficiency 0.5) missed its three sizes by exp(+-residual);
+    pass_line: also a pass line (efficiency 0.4) with the same residuals; pass_model: that line's own error
+    against a real pass, per layer and of the whole pass (calibrate.pass_model_evidence)."""
+    metadata = {"efficiency.gemm": _samples(residual, 0.5), "date": "2026-12-01T00:00:00"}
     if spread is not None:
         metadata["efficiency_spread.gemm"] = str(spread)
+    passes: dict[str, dict[str, float]] = {}
+    if pass_line:
+        metadata["pass_efficiency.gemm"] = _samples(residual, 0.4)
+        passes = {"pass_efficiency": {"gemm": 0.4}, "pass_fixed_overhead_s": {"gemm": 1e-6}}
+    if pass_model is not None:
+        metadata["pass_model_sigma"], metadata["pass_model_total_sigma"] = map(str, pass_model)
     return HardwareProfile(
         name="measured", kind="cpu", vendor="test", source="measured", reference="test",
         peak_flops_per_s={"fp32": 1e11}, memory_levels=(MemoryLevel("DRAM", 1e10, 1e10),), overhead_s=1e-6,
-        efficiency={"gemm": 0.5}, fixed_overhead_s={"gemm": 1e-6}, metadata=metadata,
+        efficiency={"gemm": 0.5}, fixed_overhead_s={"gemm": 1e-6}, metadata=metadata, **passes,
     )
 
 
@@ -59,6 +73,57 @@ def test_the_timed_spread_adds_in_quadrature():
     analysis = _linear()
     with_spread = predict(analysis, _profile(0.05, spread=0.12), calibrated=True)
     assert _width(with_spread) == pytest.approx(2 * Z * math.hypot(0.05, 0.12), rel=0.02)
+
+
+def _in_pass_width(prediction, name="0") -> float:
+    row = prediction.layers.set_index("name").loc[name]
+    return math.log(row["in_pass_high_s"] / row["in_pass_low_s"])
+
+
+def test_the_pass_lines_own_error_widens_only_the_in_pass_interval():
+    analysis = _linear()
+    without = predict(analysis, _profile(0.05, pass_line=True), calibrated=True)
+    with_it = predict(analysis, _profile(0.05, pass_line=True, pass_model=(0.2, 0.1)), calibrated=True)
+    assert _in_pass_width(without) == pytest.approx(2 * Z * 0.05, rel=0.02)
+    assert _in_pass_width(with_it) == pytest.approx(2 * Z * math.hypot(0.05, 0.2), rel=0.02)  # a layer: 0.2
+    assert _width(with_it) == pytest.approx(_width(without), rel=1e-9)  # a layer alone is no pass
+
+    def whole(prediction):
+        return math.log(prediction.totals["predicted_latency_high_s"] / prediction.totals["predicted_latency_low_s"])
+
+    assert whole(without) == pytest.approx(2 * Z * 0.05, rel=0.02)
+    assert whole(with_it) == pytest.approx(2 * Z * math.hypot(0.05, 0.1), rel=0.02)  # the whole pass: 0.1
+    plain_pass = predict(analysis, _profile(0.05, pass_model=(0.2, 0.1)), calibrated=True)  # no pass line
+    assert _in_pass_width(plain_pass) == pytest.approx(2 * Z * 0.05, rel=0.02)
+
+
+def test_the_pass_models_evidence_is_the_rms_of_its_log_errors(monkeypatch):
+    """Measured times that miss the predictions by exp(+-0.1), alternately: RMS 0.1, mean 0."""
+    from roofline import calibrate
+    from roofline.analysis import Analysis
+    from roofline.measure import passes
+    from roofline.precision import get_precision
+    from roofline.predict import Prediction
+    from roofline.trace import trace
+
+    profile = _profile(0.05, pass_line=True)
+    module, inputs = calibrate._reference_network()
+    counted = Analysis(trace(module, inputs), get_precision("fp32"))
+    predicted = Prediction(counted, profile, calibrated=True).layers.set_index("name")["in_pass_s"]
+    measured = {name: float(t) * math.exp(0.1 if i % 2 else -0.1) for i, (name, t) in enumerate(predicted.items())
+                if t > 0}
+    if len(measured) % 2:
+        measured.pop(next(iter(measured)))  # an even count: the mean log error is exactly 0
+    times = passes.PassTimes(in_pass_s=measured, ops_s=measured, gap_s={}, pass_s=sum(measured.values()),
+                             outside_ops_s=0.0, passes=5, timeline="cpu")
+    monkeypatch.setattr(passes, "profile_passes", lambda *args, **kwargs: {})
+    monkeypatch.setattr(passes, "attribute_trace", lambda *args, **kwargs: times)
+    evidence = calibrate.pass_model_evidence(profile)
+    assert float(evidence["pass_model_sigma"]) == pytest.approx(0.1, rel=1e-3)
+    assert f"{len(measured)} layers" in evidence["pass_model_sigma.evidence"]
+    assert "mean +0.000" in evidence["pass_model_sigma.evidence"]
+    total = sum(measured.values()) / float(predicted[list(measured)].sum())
+    assert float(evidence["pass_model_total_sigma"]) == pytest.approx(abs(math.log(total)), rel=1e-3)
 
 
 def test_errors_within_a_class_do_not_average_out():
