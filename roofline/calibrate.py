@@ -388,14 +388,20 @@ def measure_profile(device: str = "cpu", quick: bool = False, progress: bool = T
 
 
 def _with_pass_model_evidence(profile: HardwareProfile, device: str) -> HardwareProfile:
-    """`profile` with the evidence of its pass line's error measured anew (none where it has no pass line)."""
-    kept = {key: value for key, value in profile.metadata.items() if not key.startswith(PASS_MODEL_SIGMA)}
-    evidence = pass_model_evidence(profile, device) if profile.pass_efficiency else {}
+    """`profile` with the evidence of its lines' error on a network measured anew (CPU profiles with a pass
+    line; none elsewhere)."""
+    kept = {key: value for key, value in profile.metadata.items()
+            if not key.startswith((*MODEL_EVIDENCE_KEYS, "model_sigma."))}
+    evidence = reference_network_evidence(profile, device) if profile.pass_efficiency else {}
     return dataclasses.replace(profile, metadata={**kept, **evidence})
 
 
-PASS_MODEL_SIGMA = "pass_model_sigma"  # metadata key: the pass line's own error, sigma of log time (issue 16)
-PASS_MODEL_TOTAL_SIGMA = "pass_model_total_sigma"  # the same for a whole pass's time
+# Metadata keys of the lines' own error on a network (issue 16), sigma of log time: layers alone, layers in a
+# real pass, and a whole pass. Prediction intervals add them in quadrature (Prediction.model_sigma).
+ALONE_MODEL_SIGMA = "alone_model_sigma"
+PASS_MODEL_SIGMA = "pass_model_sigma"
+PASS_MODEL_TOTAL_SIGMA = "pass_model_total_sigma"
+MODEL_EVIDENCE_KEYS = (ALONE_MODEL_SIGMA, PASS_MODEL_SIGMA, PASS_MODEL_TOTAL_SIGMA)
 PASS_MODEL_ROUNDS = 3
 
 
@@ -423,16 +429,29 @@ def _reference_network() -> tuple[torch.nn.Module, list[torch.Tensor]]:
     return Reference().eval(), [torch.randn(1, 3, 128, 128)]
 
 
-def pass_model_evidence(profile: HardwareProfile, device: str = "cpu") -> dict[str, str]:
-    """The error of the pass line standing for a real pass, as metadata for prediction intervals.
+def _log_errors(measured: dict[str, float], predicted: Any) -> tuple[list[str], list[float]]:
+    """The layers with both a measured and a predicted time, and log(measured / predicted) of each."""
+    both = [name for name in predicted.index if measured.get(name, 0.0) > 0 and float(predicted[name]) > 0]
+    return both, [math.log(measured[name] / float(predicted[name])) for name in both]
 
-    The pass line is fitted on ops called once each per cycle; a real pass differs (an op right after its
-    producer finds its input warm, a convolution's weights are cold). Run the reference network for real
-    under torch.profiler, predict each layer's in-pass time with `profile`, and take the root mean square of
-    log(measured / predicted) over its layers, bias included (a layer's in-pass interval adds it in
-    quadrature), and the log error of the whole pass's time (the end-to-end interval's; per-layer errors
-    partly cancel in a sum). CPU only (a GPU profile has no pass line)."""
+
+def _rms(values: list[float]) -> float:
+    return math.sqrt(statistics.fmean(v * v for v in values))
+
+
+def reference_network_evidence(profile: HardwareProfile, device: str = "cpu") -> dict[str, str]:
+    """How far the calibrated lines miss real layers, as metadata for prediction intervals.
+
+    A line's residuals at the three sizes it was fitted on understate its error on layers of other shapes,
+    and the pass line (ops called once each per cycle) stands for a real pass it differs from (an op right
+    after its producer finds its input warm, a convolution's weights are cold). So time the reference
+    network's layers alone (roofline.measure) and inside real passes (torch.profiler, the median of
+    PASS_MODEL_ROUNDS rounds of 10 passes), predict them with `profile`, and keep the root mean square of
+    log(measured / predicted) over its layers, bias included, alone and in the pass, and the log error of
+    the whole pass's time (per-layer errors partly cancel in a sum). CPU only (a GPU profile has no pass line).
+    """
     from roofline.analysis import Analysis
+    from roofline.measure.api import measure
     from roofline.measure.capture import forward_callable
     from roofline.measure.passes import attribute_trace, module_records, profile_passes
 
@@ -446,20 +465,26 @@ def pass_model_evidence(profile: HardwareProfile, device: str = "cpu") -> dict[s
             for name, seconds in times.in_pass_s.items():
                 timed.setdefault(name, []).append(seconds)
         counted = Analysis(trace(module, inputs, model_name="reference network"), get_precision("fp32"))
-    measured = {name: statistics.median(values) for name, values in timed.items()}
-    predicted = Prediction(counted, profile, calibrated=True).layers.set_index("name")["in_pass_s"]
-    both = [name for name in predicted.index if measured.get(name, 0.0) > 0 and float(predicted[name]) > 0]
-    if len(both) < 3:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a noisy figure is part of the evidence, not a message for the user
+        alone = measure(module, inputs, device=device, batch_sizes=[1], progress=False).layers
+    in_pass = {name: statistics.median(values) for name, values in timed.items()}
+    prediction = Prediction(counted, profile, calibrated=True).layers.set_index("name")
+    both, pass_errors = _log_errors(in_pass, prediction["in_pass_s"])
+    alone_names, alone_errors = _log_errors(dict(zip(alone["name"], alone["measured_s"], strict=True)),
+                                            prediction["predicted_s"])
+    if len(both) < 3 or len(alone_names) < 3:
         return {}
-    ratios = [math.log(measured[name] / float(predicted[name])) for name in both]
-    sigma = math.sqrt(statistics.fmean(r * r for r in ratios))
-    total = abs(math.log(sum(measured[name] for name in both) / float(predicted[both].sum())))
-    return {PASS_MODEL_SIGMA: f"{sigma:.4g}", PASS_MODEL_TOTAL_SIGMA: f"{total:.4g}",
-            f"{PASS_MODEL_SIGMA}.evidence": (
-                f"{len(ratios)} layers of a reference network in a real pass (torch.profiler, median of "
-                f"{PASS_MODEL_ROUNDS} rounds of 10 passes) against their calibrated in-pass predictions: per layer, "
-                f"RMS of log(measured / predicted) {sigma:.3f} (mean {statistics.fmean(ratios):+.3f}); the whole "
-                f"pass, |log(measured / predicted)| {total:.3f} (one network: one sample)")}
+    sigma, alone_sigma = _rms(pass_errors), _rms(alone_errors)
+    total = abs(math.log(sum(in_pass[name] for name in both) / float(prediction.loc[both, "in_pass_s"].sum())))
+    return {ALONE_MODEL_SIGMA: f"{alone_sigma:.4g}", PASS_MODEL_SIGMA: f"{sigma:.4g}",
+            PASS_MODEL_TOTAL_SIGMA: f"{total:.4g}",
+            "model_sigma.evidence": (
+                f"{len(both)} layers of a reference network against their calibrated predictions: alone "
+                f"(roofline.measure), RMS of log(measured / predicted) {alone_sigma:.3f} (mean "
+                f"{statistics.fmean(alone_errors):+.3f}); in a real pass (torch.profiler, median of {PASS_MODEL_ROUNDS} "
+                f"rounds of 10 passes), {sigma:.3f} (mean {statistics.fmean(pass_errors):+.3f}); the whole pass, "
+                f"|log(measured / predicted)| {total:.3f} (one network: one sample)")}
 
 
 def ensure_measured_profile(progress: bool = True) -> HardwareProfile:

@@ -290,13 +290,17 @@ class Prediction:
         widest = max(sigmas.values())
         return {c: sigmas.get(c, widest) for c in (*sigmas, *self.analysis.records["op_class"].unique())}
 
-    def pass_model_sigma(self, scope: str) -> float:
-        """The pass line's own error against a real pass (sigma of log time), as the profile measured it on a
-        reference network (calibrate.pass_model_evidence): per layer ("layer"), or of a whole pass ("pass").
-        0 where there is none: a plain prediction, no pass line, or a profile measured before it was kept."""
-        if not self.in_pass:
+    def model_sigma(self, scope: str) -> float:
+        """How far the calibrated lines miss real layers (sigma of log time), as the profile measured it on a
+        reference network (calibrate.reference_network_evidence): a layer alone ("alone"), a layer inside a
+        pass ("layer"), a whole pass ("pass"). Without a pass line a layer's in-pass time is its time alone, and
+        so is its error. 0 where there is none: a plain prediction, a whole pass without a pass line, or a
+        profile measured before the evidence was kept."""
+        if not self.calibrated or (scope == "pass" and not self.in_pass):
             return 0.0
-        key = "pass_model_sigma" if scope == "layer" else "pass_model_total_sigma"
+        if scope == "layer" and not self.in_pass:
+            scope = "alone"
+        key = {"alone": "alone_model_sigma", "layer": "pass_model_sigma", "pass": "pass_model_total_sigma"}[scope]
         text = self.profile.metadata.get(key)
         try:
             return float(text) if text is not None else 0.0
@@ -374,8 +378,8 @@ class Prediction:
             fixed = layers["module_call_s"].to_numpy() + layers["collective_s"].to_numpy()
             half = half * np.divide(timed - fixed, timed, out=np.zeros_like(timed),
                                     where=timed > 0)
-            if column == "in_pass_s":  # the pass line standing for a real pass: its own error, per layer
-                half = np.sqrt(half**2 + self.pass_model_sigma("layer") ** 2)
+            # The lines' own error on layers of other shapes, and inside a pass the pass line's for a real pass.
+            half = np.sqrt(half**2 + self.model_sigma("alone" if column == "predicted_s" else "layer") ** 2)
             stem = column.removesuffix("_s")
             layers[f"{stem}_low_s"] = layers[column].to_numpy() * np.exp(-_INTERVAL_Z * half)
             layers[f"{stem}_high_s"] = layers[column].to_numpy() * np.exp(_INTERVAL_Z * half)
@@ -416,7 +420,7 @@ class Prediction:
         # The module calls carry no error of their own (a measured constant): they scale the interval's width down.
         weight = ((latency - float(layers["module_call_s"].sum()) - float(layers["collective_s"].sum())) / latency
                   if latency else 0.0)
-        half = math.sqrt((half * weight) ** 2 + self.pass_model_sigma("pass") ** 2)
+        half = math.sqrt((half * weight) ** 2 + self.model_sigma("pass") ** 2)
         low, high = latency * math.exp(-_INTERVAL_Z * half), latency * math.exp(_INTERVAL_Z * half)
         return {
             "predicted_latency_s": latency,

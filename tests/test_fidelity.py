@@ -28,10 +28,10 @@ def _samples(residual: float, efficiency: float) -> str:
 
 
 def _profile(residual: float, spread: float | None = None, pass_line: bool = False,
-             pass_model: tuple[float, float] | None = None) -> HardwareProfile:
+             evidence: dict[str, float] | None = None) -> HardwareProfile:
     """A measured CPU whose gemm line (fixed 1 us, efficiency 0.5) missed its three sizes by exp(+-residual);
-    pass_line: also a pass line (efficiency 0.4) with the same residuals; pass_model: that line's own error
-    against a real pass, per layer and of the whole pass (calibrate.pass_model_evidence)."""
+    pass_line: also a pass line (efficiency 0.4) with the same residuals; evidence: the lines' error on a
+    network's layers alone, in a pass and of the whole pass (calibrate.reference_network_evidence)."""
     metadata = {"efficiency.gemm": _samples(residual, 0.5), "date": "2026-12-01T00:00:00"}
     if spread is not None:
         metadata["efficiency_spread.gemm"] = str(spread)
@@ -39,8 +39,7 @@ def _profile(residual: float, spread: float | None = None, pass_line: bool = Fal
     if pass_line:
         metadata["pass_efficiency.gemm"] = _samples(residual, 0.4)
         passes = {"pass_efficiency": {"gemm": 0.4}, "pass_fixed_overhead_s": {"gemm": 1e-6}}
-    if pass_model is not None:
-        metadata["pass_model_sigma"], metadata["pass_model_total_sigma"] = map(str, pass_model)
+    metadata |= {key: str(value) for key, value in (evidence or {}).items()}
     return HardwareProfile(
         name="measured", kind="cpu", vendor="test", source="measured", reference="test",
         peak_flops_per_s={"fp32": 1e11}, memory_levels=(MemoryLevel("DRAM", 1e10, 1e10),), overhead_s=1e-6,
@@ -80,50 +79,62 @@ def _in_pass_width(prediction, name="0") -> float:
     return math.log(row["in_pass_high_s"] / row["in_pass_low_s"])
 
 
-def test_the_pass_lines_own_error_widens_only_the_in_pass_interval():
+EVIDENCE = {"alone_model_sigma": 0.15, "pass_model_sigma": 0.2, "pass_model_total_sigma": 0.1}
+
+
+def test_the_lines_error_on_a_network_widens_each_interval_by_its_own_figure():
     analysis = _linear()
     without = predict(analysis, _profile(0.05, pass_line=True), calibrated=True)
-    with_it = predict(analysis, _profile(0.05, pass_line=True, pass_model=(0.2, 0.1)), calibrated=True)
+    with_it = predict(analysis, _profile(0.05, pass_line=True, evidence=EVIDENCE), calibrated=True)
+    assert _width(without) == pytest.approx(2 * Z * 0.05, rel=0.02)
     assert _in_pass_width(without) == pytest.approx(2 * Z * 0.05, rel=0.02)
-    assert _in_pass_width(with_it) == pytest.approx(2 * Z * math.hypot(0.05, 0.2), rel=0.02)  # a layer: 0.2
-    assert _width(with_it) == pytest.approx(_width(without), rel=1e-9)  # a layer alone is no pass
+    assert _width(with_it) == pytest.approx(2 * Z * math.hypot(0.05, 0.15), rel=0.02)  # a layer alone: 0.15
+    assert _in_pass_width(with_it) == pytest.approx(2 * Z * math.hypot(0.05, 0.2), rel=0.02)  # in a pass: 0.2
 
     def whole(prediction):
         return math.log(prediction.totals["predicted_latency_high_s"] / prediction.totals["predicted_latency_low_s"])
 
     assert whole(without) == pytest.approx(2 * Z * 0.05, rel=0.02)
     assert whole(with_it) == pytest.approx(2 * Z * math.hypot(0.05, 0.1), rel=0.02)  # the whole pass: 0.1
-    plain_pass = predict(analysis, _profile(0.05, pass_model=(0.2, 0.1)), calibrated=True)  # no pass line
-    assert _in_pass_width(plain_pass) == pytest.approx(2 * Z * 0.05, rel=0.02)
+    no_pass_line = predict(analysis, _profile(0.05, evidence=EVIDENCE), calibrated=True)
+    assert _in_pass_width(no_pass_line) == pytest.approx(2 * Z * math.hypot(0.05, 0.15), rel=0.02)  # alone's
+    assert math.isnan(_width(predict(analysis, _profile(0.05, evidence=EVIDENCE))))  # plain: no interval at all
 
 
-def test_the_pass_models_evidence_is_the_rms_of_its_log_errors(monkeypatch):
-    """Measured times that miss the predictions by exp(+-0.1), alternately: RMS 0.1, mean 0."""
+def test_the_network_evidence_is_the_rms_of_its_log_errors(monkeypatch):
+    """Times that miss the predictions by exp(+-0.1) in the pass and exp(+-0.2) alone, alternately: RMS 0.1 and
+    0.2 (means 0), and the whole pass's log error from the sums."""
+    from types import SimpleNamespace
+
     from roofline import calibrate
     from roofline.analysis import Analysis
-    from roofline.measure import passes
+    from roofline.measure import api, passes
     from roofline.precision import get_precision
     from roofline.predict import Prediction
     from roofline.trace import trace
 
     profile = _profile(0.05, pass_line=True)
     module, inputs = calibrate._reference_network()
-    counted = Analysis(trace(module, inputs), get_precision("fp32"))
-    predicted = Prediction(counted, profile, calibrated=True).layers.set_index("name")["in_pass_s"]
-    measured = {name: float(t) * math.exp(0.1 if i % 2 else -0.1) for i, (name, t) in enumerate(predicted.items())
-                if t > 0}
-    if len(measured) % 2:
-        measured.pop(next(iter(measured)))  # an even count: the mean log error is exactly 0
-    times = passes.PassTimes(in_pass_s=measured, ops_s=measured, gap_s={}, pass_s=sum(measured.values()),
-                             outside_ops_s=0.0, passes=5, timeline="cpu")
+    layers = Prediction(Analysis(trace(module, inputs), get_precision("fp32")), profile, calibrated=True).layers
+    names = [name for name, t in zip(layers["name"], layers["in_pass_s"], strict=True) if t > 0][:12]  # an even count
+    predicted = layers.set_index("name").loc[names]
+
+    def missed(column: str, by: float) -> dict[str, float]:
+        return {name: float(t) * math.exp(by if i % 2 else -by) for i, (name, t) in enumerate(predicted[column].items())}
+
+    in_pass, alone = missed("in_pass_s", 0.1), missed("predicted_s", 0.2)
+    times = passes.PassTimes(in_pass_s=in_pass, ops_s=in_pass, gap_s={}, pass_s=sum(in_pass.values()),
+                             outside_ops_s=0.0, passes=10, timeline="cpu")
     monkeypatch.setattr(passes, "profile_passes", lambda *args, **kwargs: {})
     monkeypatch.setattr(passes, "attribute_trace", lambda *args, **kwargs: times)
-    evidence = calibrate.pass_model_evidence(profile)
+    measured = pd.DataFrame({"name": list(alone), "measured_s": list(alone.values())})
+    monkeypatch.setattr(api, "measure", lambda *args, **kwargs: SimpleNamespace(layers=measured))
+    evidence = calibrate.reference_network_evidence(profile)
     assert float(evidence["pass_model_sigma"]) == pytest.approx(0.1, rel=1e-3)
-    assert f"{len(measured)} layers" in evidence["pass_model_sigma.evidence"]
-    assert "mean +0.000" in evidence["pass_model_sigma.evidence"]
-    total = sum(measured.values()) / float(predicted[list(measured)].sum())
+    assert float(evidence["alone_model_sigma"]) == pytest.approx(0.2, rel=1e-3)
+    total = sum(in_pass.values()) / float(predicted["in_pass_s"].sum())
     assert float(evidence["pass_model_total_sigma"]) == pytest.approx(abs(math.log(total)), rel=1e-3)
+    assert "12 layers" in evidence["model_sigma.evidence"] and "mean +0.000" in evidence["model_sigma.evidence"]
 
 
 def test_errors_within_a_class_do_not_average_out():
