@@ -356,7 +356,7 @@ def test_an_unsteady_machine_marks_every_figure_noisy_and_says_why(monkeypatch):
     monkeypatch.setattr(measure_module, "speed_range", lambda times_s, flops: (5e10, 9.35e10))
     model = nn.Sequential(nn.Linear(8, 8), nn.ReLU()).eval()
     with pytest.warns(UserWarning, match=r"4 of 4 figures measured noisy \(4 as the machine's own speed varied by 87%.*"
-                                         r"raise --min-run-time \(min_run_time_s=\)"):
+                                         r"raise --min-run-time \(min_run_time_s= in Python\)"):
         result = roofline.measure(model, inputs=[torch.randn(1, 8)], batch_sizes=[1, 2], progress=False)
     assert result.layers["noisy"].all() and result.end_to_end["noisy"].all()
     meta = result.metadata
