@@ -346,7 +346,7 @@ def recalibrate(profile: HardwareProfile, device: str | None = None, progress: b
     kept = {key: value for key, value in profile.metadata.items()
             if not key.startswith(("efficiency.", "pass_efficiency."))}
     refit: dict[str, Any] = {**{name: {} for name in stale}, **fields}
-    return _with_pass_model_evidence(dataclasses.replace(
+    return _with_network_evidence(dataclasses.replace(
         profile, **refit,
         metadata={**kept, **metadata, "recalibrated": date},
         notes={**profile.notes, "recalibrated": f"efficiency factors timed again on {date}; roofs from {profile.metadata.get('date', '?')}"},
@@ -384,10 +384,10 @@ def measure_profile(device: str = "cpu", quick: bool = False, progress: bool = T
             "in-sequence/alone ratio)"
         )
     refit: dict[str, Any] = {**fields, "notes": notes, "metadata": {**profile.metadata, **metadata}}
-    return _with_pass_model_evidence(dataclasses.replace(profile, **refit), device)
+    return _with_network_evidence(dataclasses.replace(profile, **refit), device)
 
 
-def _with_pass_model_evidence(profile: HardwareProfile, device: str) -> HardwareProfile:
+def _with_network_evidence(profile: HardwareProfile, device: str) -> HardwareProfile:
     """`profile` with the evidence of its lines' error on a network measured anew (CPU profiles with a pass
     line; none elsewhere)."""
     kept = {key: value for key, value in profile.metadata.items()
