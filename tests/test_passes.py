@@ -144,3 +144,11 @@ def test_a_layout_copy_the_meta_trace_did_not_need_is_tolerated() -> None:
     result = roofline.measure(_Shuffle().eval(), inputs=[torch.randn(1, 8, 8, 8)], batch_sizes=[1], progress=False,
                               min_run_time_s=0.01)
     assert set(result.layers["name"]) >= {"conv"} and (result.layers["in_pass_s"] >= 0).all()
+
+
+def test_the_profilers_own_log_lines_stay_out_of_the_output():
+    """Kineto prints 'USDT ... profiler_start' (and, without a GPU, a gpuGetDeviceCount error) on stderr."""
+    env = {k: v for k, v in os.environ.items() if k != "KINETO_LOG_LEVEL"}
+    done = subprocess.run([sys.executable, "-m", "roofline", "measure", "zoo:mlp", "--no-progress", "--rounds", "1"],
+                          capture_output=True, text=True, env=env, check=True)
+    assert "profiler_start" not in done.stderr and "gpuGetDeviceCount" not in done.stderr, done.stderr[-500:]

@@ -404,6 +404,9 @@ def profile_passes(forward: Callable[[], object], device: str, passes: int = 5, 
 
     from torch.profiler import ProfilerActivity, profile, record_function
 
+    # Kineto's own log lines (USDT profiler_start/stop, and on a machine without a GPU an error that it found
+    # none) would mix into roofline's output; a level the user set is kept. Read when the profiler first starts.
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
     on_gpu = device.startswith("cuda")
     for _ in range(warmup):
         forward()
