@@ -453,18 +453,18 @@ def reference_network_evidence(profile: HardwareProfile, device: str = "cpu") ->
     from roofline.analysis import Analysis
     from roofline.measure.api import measure
     from roofline.measure.capture import forward_callable
-    from roofline.measure.passes import attribute_trace, module_records, profile_passes
+    from roofline.measure.passes import attribute_trace, profile_passes
 
     module, inputs = _reference_network()
     timed: dict[str, list[float]] = {}
     with torch.no_grad(), retained_heap():  # as roofline.measure runs a pass: the same aten ops, the heap kept
-        records, _ = module_records(module, inputs)
+        # One trace serves both: its records to attribute the profiled ops, its analysis to predict them.
+        counted = Analysis(trace(module, inputs, model_name="reference network"), get_precision("fp32"))
         for _ in range(PASS_MODEL_ROUNDS):  # a median over rounds: one preempted pass must not set the evidence
-            times = attribute_trace(profile_passes(forward_callable(module, inputs), device, passes=10), records,
-                                    "reference network")
+            times = attribute_trace(profile_passes(forward_callable(module, inputs), device, passes=10),
+                                    counted.trace.records, "reference network")
             for name, seconds in times.in_pass_s.items():
                 timed.setdefault(name, []).append(seconds)
-        counted = Analysis(trace(module, inputs, model_name="reference network"), get_precision("fp32"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a noisy figure is part of the evidence, not a message for the user
         alone = measure(module, inputs, device=device, batch_sizes=[1], progress=False).layers

@@ -5,9 +5,8 @@ that shapes the trace (input shape, batch, sequence length, mode, optimizer, att
 what traced it: the cache format, the versions of torch, torchvision, transformers and timm, roofline's version and
 a digest of roofline's own source files (so an edit to a cost rule in a development checkout counts too). An entry
 written by other versions, or whose contents do not check out, is ignored with a warning naming why and rebuilt in
-place, never trusted. A write goes to a temporary
-file in the same directory and is renamed into place, so two processes tracing the same model at once leave one
-complete entry.
+place, never trusted. A write goes to a temporary file in the same directory and is renamed into place, so two
+processes tracing the same model at once leave one complete entry.
 
 Re-costing for a precision or a profile needs no trace, so one entry serves every precision and device. A model
 file (`path.py:callable`) or a module object is never cached: its code can change, or import code that changes,
