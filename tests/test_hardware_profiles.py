@@ -102,6 +102,13 @@ def test_save_and_reload_round_trip(tmp_path: Path) -> None:
     assert load_profile(str(save_profile(measured, tmp_path / "measured.yaml"))).module_call_s == 1.3e-6
 
 
+def test_a_path_object_loads_like_its_string(tmp_path: Path) -> None:
+    """load_profile takes a pathlib.Path as it takes the path's string (a Path once raised AttributeError)."""
+    path = tmp_path / "mine.yaml"
+    save_profile(load_profile("t4"), path)
+    assert load_profile(path) == load_profile(str(path)) == load_profile_file(path)
+
+
 def test_unknown_name_suggests_close_matches() -> None:
     with pytest.raises(RooflineError, match="did you mean: h100-sxm"):
         load_profile("h100sxm")

@@ -7,6 +7,7 @@ or `--measure-hw` (roofline.calibrate.ensure_measured_profile), always asked for
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from roofline.errors import RooflineError, close_matches
@@ -81,8 +82,10 @@ def _auto_profile() -> HardwareProfile:
     )
 
 
-def load_profile(name_or_path: str) -> HardwareProfile:
-    """A profile by name (a shipped or saved file stem), by path (.yaml), or 'auto' for this machine."""
+def load_profile(name_or_path: str | os.PathLike[str]) -> HardwareProfile:
+    """A profile by name (a shipped or saved file stem), by path (.yaml, a str or a Path), or 'auto' for this machine."""
+    if isinstance(name_or_path, os.PathLike):
+        return load_profile_file(Path(name_or_path).expanduser())
     key = name_or_path.strip()
     if key.lower() == "auto":
         return _auto_profile()
