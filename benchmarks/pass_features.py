@@ -147,10 +147,34 @@ def leave_one_model_out(data: pd.DataFrame) -> tuple[pd.Series, pd.DataFrame]:
     return predicted, pd.DataFrame(folds)
 
 
+def reference_pass_call_us(profile: HardwareProfile, threads: int) -> tuple[float, dict[str, float]]:
+    """The per-op-call cost of a pass (us) that the physical terms leave: calibration's reference network (a
+    network no benchmark uses) timed now, its layers alone and its whole pass without the profiler
+    (roofline.measure, interleaved), its fresh output bytes costed at the deepest level's bandwidth and its
+    cold weights by reuse distance; what remains of pass - layers alone, per op call."""
+    from roofline.calibrate import _reference_network
+    from roofline.measure import measure
+
+    module, inputs = _reference_network()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        timed = measure(module, inputs, batch_sizes=[1], progress=False, num_threads=threads, min_run_time_s=0.5)
+        features = layer_features(roofline.analyze(module, inputs=inputs, warn_unsupported=False), profile)
+    dram = profile.streaming_levels()[-1].bandwidth_bytes_per_s
+    alone_us = 1e6 * float(timed.layers["measured_s"].sum())
+    pass_us = 1e6 * float(timed.end_to_end["latency_s"].iloc[0])
+    physical_us = 1e12 / dram * float(features["fresh_mb"].sum()) + float(features["cold_weight_us"].sum())
+    per_call = max(0.0, (pass_us - alone_us - physical_us) / float(features["ops"].sum()))
+    return per_call, {"pass_us": pass_us, "alone_us": alone_us, "physical_us": physical_us}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", nargs="+", default=list(DEFAULT_RUNS), help="accuracy.py result stems")
     parser.add_argument("--out", default="pass_features", help="result file stem (default pass_features)")
+    parser.add_argument("--reference", action="store_true",
+                        help="also time calibration's reference network now, for the physical model's per-call cost")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads for --reference (default 2, the runs')")
     parser.add_argument("--out-dir", type=Path, default=RESULTS, help="where to write it (default benchmarks/results)")
     args = parser.parse_args()
     missing = [run for run in args.runs for suffix in (".csv", ".profile.yaml") if not (RESULTS / f"{run}{suffix}").exists()]
@@ -161,6 +185,19 @@ def main() -> int:
     data["features_s"], folds = leave_one_model_out(data)
     data["none_s"] = data["measured_s"]
     models = {"none": "none_s", "pass line": "pass_line_s", "features (held out)": "features_s"}
+    reference_line = ""
+    if args.reference:
+        # Fresh bytes at the deepest level's bandwidth (a buffer nothing touched lately is fetched on write) and cold
+        # weights at 1x: physics, nothing fitted; the per-call cost from a network none of these runs timed.
+        per_call, figures = reference_pass_call_us(load_profile(RESULTS / f"{args.runs[0]}.profile.yaml"), args.threads)
+        dram = data["run"].map({run: load_profile(RESULTS / f"{run}.profile.yaml").streaming_levels()[-1]
+                                .bandwidth_bytes_per_s for run in args.runs})
+        data["physical_s"] = data["measured_s"] + 1e-6 * (per_call * data["ops"] + 1e12 / dram * data["fresh_mb"]
+                                                          + data["cold_weight_us"])
+        models["physical + reference call"] = "physical_s"
+        reference_line = (f"physical + reference call: the reference network timed now ({args.threads} threads): pass "
+                          f"{figures['pass_us']:.0f} us, layers alone {figures['alone_us']:.0f} us, fresh bytes and cold "
+                          f"weights {figures['physical_us']:.0f} us -> {per_call:.2f} us per op call")
     weights = data["in_pass_s"].to_numpy()
     # End to end: the layers' predicted in-pass times summed per model and run, against the pass timed plain
     # (no profiler), the one figure of a pass no timer's own cost inflates.
@@ -203,11 +240,12 @@ def main() -> int:
         (f"features fitted on all layers: {all_coef[0]:.2f} us per op call + {all_coef[1]:.2f} us per fresh MB + "
          f"{all_coef[2]:.2f} x cold-weight time; over the held-out folds: "
          + ", ".join(f"{f} {folds[f].min():.2f}-{folds[f].max():.2f}" for f in FEATURES)),
+        *([reference_line] if reference_line else []),
     ])
     print(text)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / f"{args.out}.txt").write_text(text + "\n")
-    data[["run", "model", "name", "type", "measured_s", "in_pass_s", *FEATURES, "pass_line_s", "features_s"]].to_csv(
+    data[["run", "model", "name", "type", "measured_s", "in_pass_s", *FEATURES, *models.values()]].to_csv(
         args.out_dir / f"{args.out}.csv", index=False)
     return 0
 

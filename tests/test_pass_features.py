@@ -41,13 +41,17 @@ def test_the_weighted_median_weighs_by_time() -> None:
 
 @pytest.mark.slow
 def test_the_study_runs_on_the_saved_accuracy_runs(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pass_features.py"), "--out-dir", str(tmp_path)],
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pass_features.py"), "--out-dir", str(tmp_path),
+                           "--reference"],
                           capture_output=True, text=True, check=False, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     table = pd.read_csv(tmp_path / "pass_features.csv")
     # Every saved layer timed both ways is there, and a held-out penalty is never negative.
     assert len(table) > 1000 and table["features_s"].ge(table["measured_s"]).all()
     assert (tmp_path / "pass_features.txt").read_text().strip() == done.stdout.strip()
+    # --reference times the reference network and adds the physical model, whose penalty is never negative either.
+    assert table["physical_s"].ge(table["measured_s"]).all()
+    assert "us per op call" in done.stdout.splitlines()[-1]
 
 
 def test_a_missing_run_is_one_line_and_exit_2() -> None:
