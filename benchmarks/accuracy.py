@@ -19,9 +19,9 @@ matmul's rate while measuring over its rate while profiling; `machine_spread` ho
 within one measurement of the model (10th to 90th percentile, median over the runs): an error smaller
 than it may be the machine's own noise (benchmarks/noise_floor.py measures that noise end to end).
 
-End to end, the calibrated prediction is a full pass: each layer with its ops' line as timed once
-per cycle over all the profile's ops (profile.pass_efficiency), since in a pass a layer's code,
-weights and output buffer are cold. Per layer it is the layer alone, as measured: `layers_ms` is
+End to end, the calibrated prediction is a full pass: each layer alone plus the pass model (roofline.predict:
+fresh output buffers, cold weights, and a per-call cost the profile measured on a reference network), since in a
+pass a layer's code, weights and output buffer are cold. Per layer it is the layer alone, as measured: `layers_ms` is
 the sum of the layers timed alone and `calibrated_vs_layers` the prediction of that sum against it
 (benchmarks/pass_effects.py measures the pass against its layers). `in_pass_ms` is the sum of the
 layers timed inside the real pass (torch.profiler, roofline.measure.passes), and the `in pass` rows of the per-layer
@@ -59,7 +59,7 @@ from roofline.hardware import (
 from roofline.hardware.microbench import FULL, QUICK, config_of
 from roofline.measure import speed_ratio
 from roofline.predict import INTERVAL_COLUMNS, INTERVAL_COVERAGE, batch_size, predict
-from roofline.timing import retained_heap, time_in_sequence, time_interleaved
+from roofline.timing import retained_heap, time_interleaved
 
 SATURATED = 0.3  # share of a roof a measured layer must reach to count as bound by it
 
@@ -102,23 +102,18 @@ def _measure_in_window(spec: str, profile: HardwareProfile, batch: int, rounds: 
 
     Returns per-layer medians over the runs (measured_s, iqr_s, in_pass_s), the end-to-end median, the
     metadata of the first run with the median reference rate, and the profile with the window's
-    efficiency (and pass line, where the profile has one)."""
+    efficiency (its pass model kept)."""
     fns, _, reference_flops = efficiency_callables(ops, "cpu")
     config = config_of(profile)
-    cycles = max(3, config.sequence_cycles // (rounds + 1))
     op_passes: list[list[float]] = []
-    in_pass: list[list[float]] = []  # per slot, per op: the median time in sequence
     runs = []
     with torch.inference_mode(), retained_heap():  # the conditions measure_profile timed them in
         for index in range(rounds + 1):
             op_passes.append([m.median_s for m in time_interleaved(fns, 1, min_run_time_s=config.min_run_time_s)])
-            if profile.pass_efficiency:
-                in_pass.append([m.median_s for m in time_in_sequence(fns[:-1], cycles)])
             if index < rounds:
                 runs.append(roofline.measure(spec, device="cpu", progress=False, rounds=1, batch_sizes=[batch],
                                              min_run_time_s=min_run_time_s / rounds))
-    # Each slot's sequence is paired with the ops alone just before it, as hw measure pairs its rounds.
-    fields, metadata = fit_rounds(profile, ops, op_passes, in_pass, reference_flops)
+    fields, metadata = fit_rounds(profile, ops, op_passes, reference_flops)
     window = dataclasses.replace(profile, **fields, metadata={**profile.metadata, **metadata})
     layers = pd.concat([run.layers for run in runs]).groupby("name", sort=False)[["measured_s", "iqr_s", "in_pass_s"]].median()
     e2e = float(np.median([run.end_to_end["latency_s"].iloc[0] for run in runs]))

@@ -1,15 +1,15 @@
-"""What makes a layer slower inside a pass than alone: the pass line against features the tracer sees (issue 16, part 4).
+"""What makes a layer slower inside a pass than alone: models of the pass against saved runs (issue 16, part 4).
 
 A layer timed alone (roofline.measure repeats it) finds its code, weights and output buffer warm; inside a real
-pass (torch.profiler) it does not. Today's calibrated prediction models that with a pass line per op class: the
-class's ops timed once each per cycle over all of calibration's ops (profile.pass_efficiency). Issue 4 saw it
-over-predict some kinds of layer and under-predict others. This study takes saved `benchmarks/accuracy.py` runs
-(per-layer times alone and in the pass, and the profile they were predicted with) and sets three models of the
-pass penalty (in-pass time minus the time alone) against them, each applied to the layer's MEASURED alone time,
-so that the alone line's own error is left out and only the pass model is compared:
+pass (torch.profiler) it does not. Calibrated prediction once modelled that with a pass line per op class (the
+class's ops timed once each per cycle over all of calibration's ops), which over-predicted some kinds of layer
+and under-predicted others; the saved `benchmarks/accuracy.py` runs read here were predicted with it. This study
+takes those runs (per-layer times alone and in the pass, and the profile they were predicted with) and sets models
+of the pass penalty (in-pass time minus the time alone) against them, each applied to the layer's MEASURED alone
+time, so that the alone line's own error is left out and only the pass model is compared:
 
 - none: no penalty;
-- the pass line: the layer's measured alone time x its calibrated in-pass / alone prediction;
+- the pass line: the layer's measured alone time x the run's calibrated in-pass / alone prediction;
 - features: penalty = c_op x ops + c_fresh x fresh output bytes + c_cold x cold-weight time, where
   - ops: the layer's aten op calls (each runs its dispatch path cold in a pass);
   - fresh output bytes: bytes written by ops that do not write in place (aten names ending in '_' write into
@@ -19,6 +19,9 @@ so that the alone line's own error is left out and only the pass model is compar
     pass's weights plus its peak activations, while alone it is the op's own bytes.
   Coefficients are fitted by least squares in relative error (non-negative), leave one model out: each model's
   layers are predicted with coefficients fitted on the other models' layers only.
+- with --pass-call, the pass model prediction now uses (roofline.predict): fresh output bytes at the deepest
+  level's bandwidth and cold weights at 1x (nothing fitted), and the per-call cost calibration measures on its
+  chain of small layers (calibrate.measure_pass_call), timed here, now, at --threads.
 
 The figures are relative errors of the predicted in-pass time against the measured one, over the layers timed
 in both ways: median, and time-weighted median (weights: measured in-pass time); and end to end, each model's
@@ -27,11 +30,13 @@ in-pass / alone ratio measured and under each model shows where the pass line go
 
     .venv/bin/python benchmarks/pass_features.py [--runs STEM ...] [--out pass_features] [--out-dir DIR]
 
-Writes <out-dir>/<out>.{txt,csv} (default benchmarks/results). Reads only saved results: it times nothing.
+Writes <out-dir>/<out>.{txt,csv} (default benchmarks/results). Reads only saved results: it times nothing but
+calibration's chain of small layers, and that only with --pass-call.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import warnings
 from pathlib import Path
@@ -40,10 +45,13 @@ import numpy as np
 import pandas as pd
 
 import roofline
+from roofline.calibrate import PassMeasurement
 from roofline.formatting import format_table
 from roofline.hardware import HardwareProfile, load_profile
 from roofline.models import load
+from roofline.opclass import writes_in_place
 from roofline.predict import predict
+from roofline.timing import retained_heap
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_RUNS = ("accuracy-2threads-epyc", "accuracy-2threads-epyc-pass-evidence",
@@ -51,22 +59,15 @@ DEFAULT_RUNS = ("accuracy-2threads-epyc", "accuracy-2threads-epyc-pass-evidence"
 FEATURES = ("ops", "fresh_mb", "cold_weight_us")
 
 
-def _in_place(op: pd.Series) -> pd.Series:
-    """Whether each aten op writes into its first input (aten's trailing-underscore convention: relu_, add_)."""
-    return op.astype(str).str.removeprefix("aten.").str.split(".").str[0].str.endswith("_")
-
-
 def layer_features(analysis: roofline.Analysis, profile: HardwareProfile) -> pd.DataFrame:
-    """Per layer: its op calls, the bytes its ops write to fresh buffers (MB) and its cold-weight time (us)."""
-    ops = predict(analysis, profile, calibrated=True).ops
-    levels = profile.streaming_levels()
-    working_set = float(ops["weight_bytes"].sum()) + float(analysis.totals["peak_activation_bytes"])
-    pass_bandwidth = levels[int(profile.level_indices(np.array([working_set]))[0])].bandwidth_bytes_per_s
-    cold = ops["weight_bytes"] * np.maximum(0.0, 1.0 / pass_bandwidth - 1.0 / ops["bandwidth_bytes_per_s"])
+    """Per layer: its op calls, the bytes its ops write to fresh buffers (MB) and its cold-weight time (us), by
+    the pass model's own rules (Prediction.pass_terms)."""
+    prediction = predict(analysis, profile, calibrated=True)
+    ops, terms = prediction.ops, prediction.pass_terms
     frame = pd.DataFrame({
         "layer": ops["layer"], "ops": 1.0,
-        "fresh_mb": np.where(_in_place(ops["op"]), 0.0, ops["bytes_written"]) / 1e6,
-        "cold_weight_us": cold * 1e6,
+        "fresh_mb": np.where(ops["op"].map(writes_in_place).astype(bool), 0.0, ops["bytes_written"]) / 1e6,
+        "cold_weight_us": terms["pass_cold_weight_s"] * 1e6,
     })
     return frame.groupby("layer", sort=False)[list(FEATURES)].sum()
 
@@ -92,10 +93,9 @@ def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
     return float(values[order][np.searchsorted(cumulative, cumulative[-1] / 2)])
 
 
-def collect(runs: list[str]) -> pd.DataFrame:
+def collect(runs: list[str], analyses: dict[str, roofline.Analysis]) -> pd.DataFrame:
     """Every layer timed alone and in the pass in the saved runs, with its features and the pass line's
-    in-pass prediction applied to its measured alone time."""
-    analyses: dict[str, roofline.Analysis] = {}
+    in-pass prediction applied to its measured alone time; `analyses` is filled with each model's."""
     frames = []
     for run in runs:
         profile = load_profile(RESULTS / f"{run}.profile.yaml")
@@ -147,57 +147,60 @@ def leave_one_model_out(data: pd.DataFrame) -> tuple[pd.Series, pd.DataFrame]:
     return predicted, pd.DataFrame(folds)
 
 
-def reference_pass_call_us(profile: HardwareProfile, threads: int) -> tuple[float, dict[str, float]]:
-    """The per-op-call cost of a pass (us) that the physical terms leave: calibration's reference network (a
-    network no benchmark uses) timed now, its layers alone and its whole pass without the profiler
-    (roofline.measure, interleaved), its fresh output bytes costed at the deepest level's bandwidth and its
-    cold weights by reuse distance; what remains of pass - layers alone, per op call."""
-    from roofline.calibrate import _reference_network
-    from roofline.measure import measure
+def pass_call_now(profile: HardwareProfile, threads: int) -> PassMeasurement:
+    """Calibration's pass measurement (calibrate.measure_pass_call, FULL's blocks) on its chain of small layers,
+    which no benchmark uses, timed now at `threads`."""
+    import torch
 
-    module, inputs = _reference_network()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        timed = measure(module, inputs, batch_sizes=[1], progress=False, num_threads=threads, min_run_time_s=0.5)
-        features = layer_features(roofline.analyze(module, inputs=inputs, warn_unsupported=False), profile)
-    dram = profile.streaming_levels()[-1].bandwidth_bytes_per_s
-    alone_us = 1e6 * float(timed.layers["measured_s"].sum())
-    pass_us = 1e6 * float(timed.end_to_end["latency_s"].iloc[0])
-    physical_us = 1e12 / dram * float(features["fresh_mb"].sum()) + float(features["cold_weight_us"].sum())
-    per_call = max(0.0, (pass_us - alone_us - physical_us) / float(features["ops"].sum()))
-    return per_call, {"pass_us": pass_us, "alone_us": alone_us, "physical_us": physical_us}
+    from roofline.calibrate import _pass_call_chain, measure_pass_call
+    from roofline.hardware.microbench import FULL
+
+    torch.set_num_threads(threads)
+    module, inputs = _pass_call_chain()
+    with torch.no_grad(), retained_heap():
+        counted = roofline.analyze(module, inputs=inputs, warn_unsupported=False)
+        return measure_pass_call(profile, _pass_call_chain, counted, FULL)
+
+
+def pass_model_s(data: pd.DataFrame, analyses: dict[str, roofline.Analysis], runs: list[str],
+                 pass_call_s: float) -> pd.Series:
+    """Each layer's measured alone time plus the pass model's terms (Prediction.pass_terms) with `pass_call_s`."""
+    out = pd.Series(np.nan, index=data.index)
+    for run in runs:
+        profile = dataclasses.replace(load_profile(RESULTS / f"{run}.profile.yaml"), pass_call_s=pass_call_s)
+        for model in data.loc[data["run"] == run, "model"].unique():
+            prediction = predict(analyses[model], profile, calibrated=True)
+            penalty = prediction.pass_terms.sum(axis=1).groupby(prediction.ops["layer"]).sum()
+            rows = (data["run"] == run) & (data["model"] == model)
+            out[rows] = data.loc[rows, "measured_s"] + penalty.reindex(data.loc[rows, "name"]).fillna(0.0).to_numpy()
+    return out
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", nargs="+", default=list(DEFAULT_RUNS), help="accuracy.py result stems")
     parser.add_argument("--out", default="pass_features", help="result file stem (default pass_features)")
-    parser.add_argument("--reference", action="store_true",
-                        help="also time calibration's reference network now, for the physical model's per-call cost")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads for --reference (default 2, the runs')")
+    parser.add_argument("--pass-call", action="store_true",
+                        help="also measure calibration's per-call pass cost now (its chain of small layers), for the "
+                             "pass model prediction uses")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads for --pass-call (default 2, the runs')")
     parser.add_argument("--out-dir", type=Path, default=RESULTS, help="where to write it (default benchmarks/results)")
     args = parser.parse_args()
     missing = [run for run in args.runs for suffix in (".csv", ".profile.yaml") if not (RESULTS / f"{run}{suffix}").exists()]
     if missing:
         print(f"pass_features: no saved run {missing[0]} in {RESULTS} (run benchmarks/accuracy.py first)", file=sys.stderr)
         return 2
-    data = collect(args.runs)
+    analyses: dict[str, roofline.Analysis] = {}
+    data = collect(args.runs, analyses)
     data["features_s"], folds = leave_one_model_out(data)
     data["none_s"] = data["measured_s"]
     models = {"none": "none_s", "pass line": "pass_line_s", "features (held out)": "features_s"}
-    reference_line = ""
-    if args.reference:
-        # Fresh bytes at the deepest level's bandwidth (a buffer nothing touched lately is fetched on write) and cold
-        # weights at 1x: physics, nothing fitted; the per-call cost from a network none of these runs timed.
-        per_call, figures = reference_pass_call_us(load_profile(RESULTS / f"{args.runs[0]}.profile.yaml"), args.threads)
-        dram = data["run"].map({run: load_profile(RESULTS / f"{run}.profile.yaml").streaming_levels()[-1]
-                                .bandwidth_bytes_per_s for run in args.runs})
-        data["physical_s"] = data["measured_s"] + 1e-6 * (per_call * data["ops"] + 1e12 / dram * data["fresh_mb"]
-                                                          + data["cold_weight_us"])
-        models["physical + reference call"] = "physical_s"
-        reference_line = (f"physical + reference call: the reference network timed now ({args.threads} threads): pass "
-                          f"{figures['pass_us']:.0f} us, layers alone {figures['alone_us']:.0f} us, fresh bytes and cold "
-                          f"weights {figures['physical_us']:.0f} us -> {per_call:.2f} us per op call")
+    pass_call_line = ""
+    if args.pass_call:
+        measured = pass_call_now(load_profile(RESULTS / f"{args.runs[0]}.profile.yaml"), args.threads)
+        data["pass_model_s"] = pass_model_s(data, analyses, args.runs, measured.pass_call_s)
+        models["pass model (--pass-call)"] = "pass_model_s"
+        pass_call_line = f"pass model: {measured.note()}: {measured.pass_call_s * 1e6:.2f} us per op call"
     weights = data["in_pass_s"].to_numpy()
     # End to end: the layers' predicted in-pass times summed per model and run, against the pass timed plain
     # (no profiler), the one figure of a pass no timer's own cost inflates.
@@ -240,7 +243,7 @@ def main() -> int:
         (f"features fitted on all layers: {all_coef[0]:.2f} us per op call + {all_coef[1]:.2f} us per fresh MB + "
          f"{all_coef[2]:.2f} x cold-weight time; over the held-out folds: "
          + ", ".join(f"{f} {folds[f].min():.2f}-{folds[f].max():.2f}" for f in FEATURES)),
-        *([reference_line] if reference_line else []),
+        *([pass_call_line] if pass_call_line else []),
     ])
     print(text)
     args.out_dir.mkdir(parents=True, exist_ok=True)

@@ -26,20 +26,18 @@ from roofline.hardware.microbench import BenchConfig, _Progress, config_of, loca
 from roofline.hardware.profile import CalibrationSample, HardwareProfile, load_profile_file, save_profile
 from roofline.precision import get_precision
 from roofline.predict import Prediction
-from roofline.timing import reference_matmul, retained_heap, time_in_sequence, time_interleaved
+from roofline.timing import reference_matmul, retained_heap, time_callable, time_interleaved, time_ratio
 from roofline.trace import trace
 
 __all__ = ["calibrated_types", "efficiency_steps", "ensure_measured_profile", "fit_class", "fit_efficiency", "fit_line",
            "fit_rounds",
-           "measure_efficiency", "measure_profile", "paired_sequence_medians", "recalibrate",
+           "measure_efficiency", "measure_profile", "recalibrate",
            "recalibration_device", "representative_ops"]
 
 
 def efficiency_steps(config: BenchConfig, device: str, types: int = 1) -> int:
-    """Progress steps of measure_efficiency over `types` compute types: each op per round and one
-    reference, then each type's cycles."""
-    cycles = config.rounds * config.cycles_per_round if device == "cpu" else 0
-    return config.rounds * (types * len(representative_ops("meta", 0.01)) + 1) + types * cycles
+    """Progress steps of measure_efficiency over `types` compute types: each op per round and one reference."""
+    return config.rounds * (types * len(representative_ops("meta", 0.01)) + 1)
 
 
 # The compute types whose ops a profile may carry lines of their own for (HardwareProfile.for_compute_type),
@@ -152,10 +150,8 @@ def measure_efficiency(
 
     Roofline times come from the measured profile itself and roofline's own cost rules, so a factor
     says how close ops of the class get to this device's own roofs, and the fixed part is what a
-    call costs however small it is. Returns the profile fields (efficiency, fixed_overhead_s and, on
-    a CPU, pass_efficiency and pass_fixed_overhead_s from the same ops timed as in a pass) and
-    metadata. On a GPU the host queues kernels ahead of the device, so a per-call timing in a
-    cycle would time synchronisation, not the kernel: no pass factors there.
+    call costs however small it is. Returns the profile fields (efficiency, fixed_overhead_s) and
+    metadata. (What a pass adds to its layers is measured on a network: measure_pass_call.)
 
     Each of calibrated_types(profile) is fitted on its own ops (bf16 ops run other kernels than fp32
     ones: a CPU's bf16 GEMM may reach twice fp32's rate while its bf16 elementwise ops convert and run
@@ -169,27 +165,20 @@ def measure_efficiency(
     fns, labels, reference_flops = efficiency_callables(ops, device)
     labels = [*(f"{type_prefix(t)}{op[0]}" for t, typed in zip(types, per_type, strict=True) for op in typed), "reference"]
     bounds = list(itertools.accumulate([0, *(len(typed) for typed in per_type)]))
-    in_sequence = device == "cpu" and config.sequence_cycles > 0
     alone_rounds: list[list[float]] = []  # per round, per callable (the reference last): median seconds
-    sequence_rounds: list[list[list[float]]] = [[] for _ in types]  # per type, per round, per op
     for _ in range(config.rounds):
-        # Each round times every op alone (interleaved, so a slow spell of a shared machine does not
-        # land on one class and not another), then on a CPU each type's ops in sequence, right after.
+        # Each round times every op alone, interleaved, so a slow spell of a shared machine does not land on
+        # one class and not another.
         alone = time_interleaved(fns, 1, min_run_time_s=config.min_run_time_s / config.rounds, labels=labels,
                                  step=lambda index: progress.step(labels[index]), device=device)
         alone_rounds.append([m.median_s for m in alone])
-        for index in range(len(types) if in_sequence else 0):
-            low, high = bounds[index], bounds[index + 1]
-            timed = time_in_sequence(fns[low:high], config.cycles_per_round, labels=labels[low:high], device=device,
-                                     step=lambda cycle: progress.step(f"in sequence, cycle {cycle + 1}"))
-            sequence_rounds[index].append([m.median_s for m in timed])
     fields: dict[str, dict[str, float]] = {}
     metadata: dict[str, str] = {}
     for index, compute_type in enumerate(types):
         low, high = bounds[index], bounds[index + 1]
         typed_fields, typed_metadata = fit_rounds(
-            profile, per_type[index], [[*row[low:high], row[-1]] for row in alone_rounds], sequence_rounds[index],
-            reference_flops, compute_type)
+            profile, per_type[index], [[*row[low:high], row[-1]] for row in alone_rounds], reference_flops,
+            compute_type)
         for name, values in typed_fields.items():
             fields.setdefault(name, {}).update(values)
         metadata |= typed_metadata
@@ -197,24 +186,15 @@ def measure_efficiency(
 
 
 def fit_rounds(profile: HardwareProfile, ops: list[RepresentativeOp], alone_rounds: Sequence[Sequence[float]],
-               sequence_rounds: Sequence[Sequence[float]], reference_flops: float, compute_type: str = "fp32",
-               ) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
-    """The profile fields and metadata fitted from per-round median times of `compute_type` ops: `alone_rounds`
-    per round, per op then the reference matmul last; `sequence_rounds` per round, per op timed in sequence,
-    or none (no pass line: efficiency and fixed_overhead_s only)."""
+               reference_flops: float, compute_type: str = "fp32") -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+    """The profile fields (efficiency, fixed_overhead_s) and metadata fitted from per-round median times of
+    `compute_type` ops: `alone_rounds` per round, per op then the reference matmul last."""
     medians = [statistics.median(column) for column in zip(*alone_rounds, strict=True)]
     efficiency, fixed, metadata = fit_efficiency(profile, ops, medians[:-1], reference_flops / medians[-1],
                                                  compute_type=compute_type)
     prefix = type_prefix(compute_type)
     metadata |= _spread_metadata(ops, [row[:-1] for row in alone_rounds], "efficiency", prefix)
-    fields = {"efficiency": efficiency, "fixed_overhead_s": fixed}
-    if sequence_rounds:
-        in_pass = paired_sequence_medians([row[:-1] for row in alone_rounds], sequence_rounds)
-        pass_efficiency, pass_fixed, pass_metadata = fit_efficiency(profile, ops, in_pass, name="pass_efficiency",
-                                                                    compute_type=compute_type)
-        fields |= {"pass_efficiency": pass_efficiency, "pass_fixed_overhead_s": pass_fixed}
-        metadata |= pass_metadata | _spread_metadata(ops, sequence_rounds, "pass_efficiency", prefix)
-    return fields, metadata
+    return {"efficiency": efficiency, "fixed_overhead_s": fixed}, metadata
 
 
 def type_prefix(compute_type: str) -> str:
@@ -234,21 +214,6 @@ def _spread_metadata(ops: list[RepresentativeOp], rounds: Sequence[Sequence[floa
         if middle > 0:
             per_class.setdefault(op_class, []).append((max(times) - min(times)) / (2 * middle))
     return {f"{name}_spread.{prefix}{c}": f"{statistics.median(v):.4g}" for c, v in per_class.items()}
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" + ("" if n == 1 else "s")
-
-
-def paired_sequence_medians(alone_rounds: Sequence[Sequence[float]],
-                            sequence_rounds: Sequence[Sequence[float]]) -> list[float]:
-    """Per op, its time in sequence as its median time alone times the median, over rounds, of its
-    in-sequence / alone ratio within a round. Each round times both back to back, so a slow spell
-    of a shared machine that hits one phase moves the ratio of that round only, not the whole line
-    (one such spell made a pass line 1.9x slower than its alone line for GEMMs)."""
-    per_op = zip(zip(*alone_rounds, strict=True), zip(*sequence_rounds, strict=True), strict=True)
-    return [statistics.median(alone) * statistics.median(s / a for a, s in zip(alone, seq, strict=True))
-            for alone, seq in per_op]
 
 
 def efficiency_callables(ops: list[RepresentativeOp], device: str) -> tuple[list[Callable[[], object]], list[str], float]:
@@ -323,8 +288,8 @@ def recalibration_device(profile: HardwareProfile) -> str:
 
 
 def recalibrate(profile: HardwareProfile, device: str | None = None, progress: bool = True) -> HardwareProfile:
-    """The measured `profile` with its efficiency lines (alone and, on a CPU, in a pass) timed again now,
-    on `device` (default: recalibration_device(profile)).
+    """The measured `profile` with its efficiency lines (and, on a CPU, its pass model) timed again now, on
+    `device` (default: recalibration_device(profile)).
 
     A shared machine's speed drifts by tens of percent over minutes; bandwidths and peaks are what
     the hardware can do, but the factors say what it does now. Re-timing only the efficiency ops
@@ -342,14 +307,15 @@ def recalibrate(profile: HardwareProfile, device: str | None = None, progress: b
     finally:
         bar.close()
     date = datetime.datetime.now().isoformat(timespec="seconds")
-    stale = ("pass_efficiency", "pass_fixed_overhead_s")  # a GPU recalibration has no pass line to keep
-    kept = {key: value for key, value in profile.metadata.items()
-            if not key.startswith(("efficiency.", "pass_efficiency."))}
-    refit: dict[str, Any] = {**{name: {} for name in stale}, **fields}
+    # The samples of the lines refitted, and a retired pass line's (a profile measured before the pass model).
+    stale = ("efficiency.", "efficiency_spread.", "pass_efficiency.", "pass_efficiency_spread.")
+    kept = {key: value for key, value in profile.metadata.items() if not key.startswith(stale)}
+    notes = {key: value for key, value in profile.notes.items() if key != "pass_efficiency"}
+    refit: dict[str, Any] = dict(fields)
     return _with_network_evidence(dataclasses.replace(
         profile, **refit,
         metadata={**kept, **metadata, "recalibrated": date},
-        notes={**profile.notes, "recalibrated": f"efficiency factors timed again on {date}; roofs from {profile.metadata.get('date', '?')}"},
+        notes={**notes, "recalibrated": f"efficiency factors timed again on {date}; roofs from {profile.metadata.get('date', '?')}"},
     ), device)
 
 
@@ -376,33 +342,130 @@ def measure_profile(device: str = "cpu", quick: bool = False, progress: bool = T
         f"fitted per op class over ops at three sizes (in metadata), per compute type ({', '.join(types)}; "
         "fp32's keys plain, the others' prefixed: bf16:gemm): "
         "time_measured = fixed_overhead_s + time_roofline / efficiency; time_calibrated uses that line")}
-    if "pass_efficiency" in fields:
-        notes["pass_efficiency"] = (
-            "the same line fitted to the same ops called once each per cycle over all of them, as "
-            f"layers run in a pass ({_count(config.cycles_per_round, 'cycle')} "
-            f"after each of {_count(config.rounds, 'round')} alone; per op, median alone x median "
-            "in-sequence/alone ratio)"
-        )
     refit: dict[str, Any] = {**fields, "notes": notes, "metadata": {**profile.metadata, **metadata}}
     return _with_network_evidence(dataclasses.replace(profile, **refit), device)
 
 
-def _with_network_evidence(profile: HardwareProfile, device: str) -> HardwareProfile:
-    """`profile` with the evidence of its lines' error on a network measured anew (CPU profiles with a pass
-    line; none elsewhere)."""
-    kept = {key: value for key, value in profile.metadata.items()
-            if not key.startswith((*MODEL_EVIDENCE_KEYS, "model_sigma."))}
-    evidence = reference_network_evidence(profile, device) if profile.pass_efficiency else {}
-    return dataclasses.replace(profile, metadata={**kept, **evidence})
-
-
-# Metadata keys of the lines' own error on a network (issue 16), sigma of log time: layers alone, layers in a
-# real pass, and a whole pass. Prediction intervals add them in quadrature (Prediction.model_sigma).
+# Metadata keys of the prediction's own error on a network (issue 16), sigma of log time: layers alone, layers
+# in a real pass, and a whole pass. Prediction intervals add them in quadrature (Prediction.model_sigma).
 ALONE_MODEL_SIGMA = "alone_model_sigma"
 PASS_MODEL_SIGMA = "pass_model_sigma"
 PASS_MODEL_TOTAL_SIGMA = "pass_model_total_sigma"
 MODEL_EVIDENCE_KEYS = (ALONE_MODEL_SIGMA, PASS_MODEL_SIGMA, PASS_MODEL_TOTAL_SIGMA)
 PASS_MODEL_ROUNDS = 3
+
+
+def _with_network_evidence(profile: HardwareProfile, device: str) -> HardwareProfile:
+    """`profile` with its pass model's per-call cost (measured on a chain of small layers) and the evidence of
+    its prediction's error (on the reference network), both measured anew (a CPU profile); on a GPU neither
+    (kernels queue behind the host: no pass model there)."""
+    kept = {key: value for key, value in profile.metadata.items()
+            if not key.startswith((*MODEL_EVIDENCE_KEYS, *PASS_CALL_KEYS, "model_sigma."))}
+    notes = {key: value for key, value in profile.notes.items() if key != "pass_call_s"}
+    profile = dataclasses.replace(profile, pass_call_s=None, metadata=kept, notes=notes)
+    config = config_of(profile)
+    if device != "cpu" or profile.kind != "cpu" or config.pass_blocks < 1:
+        return profile
+    with torch.no_grad(), retained_heap():
+        chain, chain_inputs = _pass_call_chain()
+        counted_chain = Analysis(trace(chain, chain_inputs, model_name="pass-call chain"), get_precision("fp32"))
+        measured = measure_pass_call(profile, _pass_call_chain, counted_chain, config)
+        profile = dataclasses.replace(
+            profile, pass_call_s=measured.pass_call_s, metadata={**kept, **measured.metadata()},
+            notes={**notes, "pass_call_s": measured.note()})
+        module, inputs = _reference_network()
+        counted = Analysis(trace(module, inputs, model_name="reference network"), get_precision("fp32"))
+    evidence = reference_network_evidence(profile, device, module, inputs, counted)
+    return dataclasses.replace(profile, metadata={**profile.metadata, **evidence})
+
+
+# Metadata keys of the pass model's measurement (measure_pass_call).
+PASS_CALL_KEYS = ("pass_call.",)
+# Each layer is called this many times in a row on the "layers alone" side of the pass measurement.
+_LAYER_REPEATS = 10
+# Fresh builds of the network the pass is measured on: which layers run slow in a pass depends on where their
+# buffers land (on the 2-core VM one build's batch norm took 48 us in the pass, another's 219 us).
+_PASS_INSTANCES = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class PassMeasurement:
+    """A network's pass against its layers alone, timed in alternation, and the per-call cost of a pass that
+    the pass model's cold-data terms leave (measure_pass_call)."""
+
+    pass_s: float  # the whole pass, median over blocks
+    alone_s: float  # its layers each timed alone (warm), summed
+    penalty_quartiles: tuple[float, float]  # of (pass - layers alone) / layers alone over the blocks
+    cold_data_s: float  # the pass model's fresh-buffer and cold-weight terms over the network's ops
+    ops: int
+    threads: int
+    instances: int
+
+    @property
+    def penalty_s(self) -> float:
+        return self.pass_s - self.alone_s
+
+    @property
+    def pass_call_s(self) -> float:
+        """What is left per op call (at least 1 ns: a profile's times are positive)."""
+        return max(1e-9, (self.penalty_s - self.cold_data_s) / self.ops)
+
+    def metadata(self) -> dict[str, str]:
+        low, high = self.penalty_quartiles
+        return {"pass_call.pass_s": f"{self.pass_s:.4g}", "pass_call.alone_s": f"{self.alone_s:.4g}",
+                "pass_call.penalty_iqr": f"{low:.4g} {high:.4g}", "pass_call.cold_data_s": f"{self.cold_data_s:.4g}",
+                "pass_call.ops": str(self.ops), "pass_call.threads": str(self.threads),
+                "pass_call.instances": str(self.instances)}
+
+    def note(self) -> str:
+        low, high = self.penalty_quartiles
+        return (f"measured: a chain of small layers' pass ({self.pass_s * 1e6:.0f} us) against its layers each "
+                f"repeated alone ({self.alone_s * 1e6:.0f} us), in alternating blocks over {self.instances} builds "
+                f"of it (pass / alone - 1: block quartiles {low:+.1%} {high:+.1%}); less its fresh output buffers "
+                f"and cold weights ({self.cold_data_s * 1e6:.0f} us), per op call over its {self.ops} ops")
+
+
+def measure_pass_call(profile: HardwareProfile, build: Callable[[], tuple[torch.nn.Module, list[torch.Tensor]]],
+                      counted: Analysis, config: BenchConfig, instances: int = _PASS_INSTANCES) -> PassMeasurement:
+    """The pass model's per-call cost on this CPU, from a network (`build` makes it afresh; `counted` is its
+    analysis): calibration's is _pass_call_chain, whose cold data is a few percent of its pass penalty, so
+    what is left is the calls' own cost, not a model's guess at its data.
+
+    A: one forward pass. B: each layer on its captured inputs, _LAYER_REPEATS times in a row, layer after
+    layer: (R - 1) of every R calls are warm, as `measure` times a layer alone, and the first pays about what
+    it would in a pass. So A = L + P and B = R L + P (L: the layers alone, P: the pass penalty), and each
+    block's ratio rho = A / B gives P / L = (rho R - 1) / (1 - rho), free of the machine's speed in that
+    block. Timed A B, B A, ... (timing.time_ratio) on each of `instances` builds, config.pass_blocks blocks
+    in all; the median of the per-block P / L, with L from B."""
+    from roofline.measure.capture import Capture, forward_callable, layer_callable
+
+    repeats = _LAYER_REPEATS
+    shares: list[float] = []
+    layer_side_s: list[float] = []  # per build, B's median time
+    for _ in range(instances):
+        module, inputs = build()
+        modules = dict(module.named_modules())
+        layers = [layer_callable(row, modules) for row in Capture(module).run(inputs)]
+
+        def layers_alone(layers: list[Callable[[], object]] = layers) -> None:
+            for call in layers:
+                for _ in range(repeats):
+                    call()
+
+        timed = time_ratio(forward_callable(module, inputs), layers_alone,
+                           blocks=max(1, config.pass_blocks // instances), block_s=config.pass_block_s)
+        shares.extend((rho * repeats - 1) / (1 - rho) for rho in timed.block_ratios if rho < 1)
+        layer_side_s.append(timed.b.median_s)
+    if not shares:
+        raise RooflineError("a network's pass took longer than its layers each repeated "
+                            f"{repeats} times: the pass model cannot be measured on this machine now")
+    share = statistics.median(shares)
+    alone = statistics.median(layer_side_s) / (repeats + share)
+    low, high = ((min(shares), max(shares)) if len(shares) < 2 else
+                 [statistics.quantiles(shares, n=4, method="inclusive")[i] for i in (0, 2)])
+    return PassMeasurement(pass_s=alone * (1 + share), alone_s=alone, penalty_quartiles=(low, high),
+                           cold_data_s=Prediction(counted, profile).cold_data_s(), ops=len(counted.records),
+                           threads=torch.get_num_threads(), instances=instances)
 
 
 def _reference_network() -> tuple[torch.nn.Module, list[torch.Tensor]]:
@@ -429,6 +492,28 @@ def _reference_network() -> tuple[torch.nn.Module, list[torch.Tensor]]:
     return Reference().eval(), [torch.randn(1, 3, 128, 128)]
 
 
+def _pass_call_chain() -> tuple[torch.nn.Module, list[torch.Tensor]]:
+    """A chain of small layers of the kinds models are made of (dense, depthwise and pointwise convolutions,
+    batch norm, in-place ReLU and ReLU6, Hardswish, SiLU, pooling; then linear, layer norm, GELU, softmax) on
+    16 x 16 x 16 activations: each call moves a few KiB, so in a pass what a layer pays beyond its time alone
+    is the call itself, running cold (on the 2-core VM, 5-6 us per call against 0 for a network whose cold
+    data the pass model over-costs)."""
+    from torch import nn
+
+    channels = 16
+
+    def unit() -> list[nn.Module]:
+        return [nn.Conv2d(channels, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU(inplace=True),
+                nn.Conv2d(channels, channels, 3, padding=1, groups=channels), nn.BatchNorm2d(channels),
+                nn.ReLU6(inplace=True), nn.Conv2d(channels, channels, 1), nn.BatchNorm2d(channels), nn.Hardswish(),
+                nn.SiLU()]
+
+    torch.manual_seed(0)
+    head = [nn.MaxPool2d(2), nn.Flatten(), nn.Linear(channels * 64, 64), nn.LayerNorm(64), nn.GELU(),
+            nn.Linear(64, 10), nn.Softmax(dim=-1)]
+    return nn.Sequential(*unit(), *unit(), *head).eval(), [torch.randn(1, channels, 16, 16)]
+
+
 def _log_errors(measured: dict[str, float], predicted: Any) -> tuple[list[str], list[float]]:
     """The layers with both a measured and a predicted time, and log(measured / predicted) of each."""
     both = [name for name in predicted.index if measured.get(name, 0.0) > 0 and float(predicted[name]) > 0]
@@ -439,52 +524,50 @@ def _rms(values: list[float]) -> float:
     return math.sqrt(statistics.fmean(v * v for v in values))
 
 
-def reference_network_evidence(profile: HardwareProfile, device: str = "cpu") -> dict[str, str]:
-    """How far the calibrated lines miss real layers, as metadata for prediction intervals.
+def reference_network_evidence(profile: HardwareProfile, device: str, module: torch.nn.Module,
+                               inputs: list[torch.Tensor], counted: Analysis) -> dict[str, str]:
+    """How far the calibrated prediction misses real layers, as metadata for prediction intervals.
 
     A line's residuals at the three sizes it was fitted on understate its error on layers of other shapes,
-    and the pass line (ops called once each per cycle) stands for a real pass it differs from (an op right
-    after its producer finds its input warm, a convolution's weights are cold). So time the reference
-    network's layers alone (roofline.measure) and inside real passes (torch.profiler, the median of
-    PASS_MODEL_ROUNDS rounds of 10 passes), predict them with `profile`, and keep the root mean square of
-    log(measured / predicted) over its layers, bias included, alone and in the pass, and the log error of
-    the whole pass's time (per-layer errors partly cancel in a sum). CPU only (a GPU profile has no pass line).
-    """
-    from roofline.analysis import Analysis
+    and the pass model is a model. So time the reference network's layers alone (roofline.measure) and inside
+    real passes (torch.profiler, the median of PASS_MODEL_ROUNDS rounds of 10 passes), predict them with
+    `profile` (`counted` is the network's analysis), and keep the root mean square of log(measured /
+    predicted) over its layers, bias included, alone and in the pass; and the log error of the whole pass,
+    timed without the profiler (the profiler's own cost per op is no part of a pass). Nothing of the pass
+    model was fitted on this network (its per-call cost comes from _pass_call_chain). CPU only."""
     from roofline.measure.api import measure
     from roofline.measure.capture import forward_callable
     from roofline.measure.passes import attribute_trace, profile_passes
 
-    module, inputs = _reference_network()
     timed: dict[str, list[float]] = {}
     with torch.no_grad(), retained_heap():  # as roofline.measure runs a pass: the same aten ops, the heap kept
-        # One trace serves both: its records to attribute the profiled ops, its analysis to predict them.
-        counted = Analysis(trace(module, inputs, model_name="reference network"), get_precision("fp32"))
         for _ in range(PASS_MODEL_ROUNDS):  # a median over rounds: one preempted pass must not set the evidence
             times = attribute_trace(profile_passes(forward_callable(module, inputs), device, passes=10),
                                     counted.trace.records, "reference network")
             for name, seconds in times.in_pass_s.items():
                 timed.setdefault(name, []).append(seconds)
+        pass_s = time_callable(forward_callable(module, inputs), device=device, min_run_time_s=0.1).median_s
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a noisy figure is part of the evidence, not a message for the user
         alone = measure(module, inputs, device=device, batch_sizes=[1], progress=False).layers
     in_pass = {name: statistics.median(values) for name, values in timed.items()}
-    prediction = Prediction(counted, profile, calibrated=True).layers.set_index("name")
-    both, pass_errors = _log_errors(in_pass, prediction["in_pass_s"])
+    prediction = Prediction(counted, profile, calibrated=True)
+    layers = prediction.layers.set_index("name")
+    both, pass_errors = _log_errors(in_pass, layers["in_pass_s"])
     alone_names, alone_errors = _log_errors(dict(zip(alone["name"], alone["measured_s"], strict=True)),
-                                            prediction["predicted_s"])
+                                            layers["predicted_s"])
     if len(both) < 3 or len(alone_names) < 3:
         return {}
     sigma, alone_sigma = _rms(pass_errors), _rms(alone_errors)
-    total = abs(math.log(sum(in_pass[name] for name in both) / float(prediction.loc[both, "in_pass_s"].sum())))
+    total = abs(math.log(pass_s / prediction.totals["predicted_latency_s"]))
     return {ALONE_MODEL_SIGMA: f"{alone_sigma:.4g}", PASS_MODEL_SIGMA: f"{sigma:.4g}",
             PASS_MODEL_TOTAL_SIGMA: f"{total:.4g}",
             "model_sigma.evidence": (
                 f"{len(both)} layers of a reference network against their calibrated predictions: alone "
                 f"(roofline.measure), RMS of log(measured / predicted) {alone_sigma:.3f} (mean "
                 f"{statistics.fmean(alone_errors):+.3f}); in a real pass (torch.profiler, median of {PASS_MODEL_ROUNDS} "
-                f"rounds of 10 passes), {sigma:.3f} (mean {statistics.fmean(pass_errors):+.3f}); the whole pass, "
-                f"|log(measured / predicted)| {total:.3f} (one network: one sample)")}
+                f"rounds of 10 passes), {sigma:.3f} (mean {statistics.fmean(pass_errors):+.3f}); the whole pass "
+                f"timed without the profiler, |log(measured / predicted)| {total:.3f} (one network: one sample)")}
 
 
 def ensure_measured_profile(progress: bool = True) -> HardwareProfile:

@@ -24,6 +24,7 @@ from roofline.hardware.profile import HardwareProfile
 from roofline.precision import PRECISIONS, get_precision
 from roofline.predict import (
     LATENCY_TERMS,
+    PASS_TERMS,
     TERM_COLUMNS,
     Prediction,
     batch_size,
@@ -107,7 +108,9 @@ def _term_lines(t: dict[str, Any]) -> list[str]:
         lines.append(f"    + collectives  {format_time(t['collective_s']):>10}   tensor-parallel collectives on the interconnect")
     lines.append(f"    = predicted    {format_time(t['predicted_s']):>10}   the layer alone, as `predict` gives it")
     if t["in_pass"]:
-        lines.append(f"    + in a pass    {format_time(t['pass_penalty_s']):>10}   the profile's pass line (colder caches)")
+        lines.append(f"    + in a pass    {format_time(t['pass_penalty_s']):>10}   fresh output buffers "
+                     f"{format_time(t['pass_fresh_s'])}, cold weights {format_time(t['pass_cold_weight_s'])}, "
+                     f"cold calls {format_time(t['pass_call_s'])} (the pass model)")
         lines.append(f"    = in the pass  {format_time(t['in_pass_s']):>10}")
     return lines
 
@@ -135,7 +138,7 @@ def efficiency_source(prediction: Prediction, ops: pd.DataFrame) -> str:
     parts = []
     for op_class, group in ops.groupby("op_class", sort=False):
         factor = float(group["efficiency"].iloc[0])
-        own = profile.efficiency_for(str(op_class), str(group["memory_level"].iloc[0]), prediction.in_pass)
+        own = profile.efficiency_for(str(op_class), str(group["memory_level"].iloc[0]))
         if own is None:
             parts.append(f"{op_class}: no factor measured, the profile's median class ({format_percent(factor)})")
             continue
@@ -167,7 +170,7 @@ def layer_terms(prediction: Prediction, layer: str) -> tuple[dict[str, Any], pd.
     """A layer's terms, straight from the prediction (so explain and predict can never disagree), and its ops."""
     row = _row(prediction, layer)
     ops = prediction.ops[prediction.ops["layer"] == layer]
-    terms: dict[str, Any] = {column: float(row[column]) for column in TERM_COLUMNS}
+    terms: dict[str, Any] = {column: float(row[column]) for column in (*TERM_COLUMNS, *PASS_TERMS)}
     terms.update(
         roof=str(row["roof"]), bound=str(row["bound"]), bound_label=str(row["bound_label"]),
         efficiency=float(row["efficiency"]), rule=prediction.rule, calibrated=prediction.calibrated,

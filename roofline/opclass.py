@@ -5,12 +5,18 @@ from __future__ import annotations
 
 from enum import Enum
 
-__all__ = ["SELECTIVE_READ_OPS", "OpClass"]
+__all__ = ["SELECTIVE_READ_OPS", "OpClass", "writes_in_place"]
 
 # Ops that read rows selected by an index: what they read of a weight grows with the batch.
 SELECTIVE_READ_OPS = frozenset(
     f"aten.{name}" for name in ("embedding", "index_select", "index", "_unsafe_index", "masked_select", "take", "gather")
 )
+
+
+def writes_in_place(op: str) -> bool:
+    """Whether an aten op (as the tracer names it: 'aten.relu_', 'aten.add_.Tensor') writes into its first
+    input, by aten's trailing-underscore convention: it fills no fresh buffer."""
+    return op.removeprefix("aten.").split(".")[0].endswith("_")
 
 
 class OpClass(str, Enum):

@@ -20,8 +20,14 @@ The one model of time (everything that prints or plots a time renders these term
 - a model split across devices (roofline.parallel.shard) pays, on the ops that carry them, its
   collectives on the profile's interconnect (collective_s: ring all-reduce 2(N-1)/N x bytes / bandwidth
   + (N-1) x latency, all-gather, pipeline sends), after the kernel: they do not overlap with compute;
-- inside a full pass (calibrated, with a pass line measured), the same ops use the pass line; the
-  difference from the layer alone is pass_penalty_s.
+- inside a full pass (calibrated, on a CPU profile with a pass model: HardwareProfile.pass_call_s), an
+  op pays what a layer repeated alone does not (pass_penalty_s, the pass model, _pass_terms): its output
+  buffer is cold unless it writes in place (fresh output bytes at the deepest level's bandwidth:
+  pass_fresh_s); its weights come back from the level that holds the whole pass (weights and peak
+  activations: a weight's reuse distance is one pass) instead of its own level (pass_cold_weight_s);
+  and its call runs cold (the profile's pass_call_s, measured on a chain of small layers:
+  calibrate.measure_pass_call). Its inputs were just written by the op before, so they stream from where
+  they did alone.
 
 So, for every op and every layer, exactly:
     predicted_s = roofline_s + efficiency_s + exposed_overhead_s + module_call_s + collective_s
@@ -55,11 +61,12 @@ from roofline.formatting import (
     json_value,
 )
 from roofline.hardware.profile import HardwareProfile, MemoryLevel
+from roofline.opclass import writes_in_place
 from roofline.parallel import COLLECTIVE_COLUMNS, collective_seconds
 from roofline.precision import Precision, get_precision
 from roofline.records import UNUSED_NAME
 
-__all__ = ["INTERVAL_COLUMNS", "INTERVAL_COVERAGE", "LATENCY_TERMS", "FusedGroup", "Prediction", "bound_label", "overhead_exit_batch", "overhead_sentence", "predict", "render"]
+__all__ = ["INTERVAL_COLUMNS", "INTERVAL_COVERAGE", "LATENCY_TERMS", "PASS_TERMS", "FusedGroup", "Prediction", "bound_label", "overhead_exit_batch", "overhead_sentence", "predict", "render"]
 
 # The classes whose fp32 ops a GPU with TF32 runs in TF32 by PyTorch's defaults (cuDNN convolutions);
 # fp32 matmuls stay in full fp32 (torch.backends.cuda.matmul.allow_tf32 is False by default).
@@ -81,6 +88,8 @@ TERM_COLUMNS = ["compute_s", "memory_s", "roofline_s", "efficiency_s", "overhead
 # The terms of a predicted latency in `Prediction.totals`; they add up to predicted_latency_s.
 LATENCY_TERMS = ("roofline_compute_s", "roofline_memory_s", "efficiency_s", "exposed_overhead_s", "module_call_s",
                  "collective_s", "pass_penalty_s")
+# The parts of pass_penalty_s (the pass model; the module docstring), per op and per layer; they add up to it.
+PASS_TERMS = ("pass_fresh_s", "pass_cold_weight_s", "pass_call_s")
 # A calibrated prediction's interval at INTERVAL_COVERAGE, per layer (NaN for a plain roofline, which has none).
 INTERVAL_COLUMNS = ["predicted_low_s", "predicted_high_s", "in_pass_low_s", "in_pass_high_s"]
 
@@ -169,9 +178,9 @@ class Prediction:
 
     @property
     def in_pass(self) -> bool:
-        """Whether times inside a full pass differ from times alone: calibrated, on a profile that
-        measured its ops as in a pass (HardwareProfile.pass_efficiency)."""
-        return self.calibrated and bool(self.profile.pass_efficiency)
+        """Whether times inside a full pass differ from times alone: calibrated, on a profile with a pass
+        model (HardwareProfile.pass_call_s, measured on a CPU)."""
+        return self.calibrated and self.profile.pass_call_s is not None and self.profile.kind == "cpu"
 
     @cached_property
     def ops(self) -> pd.DataFrame:
@@ -199,19 +208,41 @@ class Prediction:
         records["predicted_s"] = _combine(self.rule, kernel, records["overhead_s"]) + records["collective_s"]
         records["exposed_overhead_s"] = records["predicted_s"] - kernel - records["collective_s"]
         records["module_call_s"] = 0.0
-        if self.in_pass:
-            efficiency = self._efficiency(records, in_pass=True)
-            overhead = self._overhead(records["op_class"], in_pass=True)
-            records["in_pass_s"] = (_combine(self.rule, records["roofline_s"] / efficiency, overhead)
-                                    + records["collective_s"])
-        else:
-            records["in_pass_s"] = records["predicted_s"]
-        records["pass_penalty_s"] = records["in_pass_s"] - records["predicted_s"]
-        records["sigma"] = records["op_class"].map(self._class_sigma(in_pass=False)).astype(float)
-        records["in_pass_sigma"] = records["op_class"].map(self._class_sigma(in_pass=self.in_pass)).astype(float)
+        terms = self._pass_terms(records)  # the same as pass_terms, from the records being built
+        for column in PASS_TERMS:
+            records[column] = terms[column] if self.in_pass else 0.0
+        records["pass_penalty_s"] = records[list(PASS_TERMS)].sum(axis=1)
+        records["in_pass_s"] = records["predicted_s"] + records["pass_penalty_s"]
+        # The pass model's own error is the reference network's evidence (model_sigma("layer")), not a class's.
+        records["sigma"] = records["op_class"].map(self._class_sigma()).astype(float)
+        records["in_pass_sigma"] = records["sigma"]
         records["ridge_point"] = peak / bandwidth
         records["attainable_flops_per_s"] = np.minimum(peak, records["arithmetic_intensity"] * bandwidth)
         return records
+
+    def _pass_terms(self, records: pd.DataFrame) -> pd.DataFrame:
+        """Per op, what it pays inside a full pass beyond its time alone (the module docstring's pass model):
+        pass_fresh_s, pass_cold_weight_s and pass_call_s (the profile's, 0 without one)."""
+        levels = self._levels
+        working_set = float(records["weight_bytes"].sum()) + float(self.analysis.totals["peak_activation_bytes"])
+        whole_pass = float(levels[int(self.profile.level_indices(np.array([working_set]))[0])].bandwidth_bytes_per_s
+                           or math.nan)
+        deepest = float(levels[-1].bandwidth_bytes_per_s or math.nan)  # streaming_levels: always measured
+        fresh = records["bytes_written"].where(~records["op"].map(writes_in_place).astype(bool), 0.0)
+        slower = np.maximum(0.0, 1.0 / whole_pass - 1.0 / records["bandwidth_bytes_per_s"])
+        return pd.DataFrame({"pass_fresh_s": fresh / deepest, "pass_cold_weight_s": records["weight_bytes"] * slower,
+                             "pass_call_s": float(self.profile.pass_call_s or 0.0)}, index=records.index)
+
+    @cached_property
+    def pass_terms(self) -> pd.DataFrame:
+        """Per op (the index of `ops`), the pass model's terms whether or not they are in force (in_pass): what
+        a study of the pass, or calibration, sets against measured passes."""
+        return self._pass_terms(self.ops)
+
+    def cold_data_s(self) -> float:
+        """The pass model's cold-data terms (fresh output buffers, cold weights) over all ops, whether or not the
+        profile has a pass model: what calibration takes off a measured pass penalty to leave its per-call cost."""
+        return float((self.pass_terms["pass_fresh_s"] + self.pass_terms["pass_cold_weight_s"]).sum())
 
     def _collective(self, records: pd.DataFrame) -> Any:
         """Interconnect time of the collectives roofline.parallel attached to ops (0 for a model on one device)."""
@@ -224,24 +255,24 @@ class Prediction:
                                 "collectives; add one (name, bandwidth_bytes_per_s, latency_s, source)")
         return collective_seconds(moved[:, 0], moved[:, 1], moved[:, 2], self.analysis.trace.tensor_parallel, link)
 
-    def _efficiency(self, records: pd.DataFrame, in_pass: bool = False) -> pd.Series:
+    def _efficiency(self, records: pd.DataFrame) -> pd.Series:
         """Per op, the factor in force: its class's (at its level), raised beyond the levels it was fitted at."""
         op_class, level = records["op_class"], records["memory_level"]
         if not self.calibrated:
             return pd.Series(1.0, index=op_class.index)
-        default = self.default_efficiency(in_pass)
-        found = [self.profile.efficiency_for(c, lvl, in_pass) for c, lvl in zip(op_class, level, strict=True)]
+        default = self.default_efficiency()
+        found = [self.profile.efficiency_for(c, lvl) for c, lvl in zip(op_class, level, strict=True)]
         factor = pd.Series([default if f is None else f for f in found], index=op_class.index, dtype=float)
-        return self._beyond_fitted_levels(records, factor, in_pass)
+        return self._beyond_fitted_levels(records, factor)
 
-    def _beyond_fitted_levels(self, records: pd.DataFrame, factor: pd.Series, in_pass: bool) -> pd.Series:
+    def _beyond_fitted_levels(self, records: pd.DataFrame, factor: pd.Series) -> pd.Series:
         """`factor` where an op streams from a level deeper than all the sizes its class's line was fitted at
         (and the class has no factor of that level's own) raised to roofline_s / max(roofline_s, roofline at
         the deepest fitted level / factor), never below `factor`: the line's time where it was measured,
         unless the op's own level is slower still. Classes with no recorded samples are left as they are."""
         names = [lvl.name for lvl in self._levels]
         bandwidth = np.array([lvl.bandwidth_bytes_per_s or np.nan for lvl in self._levels], dtype=float)
-        deepest = {c: self._deepest_fitted_level(str(c), names, in_pass) for c in records["op_class"].unique()}
+        deepest = {c: self._deepest_fitted_level(str(c), names) for c in records["op_class"].unique()}
         fitted = records["op_class"].map(deepest).astype(float)
         here = records["memory_level"].map({name: i for i, name in enumerate(names)}).astype(float)
         own = pd.Series([f"{c}@{lvl}" in self.profile.efficiency
@@ -257,21 +288,20 @@ class Prediction:
         out[beyond] = np.maximum(factor[beyond], raised.where(roof_here > 0, factor[beyond]))
         return out
 
-    def _deepest_fitted_level(self, op_class: str, names: list[str], in_pass: bool) -> int | None:
+    def _deepest_fitted_level(self, op_class: str, names: list[str]) -> int | None:
         """Index (in streaming levels) of the deepest level among the sizes the class's own factor was fitted
         on: its samples, less those at a level with a CLASS@LEVEL factor (fitted on their own); None if none."""
-        factors = self.profile.pass_efficiency if in_pass else self.profile.efficiency
-        levels = {s.level for s in self.profile.calibration_samples(op_class, in_pass)
-                  if f"{op_class}@{s.level}" not in factors and f"{op_class}@{s.level}" not in self.profile.efficiency}
+        levels = {s.level for s in self.profile.calibration_samples(op_class)
+                  if f"{op_class}@{s.level}" not in self.profile.efficiency}
         indices = [names.index(name) for name in levels if name in names]
         return max(indices) if indices else None
 
-    def default_efficiency(self, in_pass: bool = False) -> float:
+    def default_efficiency(self) -> float:
         """The factor of a class the profile has none for: the median of its classes (in-cache factors only)."""
-        factors = (self.profile.pass_efficiency if in_pass else self.profile.efficiency) or self.profile.efficiency
+        factors = self.profile.efficiency
         return float(np.median([value for key, value in factors.items() if "@" not in key] or list(factors.values())))
 
-    def _class_sigma(self, in_pass: bool) -> dict[str, float]:
+    def _class_sigma(self) -> dict[str, float]:
         """Per op class, the spread (sigma of log time) of the calibrated line's error, from its own evidence:
         the residuals of the fitted line at the sizes it was fitted on, and the round-to-round spread of those
         timings, added in quadrature. A class with no evidence (no factor of its own) takes the largest sigma
@@ -280,10 +310,10 @@ class Prediction:
             return {}
         sigmas: dict[str, float] = {}
         for op_class in {key.partition("@")[0] for key in self.profile.efficiency}:
-            residuals = self.line_residuals(op_class, in_pass)
+            residuals = self.line_residuals(op_class)
             if not residuals:
                 continue
-            spread = self.profile.calibration_spread(op_class, in_pass) or 0.0
+            spread = self.profile.calibration_spread(op_class) or 0.0
             sigmas[op_class] = math.sqrt(float(np.mean(np.square(residuals))) + spread**2)
         if not sigmas:
             return {}
@@ -293,8 +323,8 @@ class Prediction:
     def model_sigma(self, scope: str) -> float:
         """How far the calibrated lines miss real layers (sigma of log time), as the profile measured it on a
         reference network (calibrate.reference_network_evidence): a layer alone ("alone"), a layer inside a
-        pass ("layer"), a whole pass ("pass"). Without a pass line a layer's in-pass time is its time alone, and
-        so is its error. 0 where there is none: a plain prediction, a whole pass without a pass line, or a
+        pass ("layer"), a whole pass ("pass"). Without a pass model a layer's in-pass time is its time alone,
+        and so is its error. 0 where there is none: a plain prediction, a whole pass without a pass model, or a
         profile measured before the evidence was kept."""
         if not self.calibrated or (scope == "pass" and not self.in_pass):
             return 0.0
@@ -307,20 +337,19 @@ class Prediction:
         except ValueError as error:
             raise RooflineError(f"profile {self.profile.name!r}: metadata {key} must be a number, got {text!r}") from error
 
-    def line_residuals(self, op_class: str, in_pass: bool = False) -> list[float]:
+    def line_residuals(self, op_class: str) -> list[float]:
         """log(measured / line) at each size the class's line was fitted on."""
-        fixed_field = self.profile.pass_fixed_overhead_s if in_pass else self.profile.fixed_overhead_s
-        fixed = fixed_field.get(op_class, self.profile.overhead_s)
+        fixed = self.profile.fixed_overhead_s.get(op_class, self.profile.overhead_s)
         out = []
-        for sample in self.profile.calibration_samples(op_class, in_pass):
-            factor = self.profile.efficiency_for(op_class, sample.level, in_pass)
+        for sample in self.profile.calibration_samples(op_class):
+            factor = self.profile.efficiency_for(op_class, sample.level)
             if factor and sample.measured_s > 0:
                 out.append(math.log(sample.measured_s / (fixed + sample.roofline_s / factor)))
         return out
 
-    def _overhead(self, op_class: pd.Series, in_pass: bool = False) -> pd.Series:
+    def _overhead(self, op_class: pd.Series) -> pd.Series:
         """Per-op overhead: the class's fitted fixed cost when calibrated, else the profile's one figure."""
-        fixed = dict(self.profile.pass_fixed_overhead_s if in_pass else self.profile.fixed_overhead_s) if self.calibrated else {}
+        fixed = dict(self.profile.fixed_overhead_s) if self.calibrated else {}
         return op_class.map(lambda c: fixed.get(c, self.profile.overhead_s)).astype(float)
 
     @property
@@ -334,7 +363,7 @@ class Prediction:
         module call, the layer's roof, its bound and where its time sits against the roof."""
         ops = self.ops
         sums = ["compute_s", "memory_s", "roofline_s", "efficiency_s", "overhead_s", "exposed_overhead_s",
-                "collective_s", "predicted_s", "pass_penalty_s", "in_pass_s"]
+                "collective_s", "predicted_s", *PASS_TERMS, "pass_penalty_s", "in_pass_s"]
         by_layer = ops.groupby("layer", sort=False)
         summed = by_layer[sums].sum()
         on_compute = ops["roofline_s"].where(ops["roof"] == "compute", 0.0)
@@ -373,12 +402,15 @@ class Prediction:
         ]
         for column, sigma in (("predicted_s", "sigma"), ("in_pass_s", "in_pass_sigma")):
             half = _interval_sigma(ops, column, sigma, "layer").reindex(layers["name"]).to_numpy(dtype=float)
-            # The module call (a measured constant) and collectives (not calibrated) carry no error of their own.
+            # The module call (a measured constant) and collectives (not calibrated) carry no error of their own,
+            # and the pass model's is the network evidence below, not the class lines'.
             timed = layers[column].to_numpy(dtype=float)
             fixed = layers["module_call_s"].to_numpy() + layers["collective_s"].to_numpy()
+            if column == "in_pass_s":
+                fixed = fixed + layers["pass_penalty_s"].to_numpy()
             half = half * np.divide(timed - fixed, timed, out=np.zeros_like(timed),
                                     where=timed > 0)
-            # The lines' own error on layers of other shapes, and inside a pass the pass line's for a real pass.
+            # The lines' own error on layers of other shapes, and inside a pass the pass model's for a real pass.
             half = np.sqrt(half**2 + self.model_sigma("alone" if column == "predicted_s" else "layer") ** 2)
             stem = column.removesuffix("_s")
             layers[f"{stem}_low_s"] = layers[column].to_numpy() * np.exp(-_INTERVAL_Z * half)
@@ -417,9 +449,10 @@ class Prediction:
         }
         ops = self.ops.assign(whole="model")
         half = float(_interval_sigma(ops, "in_pass_s", "in_pass_sigma", "whole").get("model", math.nan))
-        # The module calls carry no error of their own (a measured constant): they scale the interval's width down.
-        weight = ((latency - float(layers["module_call_s"].sum()) - float(layers["collective_s"].sum())) / latency
-                  if latency else 0.0)
+        # The module calls carry no error of their own (a measured constant), nor the class lines the pass model's:
+        # they scale the interval's width down (the pass model's error is model_sigma's).
+        weight = ((latency - float(layers["module_call_s"].sum()) - float(layers["collective_s"].sum())
+                   - terms["pass_penalty_s"]) / latency if latency else 0.0)
         half = math.sqrt((half * weight) ** 2 + self.model_sigma("pass") ** 2)
         low, high = latency * math.exp(-_INTERVAL_Z * half), latency * math.exp(_INTERVAL_Z * half)
         return {

@@ -398,13 +398,14 @@ def _pass_note(totals: dict[str, Any] | None, prediction: Prediction) -> str | N
            "with its data and code warm in cache; in a full pass each runs once and finds them colder.")
     t = prediction.totals
     if prediction.in_pass:
-        return (f"{why} The prediction models this with the profile's ops timed as in a pass: "
-                f"{format_time(t['predicted_latency_s'])} for the pass against {format_time(t['sum_of_layers_s'])} "
-                "for its layers alone.")
+        return (f"{why} The prediction models this (the pass model: fresh output buffers, cold weights, cold "
+                f"calls): {format_time(t['predicted_latency_s'])} for the pass against "
+                f"{format_time(t['sum_of_layers_s'])} for its layers alone.")
     if prediction.profile.kind == "gpu":
         advice = "on a GPU the pass is not modelled apart (hw measure times its ops alone there)"
     elif prediction.calibrated:
-        advice = "this profile has no pass line: measure it again with `roofline hw measure` to model the pass"
+        advice = ("this profile has no pass model: measure it again with `roofline hw measure` (or --recalibrate) "
+                  "to model the pass")
     else:
         advice = "a calibrated prediction (--calibrated) on a profile from `roofline hw measure` models the pass"
     return f"{why} This prediction models layers as when repeated, so it reads low against the whole pass; {advice}."

@@ -20,7 +20,7 @@ import torch
 
 from roofline.errors import RooflineError
 
-__all__ = ["Measurement", "Ratio", "check_budget", "reference_matmul", "retained_heap", "time_callable", "time_in_sequence",
+__all__ = ["Measurement", "Ratio", "check_budget", "reference_matmul", "retained_heap", "time_callable",
            "time_interleaved", "time_ratio"]
 
 # A measurement whose IQR exceeds this fraction of its median is flagged (torch's Measurement does too).
@@ -273,37 +273,6 @@ def time_ratio(a: Callable[[], object], b: Callable[[], object], blocks: int = 1
         ratios.append(timed["a"] / timed["b"])
 
     return Ratio(tuple(ratios), _merged(parts["a"], "a"), _merged(parts["b"], "b"))
-
-
-def time_in_sequence(
-    fns: Sequence[Callable[[], object]],
-    cycles: int,
-    labels: Sequence[str] | None = None,
-    device: str = "cpu",
-    step: Callable[[int], None] | None = None,
-) -> list[Measurement]:
-    """Call each callable once per cycle, in order, and time every call on its own.
-
-    This is how layers run in a forward pass: between two calls of one op, all the others run and
-    evict its code, inputs, weights and output buffer from cache, so it pays what a repeated op
-    does not (time_callable repeats one op and finds them warm). One untimed cycle warms up first;
-    `step(cycle)` is called after each timed cycle, for progress.
-    """
-    if cycles < 1:
-        raise RooflineError(f"cycles must be at least 1, got {cycles}")
-    names = list(labels) if labels is not None else [""] * len(fns)
-    if len(names) != len(fns):
-        raise RooflineError(f"{len(names)} labels for {len(fns)} callables")
-    times: list[list[float]] = [[] for _ in fns]
-    for cycle in range(-1, cycles):
-        for index, fn in enumerate(fns):
-            _synchronize(device)
-            elapsed = _time_block(fn, 1, device)
-            if cycle >= 0:
-                times[index].append(elapsed)
-        if cycle >= 0 and step is not None:
-            step(cycle)
-    return [Measurement(tuple(t), 1, device, torch.get_num_threads(), name) for t, name in zip(times, names, strict=True)]
 
 
 def reference_matmul(device: str = "cpu") -> tuple[Callable[[], object], float]:

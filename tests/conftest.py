@@ -42,7 +42,7 @@ def tiny_bench(monkeypatch):
 
     tiny = microbench.BenchConfig(min_bytes=16 * 1024, max_bytes=1024 * 1024, past_llc=False, size_step=4.0,
                                   min_run_time_s=0.002, matmul_sizes=(64, 128), efficiency_scale=0.1,
-                                  sequence_cycles=3)
+                                  pass_blocks=2, pass_block_s=0.005)
     monkeypatch.setattr(microbench, "FULL", tiny)
     monkeypatch.setattr(microbench, "QUICK", tiny)
     return tiny

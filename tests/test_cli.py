@@ -125,9 +125,7 @@ def test_predict_recalibrate_predicts_with_the_factors_timed_now(capsys, tmp_pat
             return {k: v * by for k, v in factors.items()}
 
         return dataclasses.replace(profile, efficiency=scaled(profile.efficiency, 0.5),
-                                   pass_efficiency=scaled(profile.pass_efficiency, 0.5),
-                                   fixed_overhead_s=scaled(profile.fixed_overhead_s, 2),
-                                   pass_fixed_overhead_s=scaled(profile.pass_fixed_overhead_s, 2))
+                                   fixed_overhead_s=scaled(profile.fixed_overhead_s, 2))
 
     monkeypatch.setattr(calibrate, "recalibrate", slower_now)
     code, out, _ = run(capsys, "predict", "zoo:mlp", *hw, "--recalibrate", "--no-progress")

@@ -27,23 +27,20 @@ def _samples(residual: float, efficiency: float) -> str:
     return "; ".join(samples)
 
 
-def _profile(residual: float, spread: float | None = None, pass_line: bool = False,
+def _profile(residual: float, spread: float | None = None, pass_model: bool = False,
              evidence: dict[str, float] | None = None) -> HardwareProfile:
     """A measured CPU whose gemm line (fixed 1 us, efficiency 0.5) missed its three sizes by exp(+-residual);
-    pass_line: also a pass line (efficiency 0.4) with the same residuals; evidence: the lines' error on a
-    network's layers alone, in a pass and of the whole pass (calibrate.reference_network_evidence)."""
+    pass_model: also a pass model (a per-call cost of 1 us); evidence: the prediction's error on a network's
+    layers alone, in a pass and of the whole pass (calibrate.reference_network_evidence)."""
     metadata = {"efficiency.gemm": _samples(residual, 0.5), "date": "2026-12-01T00:00:00"}
     if spread is not None:
         metadata["efficiency_spread.gemm"] = str(spread)
-    passes: dict[str, dict[str, float]] = {}
-    if pass_line:
-        metadata["pass_efficiency.gemm"] = _samples(residual, 0.4)
-        passes = {"pass_efficiency": {"gemm": 0.4}, "pass_fixed_overhead_s": {"gemm": 1e-6}}
     metadata |= {key: str(value) for key, value in (evidence or {}).items()}
     return HardwareProfile(
         name="measured", kind="cpu", vendor="test", source="measured", reference="test",
         peak_flops_per_s={"fp32": 1e11}, memory_levels=(MemoryLevel("DRAM", 1e10, 1e10),), overhead_s=1e-6,
-        efficiency={"gemm": 0.5}, fixed_overhead_s={"gemm": 1e-6}, metadata=metadata, **passes,
+        efficiency={"gemm": 0.5}, fixed_overhead_s={"gemm": 1e-6}, metadata=metadata,
+        pass_call_s=1e-6 if pass_model else None,
     )
 
 
@@ -84,38 +81,44 @@ EVIDENCE = {"alone_model_sigma": 0.15, "pass_model_sigma": 0.2, "pass_model_tota
 
 def test_the_lines_error_on_a_network_widens_each_interval_by_its_own_figure():
     analysis = _linear()
-    without = predict(analysis, _profile(0.05, pass_line=True), calibrated=True)
-    with_it = predict(analysis, _profile(0.05, pass_line=True, evidence=EVIDENCE), calibrated=True)
+    without = predict(analysis, _profile(0.05, pass_model=True), calibrated=True)
+    with_it = predict(analysis, _profile(0.05, pass_model=True, evidence=EVIDENCE), calibrated=True)
+    # In a pass the class line's error covers the layer's time alone, not the pass model's penalty on top.
+    row = without.layers.set_index("name").loc["0"]
+    alone_share = row["predicted_s"] / row["in_pass_s"]
+    assert row["pass_penalty_s"] > 0 and alone_share < 1
     assert _width(without) == pytest.approx(2 * Z * 0.05, rel=0.02)
-    assert _in_pass_width(without) == pytest.approx(2 * Z * 0.05, rel=0.02)
+    assert _in_pass_width(without) == pytest.approx(2 * Z * 0.05 * alone_share, rel=0.02)
     assert _width(with_it) == pytest.approx(2 * Z * math.hypot(0.05, 0.15), rel=0.02)  # a layer alone: 0.15
-    assert _in_pass_width(with_it) == pytest.approx(2 * Z * math.hypot(0.05, 0.2), rel=0.02)  # in a pass: 0.2
+    assert _in_pass_width(with_it) == pytest.approx(2 * Z * math.hypot(0.05 * alone_share, 0.2), rel=0.02)  # in a pass
 
     def whole(prediction):
         return math.log(prediction.totals["predicted_latency_high_s"] / prediction.totals["predicted_latency_low_s"])
 
-    assert whole(without) == pytest.approx(2 * Z * 0.05, rel=0.02)
-    assert whole(with_it) == pytest.approx(2 * Z * math.hypot(0.05, 0.1), rel=0.02)  # the whole pass: 0.1
-    no_pass_line = predict(analysis, _profile(0.05, evidence=EVIDENCE), calibrated=True)
-    assert _in_pass_width(no_pass_line) == pytest.approx(2 * Z * math.hypot(0.05, 0.15), rel=0.02)  # alone's
+    assert whole(without) == pytest.approx(2 * Z * 0.05 * alone_share, rel=0.02)
+    assert whole(with_it) == pytest.approx(2 * Z * math.hypot(0.05 * alone_share, 0.1), rel=0.02)  # the pass: 0.1
+    no_pass_model = predict(analysis, _profile(0.05, evidence=EVIDENCE), calibrated=True)
+    assert _in_pass_width(no_pass_model) == pytest.approx(2 * Z * math.hypot(0.05, 0.15), rel=0.02)  # alone's
     assert math.isnan(_width(predict(analysis, _profile(0.05, evidence=EVIDENCE))))  # plain: no interval at all
 
 
 def test_the_network_evidence_is_the_rms_of_its_log_errors(monkeypatch):
     """Times that miss the predictions by exp(+-0.1) in the pass and exp(+-0.2) alone, alternately: RMS 0.1 and
-    0.2 (means 0), and the whole pass's log error from the sums."""
+    0.2 (means 0); and the whole pass, timed without the profiler 10% above the predicted latency: log 1.1."""
     from types import SimpleNamespace
 
-    from roofline import calibrate
+    from roofline import calibrate, timing
     from roofline.analysis import Analysis
     from roofline.measure import api, passes
     from roofline.precision import get_precision
     from roofline.predict import Prediction
     from roofline.trace import trace
 
-    profile = _profile(0.05, pass_line=True)
+    profile = _profile(0.05, pass_model=True)
     module, inputs = calibrate._reference_network()
-    layers = Prediction(Analysis(trace(module, inputs), get_precision("fp32")), profile, calibrated=True).layers
+    counted = Analysis(trace(module, inputs), get_precision("fp32"))
+    prediction = Prediction(counted, profile, calibrated=True)
+    layers = prediction.layers
     names = [name for name, t in zip(layers["name"], layers["in_pass_s"], strict=True) if t > 0][:12]  # an even count
     predicted = layers.set_index("name").loc[names]
 
@@ -129,11 +132,13 @@ def test_the_network_evidence_is_the_rms_of_its_log_errors(monkeypatch):
     monkeypatch.setattr(passes, "attribute_trace", lambda *args, **kwargs: times)
     measured = pd.DataFrame({"name": list(alone), "measured_s": list(alone.values())})
     monkeypatch.setattr(api, "measure", lambda *args, **kwargs: SimpleNamespace(layers=measured))
-    evidence = calibrate.reference_network_evidence(profile)
+    plain_pass_s = 1.1 * prediction.totals["predicted_latency_s"]
+    plain = timing.Measurement((plain_pass_s,) * 3, number=1, device="cpu", num_threads=1)
+    monkeypatch.setattr(calibrate, "time_callable", lambda *args, **kwargs: plain)
+    evidence = calibrate.reference_network_evidence(profile, "cpu", module, inputs, counted)
     assert float(evidence["pass_model_sigma"]) == pytest.approx(0.1, rel=1e-3)
     assert float(evidence["alone_model_sigma"]) == pytest.approx(0.2, rel=1e-3)
-    total = sum(in_pass.values()) / float(predicted["in_pass_s"].sum())
-    assert float(evidence["pass_model_total_sigma"]) == pytest.approx(abs(math.log(total)), rel=1e-3)
+    assert float(evidence["pass_model_total_sigma"]) == pytest.approx(math.log(1.1), rel=1e-3)
     assert "12 layers" in evidence["model_sigma.evidence"] and "mean +0.000" in evidence["model_sigma.evidence"]
 
 

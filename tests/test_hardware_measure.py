@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import roofline
 from roofline import calibrate, cli, timing
 from roofline.calibrate import measure_profile
 from roofline.errors import RooflineError
@@ -17,6 +18,7 @@ from roofline.hardware import (
     microbench,
 )
 from roofline.hardware.microbench import BenchConfig
+from roofline.predict import Prediction
 from roofline.timing import Measurement, retained_heap, time_callable
 
 pytestmark = pytest.mark.filterwarnings("ignore:the machine is busy")
@@ -28,23 +30,31 @@ def test_measurement_statistics() -> None:
     assert not steady.noisy and steady.warning is None
 
 
-def test_time_in_sequence_calls_each_once_per_cycle() -> None:
-    calls: list[str] = []
-    cycles: list[int] = []
-    timed = timing.time_in_sequence([lambda: calls.append("a"), lambda: calls.append("b")], cycles=3,
-                                    labels=["a", "b"], step=cycles.append)
-    assert calls == ["a", "b"] * 4  # one untimed warm-up cycle, then three timed
-    assert cycles == [0, 1, 2]
-    assert [m.label for m in timed] == ["a", "b"] and all(m.number == 1 and m.repeats == 3 for m in timed)
-    with pytest.raises(RooflineError, match="cycles must be at least 1"):
-        timing.time_in_sequence([lambda: None], cycles=0)
-
-
-def test_sequence_times_are_paired_with_the_alone_times_of_their_round() -> None:
-    # Three rounds of one op: the second ran alone in a slow spell, the first in sequence in one.
-    alone = [[1.0], [2.0], [1.0]]
-    in_sequence = [[3.0], [4.0], [2.0]]  # ratios 3, 2, 2
-    assert calibrate.paired_sequence_medians(alone, in_sequence) == [2.0]  # median alone 1 x median ratio 2
+def test_the_pass_measurement_solves_for_the_pass_penalty_block_by_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A = L + P (one pass), B = R L + P (each layer R times in a row): per block rho = A / B gives
+    P / L = (rho R - 1) / (1 - rho) whatever the machine's speed in that block. Hand-made blocks: L = 2 ms,
+    P = 0.5 ms (P / L = 0.25) in three blocks, one with the machine twice as slow (rho is the same) and one
+    block off (P / L = 1); the median keeps 0.25, and L comes from B's median over R + 0.25."""
+    repeats = calibrate._LAYER_REPEATS
+    alone, penalty = 2e-3, 0.5e-3
+    rho = (alone + penalty) / (repeats * alone + penalty)
+    off = (alone + 4 * penalty) / (repeats * alone + 4 * penalty)
+    b = timing.Measurement((repeats * alone + penalty,) * 3, number=1, device="cpu", num_threads=1)
+    monkeypatch.setattr(calibrate, "time_ratio", lambda *a, **k: timing.Ratio((rho, off, rho), b, b))
+    module, inputs = calibrate._pass_call_chain()
+    counted = roofline.analyze(module, inputs=inputs)
+    profile = load_profile("epyc-7763")
+    measured = calibrate.measure_pass_call(profile, calibrate._pass_call_chain, counted, microbench.QUICK)
+    assert measured.alone_s == pytest.approx(alone) and measured.pass_s == pytest.approx(alone + penalty)
+    cold = Prediction(counted, profile).cold_data_s()
+    assert measured.cold_data_s == pytest.approx(cold) and measured.ops == len(counted.records)
+    assert cold < 0.5e-6 * measured.ops  # the chain moves little data: what its pass adds is the calls' own cost
+    assert measured.pass_call_s == pytest.approx((penalty - cold) / len(counted.records))
+    assert set(measured.metadata()) >= {"pass_call.pass_s", "pass_call.penalty_iqr"} and f"{measured.ops} ops" in measured.note()
+    # A pass that took longer than its layers repeated R times cannot be solved: one line, not a number.
+    monkeypatch.setattr(calibrate, "time_ratio", lambda *a, **k: timing.Ratio((1.5,), b, b))
+    with pytest.raises(RooflineError, match="cannot be measured on this machine now"):
+        calibrate.measure_pass_call(profile, calibrate._pass_call_chain, counted, microbench.QUICK)
 
 
 def test_time_callable_blocks_threads_and_callback(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -143,10 +153,9 @@ def test_measure_cpu_profile_structure(tiny_bench: BenchConfig) -> None:
         assert classes == {k.partition("@")[0] for k in p.efficiency if ":" not in k}
     assert p.efficiency and all(0 < v <= 1.5 for v in p.efficiency.values())
     assert "time_calibrated" in p.notes["efficiency"]
-    # The same ops timed as in a pass: a factor and a fixed cost for every class timed alone.
-    assert set(p.pass_efficiency) <= set(p.efficiency) and set(p.pass_fixed_overhead_s) == set(p.fixed_overhead_s)
-    assert {key.partition("@")[0] for key in p.pass_efficiency} == {key.partition("@")[0] for key in p.efficiency}
-    assert "1 cycle after each of 3 rounds" in p.notes["pass_efficiency"] and "pass_efficiency.gemm" in p.metadata
+    # The pass model's per-call cost, measured on a chain of small layers, with its figures.
+    assert p.pass_call_s is not None and 0 < p.pass_call_s < 1e-2
+    assert "chain of small layers' pass" in p.notes["pass_call_s"] and "pass_call.pass_s" in p.metadata
     assert float(p.metadata["reference_flops_per_s"]) > 1e8  # speed while the efficiency ops ran
     assert any(k.startswith("bandwidth.") for k in p.metadata) and "matmul.fp32" in p.metadata
 
@@ -180,7 +189,7 @@ def test_recalibrate_times_the_efficiency_ops_again_and_keeps_the_roofs(tiny_ben
     assert microbench.config_of(measured) is tiny_bench  # so recalibrate times the same tiny ops
     again = calibrate.recalibrate(measured, "cpu", progress=False)
     assert again.peak_flops_per_s == measured.peak_flops_per_s and again.memory_levels == measured.memory_levels
-    assert set(again.efficiency) and set(again.pass_efficiency) and again.metadata["recalibrated"]
+    assert set(again.efficiency) and again.pass_call_s is not None and again.metadata["recalibrated"]
     assert again.metadata["reference_flops_per_s"] != measured.metadata["reference_flops_per_s"]  # timed again
     detected = load_profile("epyc-7763")
     with pytest.raises(RooflineError, match="not a measured profile with efficiency factors"):

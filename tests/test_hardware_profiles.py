@@ -173,10 +173,8 @@ MALFORMED = [
      r"field 'efficiency\.gemm@DRAM': unknown memory level.*this profile's levels: L2, HBM"),
     ("efficiency for an unknown class at a level", GOOD + "efficiency: {gemn@HBM: 0.5}\n",
      r"field 'efficiency\.gemn@HBM': unknown op class \(did you mean: gemm"),
-    ("bad pass efficiency", GOOD + "pass_efficiency: {conv: 0}\n", r"field 'pass_efficiency\.conv'"),
-    ("pass fixed cost of an unknown class", GOOD + "pass_fixed_overhead_s: {convv: 1e-5}\n",
-     r"field 'pass_fixed_overhead_s\.convv': unknown op class \(did you mean: conv"),
-    ("pass efficiency not a mapping", GOOD + "pass_efficiency: 0.5\n", "field 'pass_efficiency': must be a mapping"),
+    ("bad pass call", GOOD + "pass_call_s: -1e-5\n", r"field 'pass_call_s': must be a positive number in seconds"),
+    ("pass call in microseconds", GOOD + "pass_call_s: 20\n", r"field 'pass_call_s': 20 is implausibly large"),
 ]
 
 
@@ -196,23 +194,18 @@ def test_efficiency_per_memory_level_falls_back_to_the_class(tmp_path: Path) -> 
     assert profile.efficiency_for("conv", "HBM") is None
 
 
-def test_pass_factors_are_read_apart_and_survive_a_round_trip(tmp_path: Path) -> None:
+def test_the_pass_call_survives_a_round_trip_and_a_retired_pass_line_is_read_and_dropped(tmp_path: Path) -> None:
     path = tmp_path / "pass.yaml"
-    path.write_text(GOOD + "efficiency: {gemm: 0.8}\npass_efficiency: {gemm: 0.6, gemm@HBM: 0.3}\n"
-                           "fixed_overhead_s: {gemm: 1.0e-5}\npass_fixed_overhead_s: {gemm: 4.0e-5}\n")
+    path.write_text(GOOD + "efficiency: {gemm: 0.8}\nfixed_overhead_s: {gemm: 1.0e-5}\npass_call_s: 2.0e-5\n")
     profile = load_profile(str(path))
-    assert profile.efficiency_for("gemm", "L2") == 0.8
-    assert profile.efficiency_for("gemm", "L2", in_pass=True) == 0.6
-    assert profile.efficiency_for("gemm", "HBM", in_pass=True) == 0.3
-    # A level only the alone line has: its factor scaled by the class's pass/alone ratio.
-    alone_only = dataclasses.replace(profile, efficiency={"gemm": 0.8, "gemm@HBM": 0.4}, pass_efficiency={"gemm": 0.6})
-    assert alone_only.efficiency_for("gemm", "HBM", in_pass=True) == pytest.approx(0.4 * 0.6 / 0.8)
-    assert alone_only.efficiency_for("gemm", "L2", in_pass=True) == 0.6
-    saved = tmp_path / "saved.yaml"
-    save_profile(profile, str(saved))
-    again = load_profile(str(saved))
-    assert dict(again.pass_efficiency) == {"gemm": 0.6, "gemm@HBM": 0.3}
-    assert dict(again.pass_fixed_overhead_s) == {"gemm": 4.0e-5}
+    assert profile.pass_call_s == 2.0e-5 and "in a pass, per op call: 20" in profile.summary()
+    again = load_profile(str(save_profile(profile, tmp_path / "saved.yaml")))
+    assert again.pass_call_s == 2.0e-5 and again.to_dict() == profile.to_dict()
+    # A profile measured before the pass model, with its pass line: it loads, without one (in-pass = alone).
+    old = tmp_path / "old.yaml"
+    old.write_text(GOOD + "efficiency: {gemm: 0.8}\npass_efficiency: {gemm: 0.6}\npass_fixed_overhead_s: {gemm: 4e-5}\n")
+    retired = load_profile(old)
+    assert retired.pass_call_s is None and "pass_efficiency" not in retired.to_dict()
 
 
 @pytest.mark.parametrize(("case", "text", "message"), MALFORMED, ids=[m[0] for m in MALFORMED])

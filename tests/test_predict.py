@@ -137,12 +137,12 @@ def test_uncalibrated_profile_refuses_calibrated_mode():
         _ = predict(roofline.analyze("zoo:mlp"), synthetic(), calibrated=True).layers
 
 
-def elementwise_line(**pass_line):
+def elementwise_line(**pass_model):
     """A DRAM-only CPU profile whose elementwise ops reach half their roof and pay 30 us per call."""
     return HardwareProfile(
         name="synthetic", kind="cpu", vendor="test", source="measured", reference="written in the test",
         peak_flops_per_s={"fp32": PEAK}, memory_levels=(MemoryLevel("DRAM", 64e9, DRAM_BW),), overhead_s=OVERHEAD,
-        efficiency={"elementwise": 0.5}, fixed_overhead_s={"elementwise": 3e-5}, **pass_line,
+        efficiency={"elementwise": 0.5}, fixed_overhead_s={"elementwise": 3e-5}, **pass_model,
     )
 
 
@@ -152,31 +152,55 @@ def test_calibrated_uses_the_class_fixed_cost_instead_of_the_generic_overhead():
     assert row["predicted_s"] == pytest.approx(3e-5 + (8 * n / DRAM_BW) / 0.5)
 
 
-def test_in_pass_time_uses_the_pass_line_and_sets_the_latency():
+def test_in_pass_time_is_the_pass_model_and_sets_the_latency():
     n = 4_000_000
-    hw = elementwise_line(pass_efficiency={"elementwise": 0.25}, pass_fixed_overhead_s={"elementwise": 8e-5})
+    hw = elementwise_line(pass_call_s=8e-5)
     analysis = roofline.analyze(nn.Sequential(nn.ReLU(), nn.ReLU()).to("meta"), inputs=[torch.randn(n, device="meta")])
     calibrated = predict(analysis, hw, calibrated=True)
     roof = 8 * n / DRAM_BW  # read n floats, write n floats
+    fresh = 4 * n / DRAM_BW  # each writes n floats to a buffer nothing touched lately
     layers = calibrated.layers[calibrated.layers["ops"] > 0]
     assert list(layers["predicted_s"]) == pytest.approx([3e-5 + roof / 0.5] * 2)  # alone, as measure times it
-    assert list(layers["in_pass_s"]) == pytest.approx([8e-5 + roof / 0.25] * 2)
+    assert list(layers["pass_fresh_s"]) == pytest.approx([fresh] * 2)
+    assert list(layers["in_pass_s"]) == pytest.approx([3e-5 + roof / 0.5 + fresh + 8e-5] * 2)
     totals = calibrated.totals
-    assert totals["predicted_latency_s"] == pytest.approx(2 * (8e-5 + roof / 0.25))
+    assert totals["predicted_latency_s"] == pytest.approx(2 * (3e-5 + roof / 0.5 + fresh + 8e-5))
     assert totals["sum_of_layers_s"] == pytest.approx(2 * (3e-5 + roof / 0.5))
     assert totals["throughput_samples_per_s"] == pytest.approx(n / totals["predicted_latency_s"])
-    plain = predict(analysis, hw).layers  # the plain roofline has no pass line: both times agree
+    # In place, a ReLU writes into the buffer the op before just wrote: no fresh buffer, only the cold call.
+    in_place = roofline.analyze(nn.Sequential(nn.ReLU(inplace=True)).to("meta"), inputs=[torch.randn(n, device="meta")])
+    row = predict(in_place, hw, calibrated=True).layers.set_index("name").loc["0"]
+    assert row["pass_fresh_s"] == 0 and row["in_pass_s"] == pytest.approx(row["predicted_s"] + 8e-5)
+    plain = predict(analysis, hw).layers  # the plain roofline has no pass model: both times agree
     assert list(plain["in_pass_s"]) == list(plain["predicted_s"])
+    without = predict(analysis, elementwise_line(), calibrated=True).layers  # nor a profile measured without one
+    assert list(without["in_pass_s"]) == list(without["predicted_s"])
     # The table shows the in-pass column only where it differs; the summary names the layers alone.
     assert "in_pass_s" in render(calibrated, "csv").splitlines()[0]
     assert "in_pass_s" in render(predict(analysis, hw), "csv").splitlines()[0]  # CSV carries every term, always
     assert "in_pass_s" in render(calibrated).splitlines()[0]  # the table shows it only where it differs
     assert "in_pass_s" not in render(predict(analysis, hw)).splitlines()[0]
     assert "layers alone:" in calibrated.summary()
-    shown = render_profile(hw, "table")
-    assert "alone, and in a pass" in shown and "in a pass  0.250" in shown
+    assert "in a pass, per op call: 80 us and its cold data" in render_profile(hw, "table")
     assert "in a pass" not in render_profile(elementwise_line(), "table")
 
+
+def test_a_weight_that_fits_a_cache_alone_comes_back_from_dram_in_a_pass():
+    """A weight's reuse distance in a pass is the whole pass: 512 KiB of weights fits a 1 MiB L2 alone, but
+    the pass (1.5 MiB of weights) does not, so in the pass they stream from DRAM; the second layer's own
+    working set is already past L2 alone and pays nothing more."""
+    l2_bw, dram_bw = 4e11, 1e11
+    hw = HardwareProfile(
+        name="two levels", kind="cpu", vendor="test", source="measured", reference="written in the test",
+        peak_flops_per_s={"fp32": PEAK}, memory_levels=(MemoryLevel("L2", 2**20, l2_bw), MemoryLevel("DRAM", 64e9, dram_bw)),
+        overhead_s=OVERHEAD, efficiency={"gemm": 0.5}, fixed_overhead_s={"gemm": 1e-6}, pass_call_s=1e-6)
+    model = nn.Sequential(nn.Linear(256, 512, bias=False), nn.Linear(512, 512, bias=False)).to("meta")
+    layers = predict(roofline.analyze(model, inputs=[torch.randn(1, 256, device="meta")]), hw, calibrated=True).layers
+    rows = layers.set_index("name")
+    assert list(rows.loc[["0", "1"], "memory_level"]) == ["L2", "DRAM"]
+    assert rows.loc["0", "pass_cold_weight_s"] == pytest.approx(256 * 512 * 4 * (1 / dram_bw - 1 / l2_bw))
+    assert rows.loc["1", "pass_cold_weight_s"] == 0
+    assert rows.loc["0", "pass_fresh_s"] == pytest.approx(512 * 4 / dram_bw)
 
 def test_fit_line_recovers_fixed_cost_and_efficiency():
     from roofline.calibrate import fit_line

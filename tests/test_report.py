@@ -234,21 +234,20 @@ def test_a_pass_much_slower_than_its_layers_is_explained(prediction: Prediction,
                 and "--calibrated" in gap[0]) if factor == 2.0 else not gap
     slow = dataclasses.replace(measurement, end_to_end=measurement.end_to_end.assign(latency_s=[2 * layers_sum, 3 * layers_sum]))
     for profile, advice in ((_profile("gpu"), "on a GPU the pass is not modelled"),
-                            (dataclasses.replace(_profile(), efficiency={"conv": 0.5}), "no pass line: measure it again")):
+                            (dataclasses.replace(_profile(), efficiency={"conv": 0.5}), "no pass model: measure it again")):
         other = predict(prediction.analysis, profile, calibrated=bool(profile.efficiency))
         report_module.write_report(other, tmp_path / f"advice-{profile.kind}-{other.calibrated}", measurement=slow)
         assert any(advice in note for note in notes), advice
-    # Calibrated with ops timed as in a pass, the prediction says what it expects for the pass.
+    # Calibrated on a profile with a pass model, the prediction says what it expects for the pass.
     factors = {"conv": 0.5, "norm": 0.5, "activation": 0.5, "pool": 0.5, "gemm": 0.5, "memory": 0.5}
-    profile = dataclasses.replace(_profile(), source="measured", efficiency=factors,
-                                  pass_efficiency={k: v / 2 for k, v in factors.items()})
+    profile = dataclasses.replace(_profile(), source="measured", efficiency=factors, pass_call_s=1e-3)
     in_pass = predict(prediction.analysis, profile, calibrated=True)
     end_to_end = measurement.end_to_end.assign(latency_s=[2 * layers_sum, 3 * layers_sum])
     report_module.write_report(in_pass, tmp_path / "in-pass", measurement=dataclasses.replace(measurement, end_to_end=end_to_end))
     gap = [note for note in notes if "sum of its layers timed alone" in note]
     t = in_pass.totals
     assert t["predicted_latency_s"] > 1.5 * t["sum_of_layers_s"]
-    assert len(gap) == 1 and "ops timed as in a pass" in gap[0] and format_time(t["predicted_latency_s"]) in gap[0]
+    assert len(gap) == 1 and "the pass model" in gap[0] and format_time(t["predicted_latency_s"]) in gap[0]
 
 
 def _snapshot(directory: Path) -> dict[str, bytes]:

@@ -17,13 +17,14 @@ import roofline
 from roofline import explain
 from roofline.hardware import load_profile
 from roofline.hardware.profile import EFFICIENCY_CLASSES, HardwareProfile, MemoryLevel
-from roofline.predict import LATENCY_TERMS, Prediction, overhead_exit_batch, predict
+from roofline.opclass import writes_in_place
+from roofline.predict import LATENCY_TERMS, PASS_TERMS, Prediction, overhead_exit_batch, predict
 
 RELATIVE = 1e-9
 
 
-def _measured_cpu(calibrated_by: dict[str, float], fixed_s: dict[str, float], pass_scale: float) -> HardwareProfile:
-    """A measured CPU profile with efficiency lines (alone and in a pass) as `roofline hw measure` writes them."""
+def _measured_cpu(calibrated_by: dict[str, float], fixed_s: dict[str, float], pass_call_s: float) -> HardwareProfile:
+    """A measured CPU profile with efficiency lines and a pass model as `roofline hw measure` writes them."""
     return HardwareProfile(
         name="measured test cpu", kind="cpu", vendor="test", source="measured", reference="written in the test",
         peak_flops_per_s={"fp32": 3e11, "bf16": 1.2e12, "fp16": 1e11},
@@ -31,8 +32,7 @@ def _measured_cpu(calibrated_by: dict[str, float], fixed_s: dict[str, float], pa
                        MemoryLevel("DRAM", 2.4e10, 1.5e10)),
         overhead_s=2e-6, module_call_s=8e-7,
         efficiency=calibrated_by, fixed_overhead_s=fixed_s,
-        pass_efficiency={k: min(1.5, v * pass_scale) for k, v in calibrated_by.items()},
-        pass_fixed_overhead_s={k: v * 1.5 for k, v in fixed_s.items()},
+        pass_call_s=pass_call_s,
         metadata={"date": "2026-12-01T00:00:00", "machine": "test"},
     )
 
@@ -80,7 +80,7 @@ def profiles(draw: st.DrawFn) -> tuple[HardwareProfile, bool]:
     if kind == "datasheet-cpu":
         return load_profile(draw(st.sampled_from(["raspberry-pi-5", "xeon-8480plus", "apple-m2"]))), False
     if kind == "measured-cpu":
-        return _measured_cpu(draw(factors), draw(fixed), draw(st.floats(0.3, 1.2))), draw(st.booleans())
+        return _measured_cpu(draw(factors), draw(fixed), draw(st.floats(1e-7, 1e-4))), draw(st.booleans())
     return _measured_gpu(draw(factors), draw(fixed)), draw(st.booleans())
 
 
@@ -107,6 +107,11 @@ def test_terms_recombine_explain_agrees_and_fusion_is_never_slower(model, chosen
         alone, in_pass = _recombined(row)
         assert alone == pytest.approx(row["predicted_s"], rel=RELATIVE)
         assert in_pass == pytest.approx(row["in_pass_s"], rel=RELATIVE)
+        # The pass model's parts add up to the penalty, none is negative, and an op writing in place fills no
+        # fresh buffer.
+        assert sum(row[t] for t in PASS_TERMS) == pytest.approx(row["pass_penalty_s"], rel=RELATIVE, abs=1e-18)
+        assert min(row[t] for t in PASS_TERMS) >= 0
+        assert not (writes_in_place(row["op"]) and row["pass_fresh_s"])
         assert row["roofline_s"] == max(row["compute_s"], row["memory_s"])
         assert row["efficiency_s"] >= -1e-18 or row["efficiency"] > 1  # only a factor above 1 beats the roof
         assert row["exposed_overhead_s"] >= 0
@@ -163,7 +168,7 @@ def test_fusing_the_depthwise_conv_with_bn_and_relu6_saves_two_launches_on_a_gpu
 
 def test_an_efficiency_bound_layer_names_its_roof_and_the_class():
     hw = _measured_cpu({"pool": 0.007, "conv": 0.5, "grouped_conv": 0.2, "norm": 0.3, "activation": 0.4},
-                       {"pool": 1e-6}, 1.0)
+                       {"pool": 1e-6}, 2e-6)
     with torch.device("meta"):
         analysis = roofline.analyze(nn.MaxPool2d(2).eval(), inputs=[torch.randn(1, 32, 56, 56)])
     diagnosis = explain.explain(analysis, "(model)", hw, calibrated=True)

@@ -56,17 +56,15 @@ class BenchConfig:
     efficiency_scale: float = 1.0  # scales the representative ops' sizes
     efficiency: bool = True
     rounds: int = 3  # interleaved passes over the efficiency ops (timing.time_interleaved)
-    sequence_cycles: int = 15  # cycles over the efficiency ops timed as in a pass (CPU; 0: not measured)
-
-    @property
-    def cycles_per_round(self) -> int:
-        """Sequence cycles run after each alone round (sequence_cycles spread over the rounds)."""
-        return math.ceil(self.sequence_cycles / self.rounds)
+    # The pass model's per-call cost (CPU): a chain of small layers' pass against its layers repeated, timed in
+    # this many alternating blocks of pass_block_s per side (calibrate.measure_pass_call; 0: not measured).
+    pass_blocks: int = 12
+    pass_block_s: float = 0.1
 
 
 FULL = BenchConfig()
 QUICK = BenchConfig(max_bytes=128 * _MIB, size_step=4.0, min_run_time_s=0.01, matmul_sizes=(256, 512, 1024), efficiency_scale=0.5,
-                    sequence_cycles=9)
+                    pass_blocks=8, pass_block_s=0.05)
 
 
 def config_of(profile: HardwareProfile) -> BenchConfig:

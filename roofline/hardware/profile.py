@@ -60,10 +60,13 @@ _MAX_OVERHEAD_S = 1.0
 _MAX_EFFICIENCY = 1.5
 
 _REQUIRED = ("name", "kind", "vendor", "source", "reference", "peak_flops_per_s", "memory_levels", "overhead_s")
-_OPTIONAL = ("format_version", "module_call_s", "efficiency", "fixed_overhead_s", "pass_efficiency",
-             "pass_fixed_overhead_s", "interconnect", "notes", "aliases", "metadata")
-_FACTOR_FIELDS = ("efficiency", "pass_efficiency")  # op class (or CLASS@LEVEL) -> fraction of the roofline
-_FIXED_FIELDS = ("fixed_overhead_s", "pass_fixed_overhead_s")  # op class -> seconds per call
+_OPTIONAL = ("format_version", "module_call_s", "efficiency", "fixed_overhead_s", "pass_call_s", "interconnect",
+             "notes", "aliases", "metadata")
+# Fields of profiles measured before the pass model (issue 16): a pass line per class, timed with each op called
+# once per cycle over all calibration ops. Still read without complaint; prediction no longer uses them.
+_RETIRED = ("pass_efficiency", "pass_fixed_overhead_s")
+_FACTOR_FIELDS = ("efficiency",)  # op class (or CLASS@LEVEL) -> fraction of the roofline
+_FIXED_FIELDS = ("fixed_overhead_s",)  # op class -> seconds per call
 _LEVEL_REQUIRED = ("name", "capacity_bytes", "bandwidth_bytes_per_s")
 _LEVEL_OPTIONAL = ("note", "effective_capacity_bytes")
 _INTERCONNECT_FIELDS = ("name", "bandwidth_bytes_per_s", "latency_s", "source")
@@ -141,13 +144,13 @@ class HardwareProfile:
     it differs from the in-cache one (a GEMM whose weights stream from DRAM is slower per FLOP);
     other levels use the class's own factor (`efficiency_for`).
 
-    `pass_efficiency` and `pass_fixed_overhead_s` are the same line fitted to the same ops timed
-    once each in a cycle over all of them, as layers run in a full forward pass: each op finds its
-    code, weights and output buffer cold, having been evicted by the others, while an op repeated
-    alone finds them warm. A layer's predicted time alone uses the first pair; its time inside a
-    pass (and so the end-to-end latency) uses the second where the profile has it.
+    `pass_call_s` is what an op call costs inside a full forward pass beyond its time alone and the
+    cold data the pass model costs by itself (roofline.predict: fresh output buffers, cold weights), per
+    call: its code and dispatch path run cold. Calibration measures it on a reference network (a CPU's;
+    None elsewhere, and in profiles measured before the pass model: then a layer's in-pass time is its
+    time alone).
 
-    Keys of these four mappings may name the compute type their ops ran in, `TYPE:CLASS[@LEVEL]`
+    Keys of these mappings may name the compute type their ops ran in, `TYPE:CLASS[@LEVEL]`
     (bf16:gemm): that type's own line, fitted on ops of that dtype; a plain key is fp32's.
     `for_compute_type` puts one type's lines in force, as prediction does for its precision.
     """
@@ -164,8 +167,7 @@ class HardwareProfile:
     module_call_s: float | None = None
     efficiency: Mapping[str, float] = field(default_factory=dict)
     fixed_overhead_s: Mapping[str, float] = field(default_factory=dict)  # op class -> seconds per call
-    pass_efficiency: Mapping[str, float] = field(default_factory=dict)  # the same, timed as in a pass
-    pass_fixed_overhead_s: Mapping[str, float] = field(default_factory=dict)
+    pass_call_s: float | None = None  # seconds per op call inside a pass, beyond alone and cold data
     interconnect: Interconnect | None = None  # the link between devices of this kind, for --tp/--pp
     notes: Mapping[str, str] = field(default_factory=dict)  # field path -> where the figure came from
     aliases: tuple[str, ...] = ()  # names the device reports (NVML name, CPU brand) for detection
@@ -274,43 +276,29 @@ class HardwareProfile:
             return plain | {k.removeprefix(prefix): v for k, v in mapping.items() if k.startswith(prefix)}
 
         # Calibration evidence (samples, spreads) is kept in metadata as "<field>.<key>", with the same keys.
-        evidence = ("efficiency.", "pass_efficiency.", "efficiency_spread.", "pass_efficiency_spread.")
+        evidence = ("efficiency.", "efficiency_spread.")
         metadata = {k: v for k, v in self.metadata.items() if not k.startswith(evidence)}
         for stem in evidence:
             keyed = {k.removeprefix(stem): v for k, v in self.metadata.items() if k.startswith(stem)}
             metadata |= {stem + k: v for k, v in pick(keyed).items()}
         return dataclasses.replace(
-            self, efficiency=pick(self.efficiency), fixed_overhead_s=pick(self.fixed_overhead_s),
-            pass_efficiency=pick(self.pass_efficiency), pass_fixed_overhead_s=pick(self.pass_fixed_overhead_s),
-            metadata=metadata)
+            self, efficiency=pick(self.efficiency), fixed_overhead_s=pick(self.fixed_overhead_s), metadata=metadata)
 
-    def efficiency_for(self, op_class: str, level: str, in_pass: bool = False) -> float | None:
-        """The calibrated factor for `op_class` streaming from `level`: CLASS@LEVEL, else CLASS, else None.
+    def efficiency_for(self, op_class: str, level: str) -> float | None:
+        """The calibrated factor for `op_class` streaming from `level`: CLASS@LEVEL, else CLASS, else None."""
+        return self.efficiency.get(f"{op_class}@{level}", self.efficiency.get(op_class))
 
-        `in_pass` reads the factors timed as in a full pass (pass_efficiency). Where only the alone
-        line has a CLASS@LEVEL factor, the pass factor is that one scaled by the class's pass/alone
-        ratio, so an op streaming from DRAM never runs faster in a pass than alone for want of a key.
-        """
-        key = f"{op_class}@{level}"
-        if not in_pass:
-            return self.efficiency.get(key, self.efficiency.get(op_class))
-        if key in self.pass_efficiency:
-            return self.pass_efficiency[key]
-        if key in self.efficiency and op_class in self.efficiency and op_class in self.pass_efficiency:
-            return self.efficiency[key] * self.pass_efficiency[op_class] / self.efficiency[op_class]
-        return self.pass_efficiency.get(op_class)
-
-    def calibration_spread(self, op_class: str, in_pass: bool = False) -> float | None:
+    def calibration_spread(self, op_class: str) -> float | None:
         """How much the class's calibration ops moved between timing rounds (relative half-range), if recorded."""
-        text = self.metadata.get(f"{'pass_efficiency' if in_pass else 'efficiency'}_spread.{op_class}")
+        text = self.metadata.get(f"efficiency_spread.{op_class}")
         try:
             return float(text) if text is not None else None
         except ValueError:
             return None
 
-    def calibration_samples(self, op_class: str, in_pass: bool = False) -> list[CalibrationSample]:
+    def calibration_samples(self, op_class: str) -> list[CalibrationSample]:
         """The timed ops a class's efficiency line was fitted to (from metadata), for the evidence behind a factor."""
-        text = self.metadata.get(f"{'pass_efficiency' if in_pass else 'efficiency'}.{op_class}", "")
+        text = self.metadata.get(f"efficiency.{op_class}", "")
         return [CalibrationSample(m["description"], float(m["roofline"]), float(m["measured"]), m["level"])
                 for m in _SAMPLE.finditer(text)]
 
@@ -340,8 +328,7 @@ class HardwareProfile:
             "module_call_s": self.module_call_s,
             "efficiency": dict(self.efficiency),
             "fixed_overhead_s": dict(self.fixed_overhead_s),
-            "pass_efficiency": dict(self.pass_efficiency),
-            "pass_fixed_overhead_s": dict(self.pass_fixed_overhead_s),
+            "pass_call_s": self.pass_call_s,
             "interconnect": dataclasses.asdict(self.interconnect) if self.interconnect else None,
             "notes": dict(self.notes),
             "metadata": dict(self.metadata),
@@ -367,8 +354,8 @@ class HardwareProfile:
             lines.append(f"  module call: {format_time(self.module_call_s)}")
         if self.efficiency:
             lines.append("  efficiency: " + ", ".join(f"{k} {v:.2f}" for k, v in self.efficiency.items()))
-        if self.pass_efficiency:
-            lines.append("  in a pass: " + ", ".join(f"{k} {v:.2f}" for k, v in self.pass_efficiency.items()))
+        if self.pass_call_s is not None:
+            lines.append(f"  in a pass, per op call: {format_time(self.pass_call_s)} (and its cold data)")
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -444,6 +431,7 @@ def _check_values(profile: HardwareProfile) -> None:
         profile.check_streaming_bandwidth()
     _number(where, "overhead_s", profile.overhead_s, "seconds", 1e-9, _MAX_OVERHEAD_S)
     _number(where, "module_call_s", profile.module_call_s, "seconds", 1e-9, _MAX_OVERHEAD_S, allow_none=True)
+    _number(where, "pass_call_s", profile.pass_call_s, "seconds", 1e-9, _MAX_OVERHEAD_S, allow_none=True)
     level_names = [level.name for level in profile.memory_levels]
     for name in _FACTOR_FIELDS:
         for key, value in getattr(profile, name).items():
@@ -496,7 +484,7 @@ def profile_from_dict(data: object, where: str, path: str | None = None) -> Hard
     """Check the structure of a parsed file (keys, types), then build the profile (which checks values)."""
     if not isinstance(data, dict):
         raise RooflineError(f"{where}: a profile must be a YAML mapping of fields, got {type(data).__name__}")
-    unknown = [k for k in data if k not in _REQUIRED + _OPTIONAL]
+    unknown = [k for k in data if k not in _REQUIRED + _OPTIONAL + _RETIRED]
     if unknown:
         key = str(unknown[0])
         raise _fail(where, key, f"unknown key{close_matches(key, _REQUIRED + _OPTIONAL)}; accepted: {', '.join(_REQUIRED + _OPTIONAL)}")
@@ -549,8 +537,7 @@ def profile_from_dict(data: object, where: str, path: str | None = None) -> Hard
         module_call_s=data.get("module_call_s"),
         efficiency=data.get("efficiency", {}),
         fixed_overhead_s=data.get("fixed_overhead_s", {}),
-        pass_efficiency=data.get("pass_efficiency", {}),
-        pass_fixed_overhead_s=data.get("pass_fixed_overhead_s", {}),
+        pass_call_s=data.get("pass_call_s"),
         interconnect=_interconnect(where, data.get("interconnect")),
         notes=notes,
         aliases=tuple(aliases),

@@ -114,17 +114,18 @@ def render_profile(profile: HardwareProfile, fmt: str) -> str:
     lines.append(f"  per-op overhead: {format_time(profile.overhead_s)}" + (f"   [{note}]" if note else ""))
     if profile.module_call_s:
         lines.append(f"  module call: {format_time(profile.module_call_s)}   [{profile.notes.get('module_call_s', '')}]")
+    if profile.pass_call_s is not None:
+        pass_note = profile.notes.get("pass_call_s")
+        lines.append(f"  in a pass, per op call: {format_time(profile.pass_call_s)} and its cold data (the pass model)"
+                     + (f"   [{pass_note}]" if pass_note else ""))
     if profile.efficiency:
-        lines.append("  efficiency (time_calibrated = fixed + time_roofline / factor"
-                     + ("; alone, and in a pass):" if profile.pass_efficiency else "):"))
+        lines.append("  efficiency (time_calibrated = fixed + time_roofline / factor):")
         for key, factor in profile.efficiency.items():
             op_class = key.partition("@")[0]
-            row = f"    {key:18s} {factor:6.3f}  fixed {format_time(profile.fixed_overhead_s.get(op_class, profile.overhead_s)):>9s}"
-            if key in profile.pass_efficiency:
-                fixed = profile.pass_fixed_overhead_s.get(op_class, profile.overhead_s)
-                row += f"   in a pass {profile.pass_efficiency[key]:6.3f}  fixed {format_time(fixed):>9s}"
-            lines.append(row)
-    other = {k: v for k, v in profile.notes.items() if not k.startswith("peak_flops_per_s.") and k != "overhead_s"}
+            lines.append(f"    {key:18s} {factor:6.3f}  fixed "
+                         f"{format_time(profile.fixed_overhead_s.get(op_class, profile.overhead_s)):>9s}")
+    other = {k: v for k, v in profile.notes.items()
+             if not k.startswith("peak_flops_per_s.") and k not in ("overhead_s", "pass_call_s")}
     for key, text in other.items():
         lines.append(f"  note {key}: {text}")
     if profile.metadata:
