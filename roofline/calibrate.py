@@ -537,13 +537,13 @@ def reference_network_evidence(profile: HardwareProfile, device: str, module: to
     model was fitted on this network (its per-call cost comes from _pass_call_chain). CPU only."""
     from roofline.measure.api import measure
     from roofline.measure.capture import forward_callable
-    from roofline.measure.passes import attribute_trace, profile_passes
+    from roofline.measure.passes import profile_pass_times
 
     timed: dict[str, list[float]] = {}
     with torch.no_grad(), retained_heap():  # as roofline.measure runs a pass: the same aten ops, the heap kept
         for _ in range(PASS_MODEL_ROUNDS):  # a median over rounds: one preempted pass must not set the evidence
-            times = attribute_trace(profile_passes(forward_callable(module, inputs), device, passes=10),
-                                    counted.trace.records, "reference network")
+            times = profile_pass_times(forward_callable(module, inputs), device, counted.trace.records,
+                                       "reference network", passes=10)
             for name, seconds in times.in_pass_s.items():
                 timed.setdefault(name, []).append(seconds)
         pass_s = time_callable(forward_callable(module, inputs), device=device, min_run_time_s=0.1).median_s

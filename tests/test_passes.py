@@ -154,3 +154,52 @@ def test_the_profilers_own_log_lines_stay_out_of_the_output():
     done = subprocess.run([sys.executable, "-m", "roofline", "measure", "zoo:mlp", "--no-progress", "--rounds", "1"],
                           capture_output=True, text=True, env=env, check=True)
     assert "profiler_start" not in done.stderr and "gpuGetDeviceCount" not in done.stderr, done.stderr[-500:]
+
+
+# ---- the passes roofline profiles itself -----------------------------------------------------------
+
+def _stripped(trace: dict, mark: bool) -> dict:
+    """The trace as record_shapes=False writes it: no "Input Dims"; `mark`: as profile_passes labels it."""
+    from roofline.measure.passes import SHAPES_KEY
+
+    events = [{**e, "args": {k: v for k, v in e.get("args", {}).items() if k != "Input Dims"}} if isinstance(e, dict) else e
+              for e in trace["traceEvents"]]
+    return {**trace, "traceEvents": events, **({SHAPES_KEY: False} if mark else {})}
+
+
+def test_a_trace_profiled_without_shapes_on_purpose_is_matched_by_name(trace_file: Path) -> None:
+    from roofline.measure.passes import attribute_trace, read_trace
+
+    records = analyze(MODEL).trace.records
+    with_shapes = attribute_trace(read_trace(trace_file), records, MODEL)
+    by_name = attribute_trace(_stripped(read_trace(trace_file), mark=True), records, MODEL)
+    assert by_name.in_pass_s == pytest.approx(with_shapes.in_pass_s, rel=1e-9) and by_name.passes == 2
+    # A user's trace without shapes is still refused: nothing checked that it is this model's.
+    with pytest.raises(RooflineError, match="record_shapes=True"):
+        attribute_trace(_stripped(read_trace(trace_file), mark=False), records, MODEL)
+
+
+def test_profiled_passes_check_shapes_once_then_reuse_their_buffers() -> None:
+    """record_shapes=True keeps each op's inputs alive while the profiler runs (pytorch#133444), so a pass
+    writes fresh memory where a real one reuses freed buffers; the timed passes are profiled without shapes."""
+    from roofline.measure.passes import module_records, profile_pass_times
+    from roofline.timing import retained_heap
+
+    net = nn.Sequential(nn.Conv2d(8, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 8, 3, padding=1)).eval()
+    x = torch.randn(1, 8, 64, 64)
+    records, _ = module_records(net, [x])
+    addresses: list[int] = []  # where the first conv's output (the ReLU's input) lands, pass by pass
+    net[0].register_forward_hook(lambda module, args, out: addresses.append(out.data_ptr()))
+
+    def forward() -> None:
+        with torch.no_grad():
+            net(x)
+
+    with retained_heap():
+        times = profile_pass_times(forward, "cpu", records, "net", passes=4)
+    assert times.passes == 4 and set(times.in_pass_s) == {"0", "1", "2"}
+    timed = addresses[-4:]  # after the pass with shapes and its warmup, the four timed passes
+    assert len(set(timed)) == 1, timed
+    # The pass with shapes still checks the match: the records of another model are refused.
+    with pytest.raises(RooflineError, match="does not match zoo:mlp"):
+        profile_pass_times(forward, "cpu", analyze("zoo:mlp").trace.records, "zoo:mlp", passes=1)

@@ -69,7 +69,7 @@ from roofline.measure.device import (
     math_mode,
     precision_notes,
 )
-from roofline.measure.passes import PassTimes, attribute_trace, module_records, profile_passes, read_trace
+from roofline.measure.passes import PassTimes, attribute_trace, module_records, profile_pass_times, read_trace
 from roofline.models import LoadedModel
 from roofline.precision import MEASURABLE_DTYPES, get_precision
 from roofline.timing import (
@@ -465,8 +465,8 @@ def _profiled_in_pass(module: nn.Module, loaded: LoadedModel, precision: str, pl
     if precision == "int8":  # torch.ao's quantised modules run ops the tracer has no records for
         return {}, {"in_pass": "not profiled: int8 (dynamic quantisation) runs quantized:: ops, not aten ops"}
     records, _ = module_records(module, loaded.inputs)
-    trace = profile_passes(forward_callable(module, loaded.inputs), settings.device, passes=PROFILED_PASSES)
-    times = attribute_trace(trace, records, loaded.name)
+    times = profile_pass_times(forward_callable(module, loaded.inputs), settings.device, records, loaded.name,
+                               passes=PROFILED_PASSES)
     return _in_pass_columns(times), _pass_metadata(times, plain_s)
 
 

@@ -6,7 +6,9 @@ call index) and its input shapes; the profiler's trace gives the ops that really
 
 - A profiler op that has the next traced op's name (`aten::addmm` for `aten.addmm`) and the same
   tensor input shapes (0-d tensors and non-tensor arguments left out on both sides) is that op; its
-  whole subtree is its layer's.
+  whole subtree is its layer's. A user's trace must carry shapes (record_shapes=True); the passes
+  roofline profiles itself do not (profile_passes says why) and are matched by names, after one pass
+  with shapes has checked that the model's ops match.
 - Otherwise its children are matched in turn (the profiler shows composites such as `aten::linear`
   that the tracer, below autograd, sees only as what they call).
 - A profiler op with no match anywhere below it is tolerated when it does none of the model's own work:
@@ -55,9 +57,10 @@ from roofline import costs
 from roofline.errors import RooflineError
 from roofline.trace import OpRecord
 
-__all__ = ["PassTimes", "attribute_trace", "profile_passes", "read_trace"]
+__all__ = ["PassTimes", "attribute_trace", "profile_pass_times", "profile_passes", "read_trace"]
 
 PASS_ANNOTATION = "roofline.pass"
+SHAPES_KEY = "roofline_record_shapes"  # False in a trace profile_passes wrote without input shapes
 _KERNEL_CATS = frozenset({"kernel", "gpu_memcpy", "gpu_memset"})
 # Leaf ops that move no data and that the tracer does not record (it skips views and allocations).
 _QUERY_OPS = frozenset({"resize_", "_nnpack_available", "resolve_conj", "resolve_neg", "detach", "detach_", "lift_fresh",
@@ -74,7 +77,7 @@ class _Op:
     """One cpu_op event and the ops it called."""
 
     name: str
-    shapes: tuple[tuple[int, ...], ...]
+    shapes: tuple[tuple[int, ...], ...] | None  # None: the trace recorded none (profile_passes)
     start_us: float
     dur_us: float
     ext_id: int | None
@@ -143,8 +146,9 @@ def _record_shapes(record: OpRecord) -> tuple[tuple[int, ...], ...]:
     return tuple(tuple(int(d) for d in token.split("x")) for token in record.input_shapes.split() if token != "scalar")
 
 
-def _op_events(events: list[Any], source: str) -> tuple[list[_Op], dict[int, _Op], list[dict[str, Any]]]:
-    """(outermost ops on the thread that ran the forward, ops by External id, pass windows)."""
+def _op_events(events: list[Any], source: str, shapes: bool = True) -> tuple[list[_Op], dict[int, _Op], list[dict[str, Any]]]:
+    """(outermost ops on the thread that ran the forward, ops by External id, pass windows); `shapes`
+    False: the trace was written without input shapes on purpose and ops are matched by name."""
     ops: dict[Any, list[dict[str, Any]]] = {}
     windows: list[dict[str, Any]] = []
     for event in events:
@@ -159,7 +163,7 @@ def _op_events(events: list[Any], source: str) -> tuple[list[_Op], dict[int, _Op
         raise RooflineError(f"trace {source} holds no CPU op events: write it with torch.profiler and "
                             "ProfilerActivity.CPU among the activities")
     main = max(ops.values(), key=len)  # the forward pass's thread; autograd's own threads hold fewer
-    if not any("Input Dims" in e.get("args", {}) for e in main):
+    if shapes and not any("Input Dims" in e.get("args", {}) for e in main):
         raise RooflineError(f"trace {source} has no input shapes: profile with record_shapes=True")
     main.sort(key=lambda e: (float(e["ts"]), -float(e.get("dur", 0))))
     roots: list[_Op] = []
@@ -167,7 +171,8 @@ def _op_events(events: list[Any], source: str) -> tuple[list[_Op], dict[int, _Op
     by_id: dict[int, _Op] = {}
     for event in main:
         args = event.get("args", {})
-        op = _Op(str(event["name"]), tuple(s for v in args.get("Input Dims", []) for s in _dims(v)),
+        dims = tuple(s for v in args.get("Input Dims", []) for s in _dims(v)) if shapes else None
+        op = _Op(str(event["name"]), dims,
                  float(event["ts"]), float(event.get("dur", 0)), args.get("External id"))
         if op.ext_id is not None:
             by_id[int(op.ext_id)] = op
@@ -220,7 +225,7 @@ class _Matcher:
     def visit(self, op: _Op) -> _Op | None:
         """Match `op` or its subtree; the outermost op with no match that is not tolerated, or None."""
         self.seen += 1
-        if self.next < len(self.records) and (op.name, op.shapes) == self.wanted[self.next]:
+        if self.next < len(self.records) and self._is_next(op):
             op.layer = self.records[self.next].layer
             self.next += 1
             return None
@@ -235,6 +240,11 @@ class _Matcher:
         # it only reshapes (`aten::flatten` calling `aten::view`).
         return op if self.next == before and not _tolerated(op.name) else None
 
+    def _is_next(self, op: _Op) -> bool:
+        """Whether `op` is the next traced op: its name, and its input shapes where the trace has them."""
+        name, shapes = self.wanted[self.next]
+        return op.name == name and (op.shapes is None or op.shapes == shapes)
+
     def error(self, op: _Op | None, passes: int) -> RooflineError:
         where = f"pass {passes + 1}, after {self.next} of the model's {len(self.records)} ops"
         if self.next < len(self.records):
@@ -242,7 +252,8 @@ class _Matcher:
             expected = f"{name} ({_shape_text(shapes)}) in layer '{self.records[self.next].layer}'"
         else:
             expected = "nothing more (the model's pass is complete)"
-        found = f"{op.name} ({_shape_text(op.shapes)})" if op is not None else "the end of the trace"
+        found = (f"{op.name} ({'shapes not recorded' if op.shapes is None else _shape_text(op.shapes)})"
+                 if op is not None else "the end of the trace")
         return RooflineError(f"trace {self.source} does not match {self.model}: {where}, it has {found} where the "
                              f"model runs {expected}; was it written for this model, batch and input shape?")
 
@@ -361,7 +372,7 @@ def attribute_trace(trace: dict[str, Any], records: Sequence[OpRecord], model: s
     """Per-layer in-pass times from a Chrome trace, matched to the traced records (module docstring)."""
     source = str(trace.get("source", "trace"))
     events = trace["traceEvents"]
-    roots, by_id, windows = _op_events(events, source)
+    roots, by_id, windows = _op_events(events, source, shapes=trace.get(SHAPES_KEY, True) is not False)
     passes = _passes(roots, records, windows, source, model)
     kernels = _kernels(events, by_id)
     timeline = "cuda" if kernels else "cpu"
@@ -395,10 +406,25 @@ def attribute_trace(trace: dict[str, Any], records: Sequence[OpRecord], model: s
 
 # ---- the live profiler -----------------------------------------------------------------------------
 
-def profile_passes(forward: Callable[[], object], device: str, passes: int = 5, warmup: int = 2) -> dict[str, Any]:
+def profile_pass_times(forward: Callable[[], object], device: str, records: Sequence[OpRecord], model: str,
+                       passes: int = 5, warmup: int = 2) -> PassTimes:
+    """Per-layer times of `passes` forward passes profiled here, matched to the model's traced `records`.
+
+    One pass profiled with input shapes checks that its ops match the records (a mismatch raises); the
+    timed passes are profiled without shapes and matched by name. With record_shapes=True the profiler
+    keeps every op's input tensors alive until it stops (pytorch/pytorch#133444), so no freed buffer is
+    reused and every op writes fresh memory: on this project's VM zoo:mobile-block's profiled pass took
+    6,000 page faults (24 MB) per pass and ran 4-15x its plain pass, where the plain pass took 0-10."""
+    attribute_trace(profile_passes(forward, device, passes=1, warmup=warmup, record_shapes=True), records, model)
+    return attribute_trace(profile_passes(forward, device, passes=passes, warmup=1, record_shapes=False), records, model)
+
+
+def profile_passes(forward: Callable[[], object], device: str, passes: int = 5, warmup: int = 2,
+                   record_shapes: bool = True) -> dict[str, Any]:
     """Run `passes` forward passes under torch.profiler (after `warmup` unprofiled ones), each in a
     `roofline.pass` annotation and synchronised on a GPU, and return the trace as export_chrome_trace
-    writes it (read back from a temporary file: the one format user traces come in too)."""
+    writes it (read back from a temporary file: the one format user traces come in too). Without
+    `record_shapes` the trace says so (SHAPES_KEY) and is matched by name (profile_pass_times says why)."""
     import os
     import tempfile
 
@@ -413,7 +439,7 @@ def profile_passes(forward: Callable[[], object], device: str, passes: int = 5, 
     if on_gpu:
         torch.cuda.synchronize(device)
     activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if on_gpu else [])]
-    with profile(activities=activities, record_shapes=True) as prof:
+    with profile(activities=activities, record_shapes=record_shapes) as prof:
         for _ in range(passes):
             with record_function(PASS_ANNOTATION):
                 forward()
@@ -427,6 +453,7 @@ def profile_passes(forward: Callable[[], object], device: str, passes: int = 5, 
     finally:
         os.unlink(name)
     trace["source"] = "the profiled pass"
+    trace[SHAPES_KEY] = record_shapes
     return trace
 
 
