@@ -299,24 +299,24 @@ def recalibrate(profile: HardwareProfile, device: str | None = None, progress: b
     here = recalibration_device(profile)  # the one-line errors: no device of its kind here, nothing to refit
     device = device or here
     config = config_of(profile)
-    bar = _Progress(efficiency_steps(config, device, len(calibrated_types(profile))), progress,
-                    f"recalibrating on {device}")
+    bar = _Progress(efficiency_steps(config, device, len(calibrated_types(profile))) + network_steps(device, config),
+                    progress, f"recalibrating on {device}")
     try:
         with torch.inference_mode(), retained_heap():
             fields, metadata = measure_efficiency(profile, device, config, bar)
+        date = datetime.datetime.now().isoformat(timespec="seconds")
+        # The samples of the lines refitted, and a retired pass line's (a profile measured before the pass model).
+        stale = ("efficiency.", "efficiency_spread.", "pass_efficiency.", "pass_efficiency_spread.")
+        kept = {key: value for key, value in profile.metadata.items() if not key.startswith(stale)}
+        notes = {key: value for key, value in profile.notes.items() if key != "pass_efficiency"}
+        refit: dict[str, Any] = dict(fields)
+        return _with_network_evidence(dataclasses.replace(
+            profile, **refit,
+            metadata={**kept, **metadata, "recalibrated": date},
+            notes={**notes, "recalibrated": f"efficiency factors timed again on {date}; roofs from {profile.metadata.get('date', '?')}"},
+        ), device, bar)
     finally:
         bar.close()
-    date = datetime.datetime.now().isoformat(timespec="seconds")
-    # The samples of the lines refitted, and a retired pass line's (a profile measured before the pass model).
-    stale = ("efficiency.", "efficiency_spread.", "pass_efficiency.", "pass_efficiency_spread.")
-    kept = {key: value for key, value in profile.metadata.items() if not key.startswith(stale)}
-    notes = {key: value for key, value in profile.notes.items() if key != "pass_efficiency"}
-    refit: dict[str, Any] = dict(fields)
-    return _with_network_evidence(dataclasses.replace(
-        profile, **refit,
-        metadata={**kept, **metadata, "recalibrated": date},
-        notes={**notes, "recalibrated": f"efficiency factors timed again on {date}; roofs from {profile.metadata.get('date', '?')}"},
-    ), device)
 
 
 
@@ -326,7 +326,8 @@ def measure_profile(device: str = "cpu", quick: bool = False, progress: bool = T
     when the config asks for them, the efficiency lines fitted against those roofs."""
     microbench.check_bench_device(device)
     config = config or (microbench.QUICK if quick else microbench.FULL)
-    steps = microbench.roof_steps(config, device) + (efficiency_steps(config, device) if config.efficiency else 0)
+    steps = microbench.roof_steps(config, device) + (
+        efficiency_steps(config, device) + network_steps(device, config) if config.efficiency else 0)
     bar = _Progress(steps, progress, f"measuring {device}")
     try:
         profile = microbench.measure_roofs(device, config, bar)
@@ -336,14 +337,14 @@ def measure_profile(device: str = "cpu", quick: bool = False, progress: bool = T
         bar.extend(efficiency_steps(config, device, len(types)) - efficiency_steps(config, device))
         with torch.inference_mode(), retained_heap():
             fields, metadata = measure_efficiency(profile, device, config, bar)
+        notes = {**profile.notes, "efficiency": (
+            f"fitted per op class over ops at three sizes (in metadata), per compute type ({', '.join(types)}; "
+            "fp32's keys plain, the others' prefixed: bf16:gemm): "
+            "time_measured = fixed_overhead_s + time_roofline / efficiency; time_calibrated uses that line")}
+        refit: dict[str, Any] = {**fields, "notes": notes, "metadata": {**profile.metadata, **metadata}}
+        return _with_network_evidence(dataclasses.replace(profile, **refit), device, bar)
     finally:
         bar.close()
-    notes = {**profile.notes, "efficiency": (
-        f"fitted per op class over ops at three sizes (in metadata), per compute type ({', '.join(types)}; "
-        "fp32's keys plain, the others' prefixed: bf16:gemm): "
-        "time_measured = fixed_overhead_s + time_roofline / efficiency; time_calibrated uses that line")}
-    refit: dict[str, Any] = {**fields, "notes": notes, "metadata": {**profile.metadata, **metadata}}
-    return _with_network_evidence(dataclasses.replace(profile, **refit), device)
 
 
 # Metadata keys of the prediction's own error on a network (issue 16), sigma of log time: layers alone, layers
@@ -355,10 +356,15 @@ MODEL_EVIDENCE_KEYS = (ALONE_MODEL_SIGMA, PASS_MODEL_SIGMA, PASS_MODEL_TOTAL_SIG
 PASS_MODEL_ROUNDS = 3
 
 
-def _with_network_evidence(profile: HardwareProfile, device: str) -> HardwareProfile:
+def network_steps(device: str, config: BenchConfig) -> int:
+    """Progress steps of _with_network_evidence: the chain of small layers and the reference network, on a CPU."""
+    return 2 if device == "cpu" and config.pass_blocks >= 1 else 0
+
+
+def _with_network_evidence(profile: HardwareProfile, device: str, bar: _Progress) -> HardwareProfile:
     """`profile` with its pass model's per-call cost (measured on a chain of small layers) and the evidence of
     its prediction's error (on the reference network), both measured anew (a CPU profile); on a GPU neither
-    (kernels queue behind the host: no pass model there)."""
+    (kernels queue behind the host: no pass model there). Each of the two is one step of `bar`."""
     kept = {key: value for key, value in profile.metadata.items()
             if not key.startswith((*MODEL_EVIDENCE_KEYS, *PASS_CALL_KEYS, "model_sigma."))}
     notes = {key: value for key, value in profile.notes.items() if key != "pass_call_s"}
@@ -373,9 +379,11 @@ def _with_network_evidence(profile: HardwareProfile, device: str) -> HardwarePro
         profile = dataclasses.replace(
             profile, pass_call_s=measured.pass_call_s, metadata={**kept, **measured.metadata()},
             notes={**notes, "pass_call_s": measured.note()})
+        bar.step("pass model: a chain of small layers")
         module, inputs = _reference_network()
         counted = Analysis(trace(module, inputs, model_name="reference network"), get_precision("fp32"))
     evidence = reference_network_evidence(profile, device, module, inputs, counted)
+    bar.step("the reference network")
     return dataclasses.replace(profile, metadata={**profile.metadata, **evidence})
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
@@ -194,6 +195,39 @@ def test_recalibrate_times_the_efficiency_ops_again_and_keeps_the_roofs(tiny_ben
     detected = load_profile("epyc-7763")
     with pytest.raises(RooflineError, match="not a measured profile with efficiency factors"):
         calibrate.recalibrate(detected, "cpu", progress=False)
+
+
+class _CountingBar:
+    """Stands in for microbench._Progress: what a bar was told to expect, and what it was given."""
+
+    bars: ClassVar[list[_CountingBar]] = []
+
+    def __init__(self, total: int, enabled: bool, desc: str) -> None:
+        self.total, self.labels = total, []
+        _CountingBar.bars.append(self)
+
+    def step(self, label: str) -> None:
+        self.labels.append(label)
+
+    def extend(self, steps: int) -> None:
+        self.total += steps
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_progress_bar_counts_every_step_to_the_end(tiny_bench: BenchConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """hw measure's and recalibrate's bars reach their totals, the pass model and reference network included (a
+    bar that closed before them once left seconds of work with nothing on screen)."""
+    monkeypatch.setattr(calibrate, "_Progress", _CountingBar)
+    monkeypatch.setattr(microbench, "_Progress", _CountingBar)
+    _CountingBar.bars = []
+    measured = measure_profile("cpu", progress=True, config=tiny_bench)
+    calibrate.recalibrate(measured, "cpu", progress=True)
+    assert len(_CountingBar.bars) == 2
+    for bar in _CountingBar.bars:
+        assert len(bar.labels) == bar.total
+        assert bar.labels[-2:] == ["pass model: a chain of small layers", "the reference network"]
 
 
 def _sweep(curve: dict[int, float]) -> list[microbench.BandwidthPoint]:

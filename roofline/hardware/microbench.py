@@ -302,16 +302,16 @@ def _compute_peaks(
     device: str, config: BenchConfig, progress: _Progress
 ) -> tuple[dict[str, float], dict[str, str], dict[str, str]]:
     """Best sustained matmul rate per compute type (2 n^3 FLOP per product), with slow paths named."""
-    types = ["fp32", "bf16", "fp16", "int8"] + (["tf32"] if device.startswith("cuda") else [])
     peaks: dict[str, float] = {}
     notes: dict[str, str] = {}
     metadata: dict[str, str] = {}
-    for compute_type in types:
+    for compute_type in _peak_types(device):
         best: tuple[float, Measurement, int] | None = None
-        for n in config.matmul_sizes:
+        for index, n in enumerate(config.matmul_sizes):
             fn = _matmul(compute_type, n, device)
             if fn is None:
                 notes[f"peak_flops_per_s.{compute_type}"] = "not measured: torch has no kernel for it on this device"
+                _skip(progress, compute_type, config.matmul_sizes[index:])
                 break
             m = time_callable(fn, device=device, min_run_time_s=config.min_run_time_s, warmup=1, label=f"{compute_type} mm {n}")
             progress.step(f"{compute_type} mm {n}")
@@ -319,6 +319,7 @@ def _compute_peaks(
             if best is None or rate > best[0]:
                 best = (rate, m, n)
             if "fp32" in peaks and compute_type != "fp32" and rate < SLOW_PATH_FRACTION * peaks["fp32"]:
+                _skip(progress, compute_type, config.matmul_sizes[index + 1:])
                 break  # no fast path: larger sizes would only take longer
         if best is None:
             continue
@@ -330,6 +331,17 @@ def _compute_peaks(
             note += f"; NO FAST PATH: {100 * rate / peaks['fp32']:.2g}% of the fp32 rate on this device (kept as measured, not hidden)"
         notes[f"peak_flops_per_s.{compute_type}"] = note
     return peaks, notes, metadata
+
+
+def _peak_types(device: str) -> list[str]:
+    """The compute types whose matmul peak is measured on `device` (TF32 only on a GPU)."""
+    return ["fp32", "bf16", "fp16", "int8"] + (["tf32"] if device.startswith("cuda") else [])
+
+
+def _skip(progress: _Progress, compute_type: str, sizes: tuple[int, ...]) -> None:
+    """Advance the bar past matmul sizes left untimed, so it still ends at its total."""
+    for n in sizes:
+        progress.step(f"{compute_type} mm {n} (skipped)")
 
 
 def local_device(profile: HardwareProfile) -> tuple[str | None, str]:
@@ -355,7 +367,7 @@ def roof_steps(config: BenchConfig, device: str) -> int:
     """Progress steps of measure_roofs for `config` on `device`."""
     base = detect("cuda" if device.startswith("cuda") else "cpu")
     llc = next((level.capacity_bytes for level in reversed(base.memory_levels[:-1]) if level.capacity_bytes), None)
-    return 1 + len(_sizes(config, llc)) * 5 + len(config.matmul_sizes) * 5
+    return 1 + len(_sizes(config, llc)) * 5 + len(config.matmul_sizes) * len(_peak_types(device))
 
 
 def measure_roofs(device: str, config: BenchConfig, bar: _Progress) -> HardwareProfile:
