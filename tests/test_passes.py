@@ -203,3 +203,9 @@ def test_profiled_passes_check_shapes_once_then_reuse_their_buffers() -> None:
     # The pass with shapes still checks the match: the records of another model are refused.
     with pytest.raises(RooflineError, match="does not match zoo:mlp"):
         profile_pass_times(forward, "cpu", analyze("zoo:mlp").trace.records, "zoo:mlp", passes=1)
+
+
+def test_a_measurement_says_how_its_passes_were_matched(trace_file: Path) -> None:
+    result = roofline.measure("zoo:mlp", batch_sizes=[1], rounds=1, progress=False, min_run_time_s=0.01)
+    assert "matched by name" in result.metadata["in_pass_matching"]
+    assert "in_pass_matching" not in measure_trace(MODEL, trace_file).metadata  # a user's trace: shapes, all passes
