@@ -20,7 +20,7 @@ within one measurement of the model (10th to 90th percentile, median over the ru
 than it may be the machine's own noise (benchmarks/noise_floor.py measures that noise end to end).
 
 End to end, the calibrated prediction is a full pass: each layer alone plus the pass model (roofline.predict:
-fresh output buffers, cold weights, and a per-call cost the profile measured on a reference network), since in a
+fresh output buffers, cold weights, and a per-call cost the profile measured on a chain of small layers), since in a
 pass a layer's code, weights and output buffer are cold. Per layer it is the layer alone, as measured: `layers_ms` is
 the sum of the layers timed alone and `calibrated_vs_layers` the prediction of that sum against it
 (benchmarks/pass_effects.py measures the pass against its layers). `in_pass_ms` is the sum of the

@@ -21,7 +21,7 @@ time, so that the alone line's own error is left out and only the pass model is 
   layers are predicted with coefficients fitted on the other models' layers only.
 - with --pass-call, the pass model prediction now uses (roofline.predict): fresh output bytes at the deepest
   level's bandwidth and cold weights at 1x (nothing fitted), and the per-call cost calibration measures on its
-  chain of small layers (calibrate.measure_pass_call), timed here, now, at --threads.
+  chain of small layers (calibrate.measure_chain_pass_call), timed here, now, at --threads.
 
 The figures are relative errors of the predicted in-pass time against the measured one, over the layers timed
 in both ways: median, and time-weighted median (weights: measured in-pass time); and end to end, each model's
@@ -148,18 +148,16 @@ def leave_one_model_out(data: pd.DataFrame) -> tuple[pd.Series, pd.DataFrame]:
 
 
 def pass_call_now(profile: HardwareProfile, threads: int) -> PassMeasurement:
-    """Calibration's pass measurement (calibrate.measure_pass_call, FULL's blocks) on its chain of small layers,
+    """Calibration's pass measurement (calibrate.measure_chain_pass_call, FULL's blocks) on its chain of small layers,
     which no benchmark uses, timed now at `threads`."""
     import torch
 
-    from roofline.calibrate import _pass_call_chain, measure_pass_call
+    from roofline.calibrate import measure_chain_pass_call
     from roofline.hardware.microbench import FULL
 
     torch.set_num_threads(threads)
-    module, inputs = _pass_call_chain()
     with torch.no_grad(), retained_heap():
-        counted = roofline.analyze(module, inputs=inputs, warn_unsupported=False)
-        return measure_pass_call(profile, _pass_call_chain, counted, FULL)
+        return measure_chain_pass_call(profile, FULL)
 
 
 def pass_model_s(data: pd.DataFrame, analyses: dict[str, roofline.Analysis], runs: list[str],

@@ -31,7 +31,7 @@ from roofline.trace import trace
 
 __all__ = ["calibrated_types", "efficiency_steps", "ensure_measured_profile", "fit_class", "fit_efficiency", "fit_line",
            "fit_rounds",
-           "measure_efficiency", "measure_profile", "recalibrate",
+           "measure_chain_pass_call", "measure_efficiency", "measure_profile", "recalibrate",
            "recalibration_device", "representative_ops"]
 
 
@@ -373,9 +373,7 @@ def _with_network_evidence(profile: HardwareProfile, device: str, bar: _Progress
     if device != "cpu" or profile.kind != "cpu" or config.pass_blocks < 1:
         return profile
     with torch.no_grad(), retained_heap():
-        chain, chain_inputs = _pass_call_chain()
-        counted_chain = Analysis(trace(chain, chain_inputs, model_name="pass-call chain"), get_precision("fp32"))
-        measured = measure_pass_call(profile, _pass_call_chain, counted_chain, config)
+        measured = measure_chain_pass_call(profile, config)
         profile = dataclasses.replace(
             profile, pass_call_s=measured.pass_call_s, metadata={**kept, **measured.metadata()},
             notes={**notes, "pass_call_s": measured.note()})
@@ -498,6 +496,13 @@ def _reference_network() -> tuple[torch.nn.Module, list[torch.Tensor]]:
 
     torch.manual_seed(0)
     return Reference().eval(), [torch.randn(1, 3, 128, 128)]
+
+
+def measure_chain_pass_call(profile: HardwareProfile, config: BenchConfig) -> PassMeasurement:
+    """measure_pass_call on calibration's own network, _pass_call_chain: the per-call cost a profile keeps."""
+    chain, inputs = _pass_call_chain()
+    counted = Analysis(trace(chain, inputs, model_name="pass-call chain"), get_precision("fp32"))
+    return measure_pass_call(profile, _pass_call_chain, counted, config)
 
 
 def _pass_call_chain() -> tuple[torch.nn.Module, list[torch.Tensor]]:

@@ -146,8 +146,8 @@ class HardwareProfile:
 
     `pass_call_s` is what an op call costs inside a full forward pass beyond its time alone and the
     cold data the pass model costs by itself (roofline.predict: fresh output buffers, cold weights), per
-    call: its code and dispatch path run cold. Calibration measures it on a reference network (a CPU's;
-    None elsewhere, and in profiles measured before the pass model: then a layer's in-pass time is its
+    call: its code and dispatch path run cold. Calibration measures it on a chain of small layers
+    (calibrate.measure_chain_pass_call; a CPU's; None elsewhere, and in profiles measured before the pass model: then a layer's in-pass time is its
     time alone).
 
     Keys of these mappings may name the compute type their ops ran in, `TYPE:CLASS[@LEVEL]`
