@@ -151,6 +151,9 @@ def main() -> int:
     parser.add_argument("--measured", type=Path, help="reuse the measured ratios of this earlier CSV (no timing)")
     parser.add_argument("--out", default="ratio_accuracy", help="result file stem in benchmarks/results/")
     args = parser.parse_args()
+    outputs = [RESULTS / f"{args.out}.{suffix}" for suffix in ("txt", "csv")]
+    if Path(args.out).name != args.out or not args.out:
+        raise SystemExit(f"ratio_accuracy: --out is a file stem in {RESULTS}, not a path: {args.out!r}")
     torch.manual_seed(0)
     profile = load_profile(args.hw)
     profiled = num_threads(profile.metadata)
@@ -208,8 +211,8 @@ def main() -> int:
     ])
     print(text)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.out}.txt").write_text(text + "\n")
-    table.to_csv(RESULTS / f"{args.out}.csv", index=False)
+    outputs[0].write_text(text + "\n")
+    table.to_csv(outputs[1], index=False)
     return 0
 
 

@@ -30,9 +30,8 @@ from roofline.timing import reference_matmul, retained_heap, time_callable, time
 from roofline.trace import trace
 
 __all__ = ["calibrated_types", "efficiency_steps", "ensure_measured_profile", "fit_class", "fit_efficiency", "fit_line",
-           "fit_rounds",
-           "measure_chain_pass_call", "measure_efficiency", "measure_profile", "recalibrate",
-           "recalibration_device", "representative_ops"]
+           "fit_rounds", "group_rate_steps", "measure_chain_pass_call", "measure_conv_group_rate", "measure_efficiency",
+           "measure_profile", "recalibrate", "recalibration_device", "representative_ops"]
 
 
 def efficiency_steps(config: BenchConfig, device: str, types: int = 1) -> int:
@@ -275,6 +274,50 @@ def fit_class(samples: list[tuple[float, float, str, str]], last_level: str) -> 
 
 
 
+# The grouped convolutions measure_conv_group_rate times against a dense one: 3x3, this many channels (a size
+# none of benchmarks/ratio_accuracy.py's convolutions has), at these channels per group.
+GROUP_RATE_CHANNELS = 384
+GROUP_RATE_COUNTS = (2, 4, 8, 16, 32, 64)
+GROUP_RATE_SIZE = 14
+
+
+def group_rate_steps(config: BenchConfig) -> int:
+    """Progress steps of measure_conv_group_rate: each convolution (the dense one too) per round."""
+    return config.rounds * (len(GROUP_RATE_COUNTS) + 1) if config.efficiency else 0
+
+
+def measure_conv_group_rate(device: str, config: BenchConfig, progress: _Progress) -> tuple[dict[int, float], str]:
+    """(HardwareProfile.conv_group_rate, its note): per channels per group, a grouped 3x3 convolution's rate per
+    FLOP against a dense one of the same channels and size, timed interleaved with it.
+
+    Dense convolution is one GEMM-like kernel with full vectors; split into groups of a few channels, each
+    group's product is too narrow to fill them (on the 2-core AVX-512 VM, 4 channels per group ran at 0.23-0.34
+    of dense's rate across four sizes, 8 at 0.43-0.70, 32 at 0.82-0.99), a fraction no class line of FLOPs
+    and bytes can see. The dense count itself is kept at rate 1, so counts between the largest timed and
+    dense are interpolated towards it; no rate is above 1.
+    """
+    channels = GROUP_RATE_CHANNELS
+    size = GROUP_RATE_SIZE  # not scaled with the other ops: on a smaller map dense's kernel falls off first
+    x = torch.randn(1, channels, size, size, device=device)
+    counts = (channels, *GROUP_RATE_COUNTS)
+    weights = [torch.randn(channels, count, 3, 3, device=device) for count in counts]
+    fns = [lambda w=w: F.conv2d(x, w, padding=1, groups=channels // w.shape[1]) for w in weights]
+    labels = [f"conv 3x3 {channels}ch, {count} per group" for count in counts]
+    measured = time_interleaved(fns, config.rounds, min_run_time_s=config.min_run_time_s, labels=labels,
+                                step=lambda index: progress.step(labels[index]), device=device)
+    dense_s = measured[0].median_s
+    # FLOPs grow with the channels per group: the rate per FLOP is dense time x count / (channels x its time).
+    # A grouped convolution timed faster per FLOP than dense is noise, or dense's kernel off its best: held at 1.
+    rates = {count: min(1.0, dense_s * count / (channels * m.median_s))
+             for count, m in zip(counts[1:], measured[1:], strict=True)}
+    rates[channels] = 1.0
+    spread = max(m.iqr_s / m.median_s for m in measured)
+    note = (f"measured: 3x3 convolutions of {channels} channels at {size}x{size}, grouped ({', '.join(map(str, GROUP_RATE_COUNTS))} "
+            f"channels per group) against dense, timed interleaved over {config.rounds} rounds: time per FLOP, dense "
+            f"over grouped (largest IQR {spread:.1%} of a median)")
+    return rates, note
+
+
 def recalibration_device(profile: HardwareProfile) -> str:
     """The device here to time `profile`'s efficiency ops on; a one-line error when it has none or no
     factors. Cheap: callers check it before slow work."""
@@ -299,17 +342,19 @@ def recalibrate(profile: HardwareProfile, device: str | None = None, progress: b
     here = recalibration_device(profile)  # the one-line errors: no device of its kind here, nothing to refit
     device = device or here
     config = config_of(profile)
-    bar = _Progress(efficiency_steps(config, device, len(calibrated_types(profile))) + network_steps(device, config),
-                    progress, f"recalibrating on {device}")
+    bar = _Progress(efficiency_steps(config, device, len(calibrated_types(profile))) + group_rate_steps(config)
+                    + network_steps(device, config), progress, f"recalibrating on {device}")
     try:
         with torch.inference_mode(), retained_heap():
             fields, metadata = measure_efficiency(profile, device, config, bar)
+            rates, rate_note = measure_conv_group_rate(device, config, bar)
         date = datetime.datetime.now().isoformat(timespec="seconds")
         # The samples of the lines refitted, and a retired pass line's (a profile measured before the pass model).
         stale = ("efficiency.", "efficiency_spread.", "pass_efficiency.", "pass_efficiency_spread.")
         kept = {key: value for key, value in profile.metadata.items() if not key.startswith(stale)}
         notes = {key: value for key, value in profile.notes.items() if key != "pass_efficiency"}
-        refit: dict[str, Any] = dict(fields)
+        notes["conv_group_rate"] = rate_note
+        refit: dict[str, Any] = {**fields, "conv_group_rate": rates}
         return _with_network_evidence(dataclasses.replace(
             profile, **refit,
             metadata={**kept, **metadata, "recalibrated": date},
@@ -327,7 +372,8 @@ def measure_profile(device: str = "cpu", quick: bool = False, progress: bool = T
     microbench.check_bench_device(device)
     config = config or (microbench.QUICK if quick else microbench.FULL)
     steps = microbench.roof_steps(config, device) + (
-        efficiency_steps(config, device) + network_steps(device, config) if config.efficiency else 0)
+        efficiency_steps(config, device) + group_rate_steps(config) + network_steps(device, config)
+        if config.efficiency else 0)
     bar = _Progress(steps, progress, f"measuring {device}")
     try:
         profile = microbench.measure_roofs(device, config, bar)
@@ -337,11 +383,13 @@ def measure_profile(device: str = "cpu", quick: bool = False, progress: bool = T
         bar.extend(efficiency_steps(config, device, len(types)) - efficiency_steps(config, device))
         with torch.inference_mode(), retained_heap():
             fields, metadata = measure_efficiency(profile, device, config, bar)
-        notes = {**profile.notes, "efficiency": (
+            rates, rate_note = measure_conv_group_rate(device, config, bar)
+        notes = {**profile.notes, "conv_group_rate": rate_note, "efficiency": (
             f"fitted per op class over ops at three sizes (in metadata), per compute type ({', '.join(types)}; "
             "fp32's keys plain, the others' prefixed: bf16:gemm): "
             "time_measured = fixed_overhead_s + time_roofline / efficiency; time_calibrated uses that line")}
-        refit: dict[str, Any] = {**fields, "notes": notes, "metadata": {**profile.metadata, **metadata}}
+        refit: dict[str, Any] = {**fields, "conv_group_rate": rates, "notes": notes,
+                                 "metadata": {**profile.metadata, **metadata}}
         return _with_network_evidence(dataclasses.replace(profile, **refit), device, bar)
     finally:
         bar.close()

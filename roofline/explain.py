@@ -136,7 +136,9 @@ def efficiency_source(prediction: Prediction, ops: pd.DataFrame) -> str:
         return "plain roofline: every op at 100% of its roof"
     profile = prediction.profile
     parts = []
-    for op_class, group in ops.groupby("op_class", sort=False):
+    keys = ["op_class", "group_rate"] if "group_rate" in ops else ["op_class"]
+    for key, group in ops.groupby(keys, sort=False):
+        op_class = key[0]
         factor = float(group["efficiency"].iloc[0])
         own = profile.efficiency_for(str(op_class), str(group["memory_level"].iloc[0]))
         if own is None:
@@ -146,10 +148,15 @@ def efficiency_source(prediction: Prediction, ops: pd.DataFrame) -> str:
         # How well the class's line fits the sizes it was fitted on: residual r = log(measured / line).
         errors = [abs(math.exp(-r) - 1) for r in prediction.line_residuals(str(op_class))]
         evidence = (f", {len(errors)} sizes, line within {format_percent(max(errors))} of each" if errors else "")
+        rate = float(group["group_rate"].iloc[0]) if "group_rate" in group else 1.0
+        line = factor / rate
         raised = (f", raised from its class's {format_percent(own)}: it streams from "
-                  f"{group['memory_level'].iloc[0]}, deeper than the sizes the line was fitted at" if factor > own * (1 + 1e-9) else "")
-        parts.append(f"{op_class} runs at {format_percent(factor)} of its roof on this machine "
-                     f"(measured {date[:10]}{evidence}{raised})")
+                  f"{group['memory_level'].iloc[0]}, deeper than the sizes the line was fitted at" if line > own * (1 + 1e-9) else "")
+        grouped = (f"; grouped, {int(group['channels_per_group'].iloc[0])} channels per group, at {format_percent(rate)} "
+                   f"of dense's rate (measured: narrow groups fill fewer vector lanes), so at {format_percent(factor)}"
+                   if rate < 1.0 else "")
+        parts.append(f"{op_class} runs at {format_percent(line)} of its roof on this machine "
+                     f"(measured {date[:10]}{evidence}{raised}){grouped}")
     return "; ".join(parts) or "no ops"
 
 

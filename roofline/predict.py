@@ -11,7 +11,9 @@ The one model of time (everything that prints or plots a time renders these term
   An op that streams from a level deeper than every size its class's line was fitted at (with no
   CLASS@LEVEL factor for it) takes that line's time at the deepest fitted level, or its own roof if
   that is longer (_beyond_fitted_levels): a factor of 0.007 fitted on max-pools in cache says the
-  core, not the level, sets their time, and divided into a DRAM roof 5x longer it made one 5x too slow;
+  core, not the level, sets their time, and divided into a DRAM roof 5x longer it made one 5x too slow.
+  A grouped (not depthwise) convolution on a profile with measured rates by channels per group
+  (HardwareProfile.conv_group_rate) takes the conv line, its factor times that rate (group_rate);
 - overhead: the profile's per-op figure, or the class's fitted fixed cost when calibrated;
 - the combine rule: a CPU dispatches and executes in turn, so op time = kernel_s + overhead (sum);
   a GPU queues launches while earlier kernels run, so op time = max(kernel_s, overhead) (max), and
@@ -61,7 +63,7 @@ from roofline.formatting import (
     json_value,
 )
 from roofline.hardware.profile import HardwareProfile, MemoryLevel
-from roofline.opclass import writes_in_place
+from roofline.opclass import OpClass, writes_in_place
 from roofline.parallel import COLLECTIVE_COLUMNS, collective_seconds
 from roofline.precision import Precision, get_precision
 from roofline.records import UNUSED_NAME
@@ -200,7 +202,11 @@ class Prediction:
         records["roofline_s"] = np.maximum(records["compute_s"], records["memory_s"])
         records["roof"] = np.where(records["compute_s"] >= records["memory_s"], "compute",
                                    "memory:" + records["memory_level"])
-        records["efficiency"] = self._efficiency(records)
+        rate = self._group_rate(records)
+        # A grouped convolution with a measured rate runs on the dense conv line, at that rate's fraction of it.
+        records.loc[rate.notna(), "op_class"] = OpClass.CONV.value
+        records["group_rate"] = rate.fillna(1.0)
+        records["efficiency"] = self._efficiency(records) * records["group_rate"]
         records["overhead_s"] = self._overhead(records["op_class"])
         kernel = records["roofline_s"] / records["efficiency"]
         records["efficiency_s"] = kernel - records["roofline_s"]
@@ -264,6 +270,17 @@ class Prediction:
         found = [self.profile.efficiency_for(c, lvl) for c, lvl in zip(op_class, level, strict=True)]
         factor = pd.Series([default if f is None else f for f in found], index=op_class.index, dtype=float)
         return self._beyond_fitted_levels(records, factor)
+
+    def _group_rate(self, records: pd.DataFrame) -> pd.Series:
+        """Per op, the rate against dense convolution that calibration measured for a grouped (not depthwise)
+        convolution's channels per group (HardwareProfile.group_rate); NaN for every other op, and for all in
+        a plain prediction or on a profile without the rates."""
+        if not self.calibrated or not self.profile.conv_group_rate or "channels_per_group" not in records:
+            return pd.Series(np.nan, index=records.index)
+        convolution = records["op_class"].isin([OpClass.CONV.value, OpClass.GROUPED_CONV.value])
+        rated = convolution & (records["channels_per_group"] >= 2)
+        counts = records["channels_per_group"].to_numpy(dtype=float)
+        return pd.Series(np.where(rated, self.profile.group_rate(counts), np.nan), index=records.index)
 
     def _beyond_fitted_levels(self, records: pd.DataFrame, factor: pd.Series) -> pd.Series:
         """`factor` where an op streams from a level deeper than all the sizes its class's line was fitted at

@@ -87,6 +87,8 @@ class OpRecord:
     state_read: int = 0
     state_written: int = 0
     phase: str = "forward"
+    # A grouped (not depthwise) forward convolution's input channels per group; 0 for every other op.
+    channels_per_group: int = 0
 
 
 @dataclass(frozen=True)

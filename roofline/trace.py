@@ -268,6 +268,7 @@ class _Tracer:
                 state_read=read[Role.STATE],
                 state_written=written[Role.STATE],
                 phase=self.phase,
+                channels_per_group=cost.channels_per_group,
             )
         )
         self._next_seq += 1

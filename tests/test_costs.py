@@ -222,3 +222,15 @@ def test_dense_stem_conv_with_few_channels_stays_dense():
     # ResNet's and ViT's stems see 3 input channels but run the dense kernels (groups=1).
     stem = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
     assert analyze_module(stem, torch.randn(1, 3, 32, 32)).records.iloc[0]["op_class"] == "conv"
+
+
+def test_a_grouped_conv_records_its_channels_per_group():
+    """The trace keeps a grouped forward convolution's input channels per group (what its kernel's vectors hold,
+    which calibration rates); 0 for dense and transposed convolutions and other ops."""
+    x = torch.randn(1, 128, 14, 14, device="meta")
+    for module, expected in ((nn.Conv2d(128, 128, 3, groups=32), 4), (nn.Conv2d(128, 128, 3, groups=128), 1),
+                             (nn.Conv2d(128, 64, 1), 0), (nn.ConvTranspose2d(128, 128, 2, groups=4), 0)):
+        records = roofline.analyze(module.to("meta"), inputs=[x], warn_unsupported=False).records
+        convs = records[records["op"].str.contains("convolution")]
+        assert convs["channels_per_group"].tolist() == [expected], module
+        assert (records.loc[~records.index.isin(convs.index), "channels_per_group"] == 0).all()

@@ -303,3 +303,23 @@ def test_profile_built_in_code_is_validated() -> None:
     assert math.isclose(
         HardwareProfile("x", "cpu", "v", "measured", "r", {"fp32": 1e11}, (MemoryLevel("DRAM", None, 1e10),), 1e-6).ridge_point("fp32"), 10.0
     )
+
+
+def test_group_rates_survive_a_round_trip_and_bad_ones_are_named(tmp_path: Path) -> None:
+    """conv_group_rate (channels per group -> rate against dense) is saved and read back as whole counts; a count
+    under 2, a count that is not a number, or a rate out of range is a one-line error naming the field."""
+    import yaml
+
+    rates = {2: 0.06, 4: 0.27, 64: 0.98, 384: 1.0}
+    measured = dataclasses.replace(load_profile("t4"), conv_group_rate=rates)
+    again = load_profile(str(save_profile(measured, tmp_path / "rated.yaml")))
+    assert dict(again.conv_group_rate) == rates
+    assert "grouped conv against dense, by channels per group: 2: 0.06" in again.summary()
+    for bad, field in (({1: 0.5}, "conv_group_rate.1"), (({"four": 0.5}), "conv_group_rate.four"),
+                       ({4: 0.0}, "conv_group_rate.4"), ({4: 3.0}, "conv_group_rate.4"), ({4: "fast"}, "conv_group_rate.4")):
+        data = yaml.safe_load((tmp_path / "rated.yaml").read_text())
+        data["conv_group_rate"] = bad
+        path = tmp_path / "bad.yaml"
+        path.write_text(yaml.safe_dump(data))
+        with pytest.raises(RooflineError, match=rf"bad\.yaml: field '{field}'"):
+            load_profile(str(path))

@@ -315,3 +315,59 @@ def test_an_op_beyond_the_levels_its_class_was_fitted_at_keeps_the_line_s_time_t
         assert factor is not None
         row = layer_row(pool, x, profile, calibrated=True)
         assert row["predicted_s"] - row["module_call_s"] == pytest.approx(1e-6 + moved / DRAM_BW / factor)
+
+
+def _conv_profile(rates=None):
+    """A CPU profile with a dense conv line (80%, 5 us a call), a depthwise line (20%, 40 us) and, if given, the
+    rates of grouped convolutions against dense by channels per group."""
+    return HardwareProfile(
+        name="synthetic", kind="cpu", vendor="test", source="measured", reference="written in the test",
+        peak_flops_per_s={"fp32": PEAK}, memory_levels=(MemoryLevel("DRAM", 64e9, DRAM_BW),), overhead_s=OVERHEAD,
+        efficiency={"conv": 0.8, "grouped_conv": 0.2}, fixed_overhead_s={"conv": 5e-6, "grouped_conv": 4e-5},
+        conv_group_rate=rates,
+    )
+
+
+def test_a_grouped_conv_runs_on_the_dense_line_at_its_measured_rate():
+    """Issue 16: 32 groups of 4 channels ran at about a quarter of dense's rate per FLOP. With measured rates, a
+    grouped conv is costed on the conv line (its factor and fixed cost) times the rate at its channels per group,
+    interpolated in log2 of the count; depthwise keeps its own line; without rates nothing changes."""
+    rates = {2: 0.05, 4: 0.25, 16: 0.75, 256: 1.0}
+    x = torch.randn(1, 128, 28, 28, device="meta")
+    for groups, count, rate in ((32, 4, 0.25), (16, 8, 0.5), (64, 2, 0.05), (4, 32, 0.75 + 0.25 / 4)):
+        conv = nn.Conv2d(128, 128, 3, padding=1, groups=groups, bias=False)
+        row = layer_row(conv, x, _conv_profile(rates), calibrated=True)
+        roof = max(row["compute_s"], row["memory_s"])
+        assert row["predicted_s"] == pytest.approx(5e-6 + roof / (0.8 * rate)), (groups, count)
+        old = layer_row(conv, x, _conv_profile(), calibrated=True)  # no rates: its class's line, as before
+        line = (0.2, 4e-5) if count < 16 else (0.8, 5e-6)
+        assert old["predicted_s"] == pytest.approx(line[1] + roof / line[0]), (groups, count)
+    depthwise = layer_row(nn.Conv2d(128, 128, 3, padding=1, groups=128, bias=False), x, _conv_profile(rates),
+                          calibrated=True)
+    assert depthwise["predicted_s"] == pytest.approx(4e-5 + max(depthwise["compute_s"], depthwise["memory_s"]) / 0.2)
+    dense = layer_row(nn.Conv2d(128, 128, 3, padding=1, bias=False), x, _conv_profile(rates), calibrated=True)
+    assert dense["predicted_s"] == pytest.approx(5e-6 + max(dense["compute_s"], dense["memory_s"]) / 0.8)
+    plain = layer_row(nn.Conv2d(128, 128, 3, padding=1, groups=32, bias=False), x, _conv_profile(rates))
+    assert plain["predicted_s"] == pytest.approx(max(plain["compute_s"], plain["memory_s"]) + OVERHEAD)
+
+
+def test_the_group_rate_is_measured_as_dense_time_per_flop_over_grouped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """measure_conv_group_rate turns interleaved timings into rates: a grouped conv with 1/k of dense's FLOPs
+    that takes t has rate (dense time / k) / t; one timed faster per FLOP than dense is held at 1."""
+    from roofline import calibrate
+    from roofline.hardware.microbench import FULL, _Progress
+    from roofline.timing import Measurement
+
+    channels = calibrate.GROUP_RATE_CHANNELS
+    true_rate = {2: 0.06, 4: 0.3, 8: 0.55, 16: 0.8, 32: 1.2, 64: 0.97}
+    dense_s = 2e-3
+
+    def fake(fns, rounds, **options):
+        times = [dense_s] + [dense_s * count / channels / true_rate[count] for count in calibrate.GROUP_RATE_COUNTS]
+        return [Measurement((t,) * 5, 1, "cpu", 1) for t in times]
+
+    monkeypatch.setattr(calibrate, "time_interleaved", fake)
+    rates, note = calibrate.measure_conv_group_rate("cpu", FULL, _Progress(0, False, ""))
+    expected = {count: min(1.0, rate) for count, rate in true_rate.items()} | {channels: 1.0}
+    assert rates == pytest.approx(expected)
+    assert f"{channels} channels" in note

@@ -53,3 +53,25 @@ def _check_invariants(result):
     assert (moved > 0).all()
     assert list(layers["arithmetic_intensity"]) == pytest.approx(list(layers["flops"] / moved))
     assert totals["arithmetic_intensity"] == pytest.approx(totals["flops"] / (totals["bytes_read"] + totals["bytes_written"]))
+
+
+@given(st.lists(st.floats(0.01, 1.0), min_size=2, max_size=7), st.integers(1, 4096))
+@settings(max_examples=200, deadline=None)
+def test_a_group_rate_lies_between_its_measured_neighbours(rates, count):
+    """Between two measured channel counts the rate is between theirs; beyond them it is the nearest one's; it
+    is never above 1, and an op with fewer than 2 channels per group (not a grouped conv) runs at 1."""
+    from roofline.hardware.profile import HardwareProfile, MemoryLevel
+
+    counts = [2 ** (i + 1) for i in range(len(rates))]
+    profile = HardwareProfile(name="p", kind="cpu", vendor="t", source="measured", reference="test",
+                              peak_flops_per_s={"fp32": 1e12}, memory_levels=(MemoryLevel("DRAM", 1e9, 1e10),),
+                              overhead_s=1e-6, conv_group_rate=dict(zip(counts, rates, strict=True)))
+    rate = float(profile.group_rate([count])[0])
+    if count < 2:
+        assert rate == 1.0
+        return
+    below = [r for c, r in zip(counts, rates, strict=True) if c <= count] or [rates[0]]
+    above = [r for c, r in zip(counts, rates, strict=True) if c >= count] or [rates[-1]]
+    low, high = sorted((below[-1], above[0]))
+    assert low - 1e-12 <= rate <= high + 1e-12
+    assert rate <= 1.0

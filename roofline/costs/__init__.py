@@ -49,6 +49,9 @@ class Cost:
     flops: int = 0
     reads: tuple[int, ...] | None = None
     op_class: OpClass = OpClass.ELEMENTWISE
+    # A grouped convolution's input channels per group (0 for every other op): how full its kernel's
+    # vectors are, which a calibrated prediction reads (HardwareProfile.conv_group_rate).
+    channels_per_group: int = 0
 
     def __post_init__(self) -> None:
         if self.macs < 0 or self.flops < 0:

@@ -33,7 +33,10 @@ def conv_flop(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> Cost:
     channels_per_group = x.shape[1] // groups
     grouped = groups > 1 and channels_per_group < GROUPED_CHANNELS_PER_GROUP
     op_class = OpClass.GROUPED_CONV if grouped else OpClass.CONV
-    return Cost(macs=macs, flops=2 * macs + bias_flops, op_class=op_class)
+    # How full a grouped convolution's vectors are depends on its channels per group, which a profile may
+    # have measured a rate for (HardwareProfile.conv_group_rate); recorded for groups > 1, not transposed.
+    recorded = channels_per_group if groups > 1 and not transposed else 0
+    return Cost(macs=macs, flops=2 * macs + bias_flops, op_class=op_class, channels_per_group=recorded)
 
 
 @register(aten.convolution_backward)

@@ -60,8 +60,8 @@ _MAX_OVERHEAD_S = 1.0
 _MAX_EFFICIENCY = 1.5
 
 _REQUIRED = ("name", "kind", "vendor", "source", "reference", "peak_flops_per_s", "memory_levels", "overhead_s")
-_OPTIONAL = ("format_version", "module_call_s", "efficiency", "fixed_overhead_s", "pass_call_s", "interconnect",
-             "notes", "aliases", "metadata")
+_OPTIONAL = ("format_version", "module_call_s", "efficiency", "fixed_overhead_s", "pass_call_s", "conv_group_rate",
+             "interconnect", "notes", "aliases", "metadata")
 # Fields of profiles measured before the pass model (issue 16): a pass line per class, timed with each op called
 # once per cycle over all calibration ops. Still read without complaint; prediction no longer uses them.
 _RETIRED = ("pass_efficiency", "pass_fixed_overhead_s")
@@ -150,6 +150,13 @@ class HardwareProfile:
     (calibrate.measure_chain_pass_call; a CPU's; None elsewhere, and in profiles measured before the pass model: then a layer's in-pass time is its
     time alone).
 
+    `conv_group_rate` maps a grouped convolution's input channels per group (2 or more; depthwise has its own
+    class) to its rate per FLOP against a dense convolution of the same size, measured on this device
+    (calibrate.measure_conv_group_rate): a kernel vectorised over the channels of a group fills fewer lanes the
+    fewer they are, so 4 channels per group ran at about a quarter of dense's rate on an AVX-512 CPU. A
+    calibrated prediction costs such a convolution on the conv line at that fraction of its factor
+    (`group_rate`). fp32's, used for every compute type; None in profiles measured before it.
+
     Keys of these mappings may name the compute type their ops ran in, `TYPE:CLASS[@LEVEL]`
     (bf16:gemm): that type's own line, fitted on ops of that dtype; a plain key is fp32's.
     `for_compute_type` puts one type's lines in force, as prediction does for its precision.
@@ -168,6 +175,7 @@ class HardwareProfile:
     efficiency: Mapping[str, float] = field(default_factory=dict)
     fixed_overhead_s: Mapping[str, float] = field(default_factory=dict)  # op class -> seconds per call
     pass_call_s: float | None = None  # seconds per op call inside a pass, beyond alone and cold data
+    conv_group_rate: Mapping[int, float] | None = None  # channels per group -> rate against dense convolution
     interconnect: Interconnect | None = None  # the link between devices of this kind, for --tp/--pp
     notes: Mapping[str, str] = field(default_factory=dict)  # field path -> where the figure came from
     aliases: tuple[str, ...] = ()  # names the device reports (NVML name, CPU brand) for detection
@@ -181,6 +189,9 @@ class HardwareProfile:
         for name in ("notes", "metadata"):  # plain str, so YAML/JSON writers never meet a str subclass
             text = {str(k): str(v) for k, v in getattr(self, name).items()}
             object.__setattr__(self, name, types.MappingProxyType(text))
+        if self.conv_group_rate is not None:
+            rates = {int(k): float(v) for k, v in self.conv_group_rate.items()}
+            object.__setattr__(self, "conv_group_rate", types.MappingProxyType(dict(sorted(rates.items()))))
         object.__setattr__(self, "memory_levels", tuple(self.memory_levels))
         object.__setattr__(self, "aliases", tuple(self.aliases))
         _check_values(self)
@@ -288,6 +299,18 @@ class HardwareProfile:
         """The calibrated factor for `op_class` streaming from `level`: CLASS@LEVEL, else CLASS, else None."""
         return self.efficiency.get(f"{op_class}@{level}", self.efficiency.get(op_class))
 
+    def group_rate(self, channels_per_group: np.ndarray) -> np.ndarray:
+        """Per grouped convolution, its rate against a dense one (conv_group_rate), linear in log2(channels per
+        group) between the measured counts and held at the nearest one beyond them, never above 1; 1 where
+        there is no grouped convolution (channels per group under 2) or no measured rate."""
+        counts = np.asarray(channels_per_group, dtype=float)
+        if not self.conv_group_rate:
+            return np.ones_like(counts)
+        known = np.log2(np.array(list(self.conv_group_rate), dtype=float))
+        rates = np.minimum(1.0, np.interp(np.log2(np.maximum(counts, 1.0)), known,
+                                          np.array(list(self.conv_group_rate.values()), dtype=float)))
+        return np.where(counts >= 2, rates, 1.0)
+
     def calibration_spread(self, op_class: str) -> float | None:
         """How much the class's calibration ops moved between timing rounds (relative half-range), if recorded."""
         text = self.metadata.get(f"efficiency_spread.{op_class}")
@@ -329,6 +352,7 @@ class HardwareProfile:
             "efficiency": dict(self.efficiency),
             "fixed_overhead_s": dict(self.fixed_overhead_s),
             "pass_call_s": self.pass_call_s,
+            "conv_group_rate": dict(self.conv_group_rate) if self.conv_group_rate else None,
             "interconnect": dataclasses.asdict(self.interconnect) if self.interconnect else None,
             "notes": dict(self.notes),
             "metadata": dict(self.metadata),
@@ -356,6 +380,9 @@ class HardwareProfile:
             lines.append("  efficiency: " + ", ".join(f"{k} {v:.2f}" for k, v in self.efficiency.items()))
         if self.pass_call_s is not None:
             lines.append(f"  in a pass, per op call: {format_time(self.pass_call_s)} (and its cold data)")
+        if self.conv_group_rate:
+            lines.append("  grouped conv against dense, by channels per group: "
+                         + ", ".join(f"{k}: {v:.2f}" for k, v in self.conv_group_rate.items()))
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -432,6 +459,11 @@ def _check_values(profile: HardwareProfile) -> None:
     _number(where, "overhead_s", profile.overhead_s, "seconds", 1e-9, _MAX_OVERHEAD_S)
     _number(where, "module_call_s", profile.module_call_s, "seconds", 1e-9, _MAX_OVERHEAD_S, allow_none=True)
     _number(where, "pass_call_s", profile.pass_call_s, "seconds", 1e-9, _MAX_OVERHEAD_S, allow_none=True)
+    for count, rate in (profile.conv_group_rate or {}).items():
+        if count < 2:
+            raise _fail(where, f"conv_group_rate.{count}", "channels per group must be 2 or more (depthwise, 1, is "
+                        "the grouped_conv class's own line)")
+        _number(where, f"conv_group_rate.{count}", rate, "rate against a dense convolution", 1e-6, _MAX_EFFICIENCY)
     level_names = [level.name for level in profile.memory_levels]
     for name in _FACTOR_FIELDS:
         for key, value in getattr(profile, name).items():
@@ -463,6 +495,25 @@ def _check_compute_type_prefix(where: str, field_path: str, key: str) -> None:
     if colon and kind not in COMPUTE_TYPES:
         raise _fail(where, field_path, f"unknown compute type {kind!r}{close_matches(kind, COMPUTE_TYPES)}; "
                                        f"accepted: {', '.join(COMPUTE_TYPES)}")
+
+
+def _group_rate(where: str, raw: object) -> dict[int, float] | None:
+    """The optional conv_group_rate mapping: whole channel counts to numbers (the values are checked with the
+    profile's)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not raw:
+        raise _fail(where, "conv_group_rate", "must be a mapping of channels per group to a rate against dense")
+    rates: dict[int, float] = {}
+    for key, value in raw.items():
+        try:
+            count = int(key)
+        except (TypeError, ValueError):
+            raise _fail(where, f"conv_group_rate.{key}", "must be a whole number of channels per group") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _fail(where, f"conv_group_rate.{key}", "must be a number")
+        rates[count] = float(value)
+    return rates
 
 
 def _interconnect(where: str, raw: object) -> Interconnect | None:
@@ -538,6 +589,7 @@ def profile_from_dict(data: object, where: str, path: str | None = None) -> Hard
         efficiency=data.get("efficiency", {}),
         fixed_overhead_s=data.get("fixed_overhead_s", {}),
         pass_call_s=data.get("pass_call_s"),
+        conv_group_rate=_group_rate(where, data.get("conv_group_rate")),
         interconnect=_interconnect(where, data.get("interconnect")),
         notes=notes,
         aliases=tuple(aliases),
