@@ -90,7 +90,8 @@ def representative_ops(device: str, scale: float, dtype: torch.dtype = torch.flo
     for c, hw in ((32, dim(14)), (64, dim(28)), (64, dim(56))):
         ops.append(("conv", f"conv3x3 {c}->{c} at {hw}x{hw}", lambda x, w: F.conv2d(x, w, padding=1),
                     [randn(1, c, hw, hw), randn(c, c, 3, 3)]))
-        ops.append(("conv", f"conv1x1 {4 * c}->{c} at {hw}x{hw}", F.conv2d, [randn(1, 4 * c, hw, hw), randn(c, 4 * c, 1, 1)]))
+        ops.append(("pointwise_conv", f"conv1x1 {4 * c}->{c} at {hw}x{hw}", F.conv2d,
+                    [randn(1, 4 * c, hw, hw), randn(c, 4 * c, 1, 1)]))
     for c, hw in ((64, dim(14)), (128, dim(28)), (256, dim(56))):
         ops.append(("grouped_conv", f"depthwise 3x3 {c}ch at {hw}x{hw}",
                     lambda x, w: F.conv2d(x, w, padding=1, groups=w.shape[0]), [randn(1, c, hw, hw), randn(c, 1, 3, 3)]))

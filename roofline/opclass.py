@@ -24,6 +24,7 @@ class OpClass(str, Enum):
 
     GEMM = "gemm"
     CONV = "conv"
+    POINTWISE_CONV = "pointwise_conv"  # dense 1x1 convolution: a GEMM over pixels, less reuse per loaded input
     GROUPED_CONV = "grouped_conv"  # groups > 1 with fewer than 16 input channels per group, depthwise included
     ATTENTION = "attention"
     ELEMENTWISE = "elementwise"

@@ -72,7 +72,7 @@ __all__ = ["INTERVAL_COLUMNS", "INTERVAL_COVERAGE", "LATENCY_TERMS", "PASS_TERMS
 
 # The classes whose fp32 ops a GPU with TF32 runs in TF32 by PyTorch's defaults (cuDNN convolutions);
 # fp32 matmuls stay in full fp32 (torch.backends.cuda.matmul.allow_tf32 is False by default).
-TF32_BY_DEFAULT_CLASSES = ("conv", "grouped_conv")
+TF32_BY_DEFAULT_CLASSES = ("conv", "pointwise_conv", "grouped_conv")
 # Op classes a "fuse with its neighbours" what-if may take into the group after a layer.
 POINTWISE_CLASSES = ("elementwise", "activation", "norm")
 # More than this share of the time in overhead-bound layers: the model is "in the overhead regime".
@@ -202,6 +202,9 @@ class Prediction:
         records["roofline_s"] = np.maximum(records["compute_s"], records["memory_s"])
         records["roof"] = np.where(records["compute_s"] >= records["memory_s"], "compute",
                                    "memory:" + records["memory_level"])
+        if self.calibrated and OpClass.POINTWISE_CONV.value not in self._line_classes():
+            # A profile measured before 1x1 convolutions had a line of their own fitted them into conv's.
+            records.loc[records["op_class"] == OpClass.POINTWISE_CONV.value, "op_class"] = OpClass.CONV.value
         rate = self._group_rate(records)
         # A grouped convolution with a measured rate runs on the dense conv line, at that rate's fraction of it.
         records.loc[rate.notna(), "op_class"] = OpClass.CONV.value
@@ -270,6 +273,10 @@ class Prediction:
         found = [self.profile.efficiency_for(c, lvl) for c, lvl in zip(op_class, level, strict=True)]
         factor = pd.Series([default if f is None else f for f in found], index=op_class.index, dtype=float)
         return self._beyond_fitted_levels(records, factor)
+
+    def _line_classes(self) -> set[str]:
+        """The op classes the profile (for this compute type) has a calibrated line of."""
+        return {key.partition("@")[0] for key in self.profile.efficiency}
 
     def _group_rate(self, records: pd.DataFrame) -> pd.Series:
         """Per op, the rate against dense convolution that calibration measured for a grouped (not depthwise)

@@ -234,3 +234,16 @@ def test_a_grouped_conv_records_its_channels_per_group():
         convs = records[records["op"].str.contains("convolution")]
         assert convs["channels_per_group"].tolist() == [expected], module
         assert (records.loc[~records.index.isin(convs.index), "channels_per_group"] == 0).all()
+
+
+def test_a_dense_1x1_convolution_is_its_own_class():
+    """A dense 1x1 convolution (a GEMM over pixels) gets the pointwise_conv line; a grouped or transposed one, or
+    any other window, stays where it was."""
+    x = torch.randn(1, 64, 14, 14, device="meta")
+    for module, expected in ((nn.Conv2d(64, 128, 1), "pointwise_conv"), (nn.Conv2d(64, 128, 1, stride=2), "pointwise_conv"),
+                             (nn.Conv2d(64, 128, 3), "conv"), (nn.Conv2d(64, 128, 1, groups=2), "conv"),
+                             (nn.Conv2d(64, 64, 1, groups=16), "grouped_conv"), (nn.ConvTranspose2d(64, 64, 1), "conv"),
+                             (nn.Conv1d(64, 64, 1), "pointwise_conv")):
+        inputs = [x[:, :, 0] if isinstance(module, nn.Conv1d) else x]
+        records = roofline.analyze(module.to("meta"), inputs=inputs, warn_unsupported=False).records
+        assert records.loc[records["op"].str.contains("convolution"), "op_class"].tolist() == [expected], module

@@ -1,4 +1,6 @@
 """Prediction of hand-built layers against times computed by hand on a synthetic profile."""
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -371,3 +373,16 @@ def test_the_group_rate_is_measured_as_dense_time_per_flop_over_grouped(monkeypa
     expected = {count: min(1.0, rate) for count, rate in true_rate.items()} | {channels: 1.0}
     assert rates == pytest.approx(expected)
     assert f"{channels} channels" in note
+
+
+def test_a_1x1_convolution_takes_its_own_line_or_conv_s_on_an_older_profile():
+    """Calibrated, a dense 1x1 convolution uses the pointwise_conv line; on a profile measured before that line
+    existed (no pointwise_conv key), conv's, as it did then."""
+    x = torch.randn(1, 256, 28, 28, device="meta")
+    conv = nn.Conv2d(256, 64, 1, bias=False)
+    older = _conv_profile()
+    newer = dataclasses.replace(older, efficiency={**older.efficiency, "pointwise_conv": 0.5},
+                                fixed_overhead_s={**older.fixed_overhead_s, "pointwise_conv": 2e-6})
+    for profile, (factor, fixed) in ((older, (0.8, 5e-6)), (newer, (0.5, 2e-6))):
+        row = layer_row(conv, x, profile, calibrated=True)
+        assert row["predicted_s"] == pytest.approx(fixed + max(row["compute_s"], row["memory_s"]) / factor)

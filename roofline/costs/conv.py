@@ -32,7 +32,10 @@ def conv_flop(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> Cost:
     # A dense stem (3 RGB channels, groups=1) runs the dense kernels and stays in the conv class.
     channels_per_group = x.shape[1] // groups
     grouped = groups > 1 and channels_per_group < GROUPED_CHANNELS_PER_GROUP
-    op_class = OpClass.GROUPED_CONV if grouped else OpClass.CONV
+    # A dense 1x1 convolution is a GEMM over pixels with no window to reuse each loaded input across: on the
+    # EPYC VM it ran at 0.72-0.84 of its roof where 3x3 ones ran at 0.96-1.0. Its own line.
+    pointwise = groups == 1 and not transposed and numel(weight.shape[2:]) == 1
+    op_class = OpClass.GROUPED_CONV if grouped else OpClass.POINTWISE_CONV if pointwise else OpClass.CONV
     # How full a grouped convolution's vectors are depends on its channels per group, which a profile may
     # have measured a rate for (HardwareProfile.conv_group_rate); recorded for groups > 1, not transposed.
     recorded = channels_per_group if groups > 1 and not transposed else 0
