@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import itertools
 import math
 import statistics
@@ -275,47 +276,55 @@ def fit_class(samples: list[tuple[float, float, str, str]], last_level: str) -> 
 
 
 
-# The grouped convolutions measure_conv_group_rate times against a dense one: 3x3, this many channels (a size
-# none of benchmarks/ratio_accuracy.py's convolutions has), at these channels per group.
-GROUP_RATE_CHANNELS = 384
+# The grouped convolutions measure_conv_group_rate times against dense ones: 3x3, at these (channels, size)
+# (none of them a convolution of benchmarks/ratio_accuracy.py), at these channels per group. The rate at one
+# count moved by about 20% from size to size; two sizes take the middle.
+GROUP_RATE_SHAPES = ((384, 14), (192, 28))
 GROUP_RATE_COUNTS = (2, 4, 8, 16, 32, 64)
-GROUP_RATE_SIZE = 14
 
 
 def group_rate_steps(config: BenchConfig) -> int:
-    """Progress steps of measure_conv_group_rate: each convolution (the dense one too) per round."""
-    return config.rounds * (len(GROUP_RATE_COUNTS) + 1) if config.efficiency else 0
+    """Progress steps of measure_conv_group_rate: each convolution (the dense ones too) per round."""
+    return config.rounds * len(GROUP_RATE_SHAPES) * (len(GROUP_RATE_COUNTS) + 1) if config.efficiency else 0
 
 
 def measure_conv_group_rate(device: str, config: BenchConfig, progress: _Progress) -> tuple[dict[int, float], str]:
     """(HardwareProfile.conv_group_rate, its note): per channels per group, a grouped 3x3 convolution's rate per
-    FLOP against a dense one of the same channels and size, timed interleaved with it.
+    FLOP against a dense one of the same channels and size, timed interleaved with it, at GROUP_RATE_SHAPES
+    (the geometric mean over them).
 
     Dense convolution is one GEMM-like kernel with full vectors; split into groups of a few channels, each
     group's product is too narrow to fill them (on the 2-core AVX-512 VM, 4 channels per group ran at 0.23-0.34
     of dense's rate across four sizes, 8 at 0.43-0.70, 32 at 0.82-0.99), a fraction no class line of FLOPs
-    and bytes can see. The dense count itself is kept at rate 1, so counts between the largest timed and
-    dense are interpolated towards it; no rate is above 1.
+    and bytes can see. The largest count timed, dense, is kept at rate 1, so counts between 64 and it are
+    interpolated towards it; no rate is above 1. Sizes are not scaled with the other ops (--quick): on a
+    smaller map dense's kernel falls off first.
     """
-    channels = GROUP_RATE_CHANNELS
-    size = GROUP_RATE_SIZE  # not scaled with the other ops: on a smaller map dense's kernel falls off first
-    x = torch.randn(1, channels, size, size, device=device)
-    counts = (channels, *GROUP_RATE_COUNTS)
-    weights = [torch.randn(channels, count, 3, 3, device=device) for count in counts]
-    fns = [lambda w=w: F.conv2d(x, w, padding=1, groups=channels // w.shape[1]) for w in weights]
-    labels = [f"conv 3x3 {channels}ch, {count} per group" for count in counts]
+    fns: list[Callable[[], object]] = []
+    labels: list[str] = []
+    for channels, size in GROUP_RATE_SHAPES:
+        x = torch.randn(1, channels, size, size, device=device)
+        for count in (channels, *GROUP_RATE_COUNTS):
+            fns.append(functools.partial(F.conv2d, x, torch.randn(channels, count, 3, 3, device=device), padding=1,
+                                         groups=channels // count))
+            labels.append(f"conv 3x3 {channels}ch at {size}x{size}, {count} per group")
     measured = time_interleaved(fns, config.rounds, min_run_time_s=config.min_run_time_s, labels=labels,
                                 step=lambda index: progress.step(labels[index]), device=device)
-    dense_s = measured[0].median_s
-    # FLOPs grow with the channels per group: the rate per FLOP is dense time x count / (channels x its time).
+    per_shape = len(GROUP_RATE_COUNTS) + 1
+    logs: dict[int, list[float]] = {}
+    for index, (channels, _) in enumerate(GROUP_RATE_SHAPES):
+        dense, *grouped = measured[index * per_shape:(index + 1) * per_shape]
+        # FLOPs grow with the channels per group: the rate per FLOP is dense time x count / (channels x its time).
+        for count, m in zip(GROUP_RATE_COUNTS, grouped, strict=True):
+            logs.setdefault(count, []).append(math.log(dense.median_s * count / (channels * m.median_s)))
     # A grouped convolution timed faster per FLOP than dense is noise, or dense's kernel off its best: held at 1.
-    rates = {count: min(1.0, dense_s * count / (channels * m.median_s))
-             for count, m in zip(counts[1:], measured[1:], strict=True)}
-    rates[channels] = 1.0
+    rates = {count: min(1.0, math.exp(statistics.fmean(values))) for count, values in logs.items()}
+    rates[max(channels for channels, _ in GROUP_RATE_SHAPES)] = 1.0
     spread = max(m.iqr_s / m.median_s for m in measured)
-    note = (f"measured: 3x3 convolutions of {channels} channels at {size}x{size}, grouped ({', '.join(map(str, GROUP_RATE_COUNTS))} "
-            f"channels per group) against dense, timed interleaved over {config.rounds} rounds: time per FLOP, dense "
-            f"over grouped (largest IQR {spread:.1%} of a median)")
+    shapes = " and ".join(f"{channels} channels at {size}x{size}" for channels, size in GROUP_RATE_SHAPES)
+    note = (f"measured: 3x3 convolutions of {shapes}, grouped ({', '.join(map(str, GROUP_RATE_COUNTS))} channels per "
+            f"group) against dense, timed interleaved over {config.rounds} rounds: time per FLOP, dense over grouped, "
+            f"geometric mean over the sizes (largest IQR {spread:.1%} of a median)")
     return rates, note
 
 

@@ -96,7 +96,6 @@ def test_calibrated_uses_the_factor_of_the_level_the_op_streams_from():
 
 
 def test_cpu_layers_pay_one_module_call_each():
-    import dataclasses
 
     model = nn.Sequential(nn.Linear(64, 64), nn.Dropout(0.1), nn.ReLU()).to("meta").eval()
     analysis = roofline.analyze(model, inputs=[torch.randn(8, 64, device="meta")], warn_unsupported=False)
@@ -232,7 +231,6 @@ def test_fit_class_gives_streaming_sizes_their_own_factor():
 
 def test_a_profile_whose_dram_bandwidth_is_unknown_is_refused_for_prediction():
     """Issue 14: a 1.28 MB op in a 1 MiB L2 was costed at L2 and its figure reported as DRAM's."""
-    import dataclasses
 
     # A detected profile may lack it (unknown until measured): it loads, and prediction refuses it.
     hw = dataclasses.replace(synthetic(), source="detected",
@@ -247,7 +245,6 @@ def test_a_profile_whose_dram_bandwidth_is_unknown_is_refused_for_prediction():
 
 def test_calibrated_bf16_uses_the_lines_fitted_on_bf16_ops():
     """Issue 16: fp32 factors reused for bf16 made resnet18's fp32/bf16 ratio 92% too high on an AMX Xeon."""
-    import dataclasses
 
     efficiency = {"gemm": 0.8, "gemm@DRAM": 0.5, "conv": 0.6, "bf16:gemm": 0.4}
     fixed = {"gemm": 1e-5, "conv": 2e-5, "bf16:gemm": 3e-5}
@@ -270,7 +267,6 @@ def test_calibrated_bf16_uses_the_lines_fitted_on_bf16_ops():
 
 
 def test_calibration_fits_each_fast_compute_type_on_its_own_ops():
-    import dataclasses
 
     from roofline.calibrate import calibrated_types, fit_efficiency
 
@@ -295,7 +291,6 @@ def test_calibration_fits_each_fast_compute_type_on_its_own_ops():
 
 def test_an_op_beyond_the_levels_its_class_was_fitted_at_keeps_the_line_s_time_there():
     """Issue 16: max-pools fitted in cache at 0.7% of their roof made one streaming from DRAM 5x too slow."""
-    import dataclasses
 
     from roofline.hardware.profile import CalibrationSample
 
@@ -355,34 +350,26 @@ def test_a_grouped_conv_runs_on_the_dense_line_at_its_measured_rate():
 
 def test_the_group_rate_is_measured_as_dense_time_per_flop_over_grouped(monkeypatch: pytest.MonkeyPatch) -> None:
     """measure_conv_group_rate turns interleaved timings into rates: a grouped conv with 1/k of dense's FLOPs
-    that takes t has rate (dense time / k) / t; one timed faster per FLOP than dense is held at 1."""
+    that takes t has rate (dense time / k) / t, the geometric mean over the sizes timed; one timed faster per
+    FLOP than dense is held at 1."""
     from roofline import calibrate
     from roofline.hardware.microbench import FULL, _Progress
     from roofline.timing import Measurement
 
-    channels = calibrate.GROUP_RATE_CHANNELS
-    true_rate = {2: 0.06, 4: 0.3, 8: 0.55, 16: 0.8, 32: 1.2, 64: 0.97}
+    # Per size, the true rates: the second size's are twice the first's (or 1.6 against 1.2 above 1).
+    true_rate = [{2: 0.04, 4: 0.2, 8: 0.4, 16: 0.6, 32: 1.2, 64: 0.45},
+                 {2: 0.09, 4: 0.45, 8: 0.9, 16: 0.6, 32: 1.6, 64: 0.8}]
     dense_s = 2e-3
 
     def fake(fns, rounds, **options):
-        times = [dense_s] + [dense_s * count / channels / true_rate[count] for count in calibrate.GROUP_RATE_COUNTS]
+        times = []
+        for (channels, _), rates in zip(calibrate.GROUP_RATE_SHAPES, true_rate, strict=True):
+            times += [dense_s] + [dense_s * count / channels / rates[count] for count in calibrate.GROUP_RATE_COUNTS]
+        assert len(times) == len(fns)
         return [Measurement((t,) * 5, 1, "cpu", 1) for t in times]
 
     monkeypatch.setattr(calibrate, "time_interleaved", fake)
     rates, note = calibrate.measure_conv_group_rate("cpu", FULL, _Progress(0, False, ""))
-    expected = {count: min(1.0, rate) for count, rate in true_rate.items()} | {channels: 1.0}
+    expected = {2: 0.06, 4: 0.3, 8: 0.6, 16: 0.6, 32: 1.0, 64: 0.6, 384: 1.0}
     assert rates == pytest.approx(expected)
-    assert f"{channels} channels" in note
-
-
-def test_a_1x1_convolution_takes_its_own_line_or_conv_s_on_an_older_profile():
-    """Calibrated, a dense 1x1 convolution uses the pointwise_conv line; on a profile measured before that line
-    existed (no pointwise_conv key), conv's, as it did then."""
-    x = torch.randn(1, 256, 28, 28, device="meta")
-    conv = nn.Conv2d(256, 64, 1, bias=False)
-    older = _conv_profile()
-    newer = dataclasses.replace(older, efficiency={**older.efficiency, "pointwise_conv": 0.5},
-                                fixed_overhead_s={**older.fixed_overhead_s, "pointwise_conv": 2e-6})
-    for profile, (factor, fixed) in ((older, (0.8, 5e-6)), (newer, (0.5, 2e-6))):
-        row = layer_row(conv, x, profile, calibrated=True)
-        assert row["predicted_s"] == pytest.approx(fixed + max(row["compute_s"], row["memory_s"]) / factor)
+    assert "384 channels at 14x14 and 192 channels at 28x28" in note
