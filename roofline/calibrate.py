@@ -281,6 +281,7 @@ def fit_class(samples: list[tuple[float, float, str, str]], last_level: str) -> 
 # count moved by about 20% from size to size; two sizes take the middle.
 GROUP_RATE_SHAPES = ((384, 14), (192, 28))
 GROUP_RATE_COUNTS = (2, 4, 8, 16, 32, 64)
+GROUP_RATE_SIGMA = "conv_group_rate_sigma"  # metadata key: the rates' spread over sizes (sigma of log rate)
 
 
 def group_rate_steps(config: BenchConfig) -> int:
@@ -288,10 +289,13 @@ def group_rate_steps(config: BenchConfig) -> int:
     return config.rounds * len(GROUP_RATE_SHAPES) * (len(GROUP_RATE_COUNTS) + 1) if config.efficiency else 0
 
 
-def measure_conv_group_rate(device: str, config: BenchConfig, progress: _Progress) -> tuple[dict[int, float], str]:
-    """(HardwareProfile.conv_group_rate, its note): per channels per group, a grouped 3x3 convolution's rate per
-    FLOP against a dense one of the same channels and size, timed interleaved with it, at GROUP_RATE_SHAPES
-    (the geometric mean over them).
+def measure_conv_group_rate(device: str, config: BenchConfig,
+                            progress: _Progress) -> tuple[dict[int, float], str, dict[str, str]]:
+    """(HardwareProfile.conv_group_rate, its note, metadata): per channels per group, a grouped 3x3 convolution's
+    rate per FLOP against a dense one of the same channels and size, timed interleaved with it, at
+    GROUP_RATE_SHAPES (the geometric mean over them). The metadata's GROUP_RATE_SIGMA is how far the sizes'
+    rates lay from that mean (RMS over the counts of their standard deviation in log): what a grouped
+    convolution of another size may be off by, which its prediction interval carries.
 
     Dense convolution is one GEMM-like kernel with full vectors; split into groups of a few channels, each
     group's product is too narrow to fill them (on the 2-core AVX-512 VM, 4 channels per group ran at 0.23-0.34
@@ -320,12 +324,14 @@ def measure_conv_group_rate(device: str, config: BenchConfig, progress: _Progres
     # A grouped convolution timed faster per FLOP than dense is noise, or dense's kernel off its best: held at 1.
     rates = {count: min(1.0, math.exp(statistics.fmean(values))) for count, values in logs.items()}
     rates[max(channels for channels, _ in GROUP_RATE_SHAPES)] = 1.0
+    sigma = math.sqrt(statistics.fmean(statistics.pvariance(values) for values in logs.values()))
     spread = max(m.iqr_s / m.median_s for m in measured)
     shapes = " and ".join(f"{channels} channels at {size}x{size}" for channels, size in GROUP_RATE_SHAPES)
     note = (f"measured: 3x3 convolutions of {shapes}, grouped ({', '.join(map(str, GROUP_RATE_COUNTS))} channels per "
             f"group) against dense, timed interleaved over {config.rounds} rounds: time per FLOP, dense over grouped, "
-            f"geometric mean over the sizes (largest IQR {spread:.1%} of a median)")
-    return rates, note
+            f"geometric mean over the sizes (largest IQR {spread:.1%} of a median; the sizes' rates lay {sigma:.2f} "
+            "from it in log, RMS)")
+    return rates, note, {GROUP_RATE_SIGMA: f"{sigma:.4g}"}
 
 
 def recalibration_device(profile: HardwareProfile) -> str:
@@ -357,7 +363,7 @@ def recalibrate(profile: HardwareProfile, device: str | None = None, progress: b
     try:
         with torch.inference_mode(), retained_heap():
             fields, metadata = measure_efficiency(profile, device, config, bar)
-            rates, rate_note = measure_conv_group_rate(device, config, bar)
+            rates, rate_note, rate_metadata = measure_conv_group_rate(device, config, bar)
         date = datetime.datetime.now().isoformat(timespec="seconds")
         # The samples of the lines refitted, and a retired pass line's (a profile measured before the pass model).
         stale = ("efficiency.", "efficiency_spread.", "pass_efficiency.", "pass_efficiency_spread.")
@@ -367,7 +373,7 @@ def recalibrate(profile: HardwareProfile, device: str | None = None, progress: b
         refit: dict[str, Any] = {**fields, "conv_group_rate": rates}
         return _with_network_evidence(dataclasses.replace(
             profile, **refit,
-            metadata={**kept, **metadata, "recalibrated": date},
+            metadata={**kept, **metadata, **rate_metadata, "recalibrated": date},
             notes={**notes, "recalibrated": f"efficiency factors timed again on {date}; roofs from {profile.metadata.get('date', '?')}"},
         ), device, bar)
     finally:
@@ -393,13 +399,13 @@ def measure_profile(device: str = "cpu", quick: bool = False, progress: bool = T
         bar.extend(efficiency_steps(config, device, len(types)) - efficiency_steps(config, device))
         with torch.inference_mode(), retained_heap():
             fields, metadata = measure_efficiency(profile, device, config, bar)
-            rates, rate_note = measure_conv_group_rate(device, config, bar)
+            rates, rate_note, rate_metadata = measure_conv_group_rate(device, config, bar)
         notes = {**profile.notes, "conv_group_rate": rate_note, "efficiency": (
             f"fitted per op class over ops at three sizes (in metadata), per compute type ({', '.join(types)}; "
             "fp32's keys plain, the others' prefixed: bf16:gemm): "
             "time_measured = fixed_overhead_s + time_roofline / efficiency; time_calibrated uses that line")}
         refit: dict[str, Any] = {**fields, "conv_group_rate": rates, "notes": notes,
-                                 "metadata": {**profile.metadata, **metadata}}
+                                 "metadata": {**profile.metadata, **metadata, **rate_metadata}}
         return _with_network_evidence(dataclasses.replace(profile, **refit), device, bar)
     finally:
         bar.close()

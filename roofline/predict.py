@@ -224,6 +224,9 @@ class Prediction:
         records["in_pass_s"] = records["predicted_s"] + records["pass_penalty_s"]
         # The pass model's own error is the reference network's evidence (model_sigma("layer")), not a class's.
         records["sigma"] = records["op_class"].map(self._class_sigma()).astype(float)
+        # A grouped convolution's rate was measured at two sizes, not its own: their spread adds to its line's.
+        rated = rate.notna()
+        records.loc[rated, "sigma"] = np.hypot(records.loc[rated, "sigma"], self.profile.group_rate_sigma())
         records["in_pass_sigma"] = records["sigma"]
         records["ridge_point"] = peak / bandwidth
         records["attainable_flops_per_s"] = np.minimum(peak, records["arithmetic_intensity"] * bandwidth)

@@ -1,5 +1,6 @@
 """Prediction of hand-built layers against times computed by hand on a synthetic profile."""
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -356,7 +357,7 @@ def test_the_group_rate_is_measured_as_dense_time_per_flop_over_grouped(monkeypa
     from roofline.hardware.microbench import FULL, _Progress
     from roofline.timing import Measurement
 
-    # Per size, the true rates: the second size's are twice the first's (or 1.6 against 1.2 above 1).
+    # Per size, the true rates (the second size's 2.25x the first's at 2, 4 and 8 channels per group).
     true_rate = [{2: 0.04, 4: 0.2, 8: 0.4, 16: 0.6, 32: 1.2, 64: 0.45},
                  {2: 0.09, 4: 0.45, 8: 0.9, 16: 0.6, 32: 1.6, 64: 0.8}]
     dense_s = 2e-3
@@ -369,7 +370,27 @@ def test_the_group_rate_is_measured_as_dense_time_per_flop_over_grouped(monkeypa
         return [Measurement((t,) * 5, 1, "cpu", 1) for t in times]
 
     monkeypatch.setattr(calibrate, "time_interleaved", fake)
-    rates, note = calibrate.measure_conv_group_rate("cpu", FULL, _Progress(0, False, ""))
+    rates, note, metadata = calibrate.measure_conv_group_rate("cpu", FULL, _Progress(0, False, ""))
     expected = {2: 0.06, 4: 0.3, 8: 0.6, 16: 0.6, 32: 1.0, 64: 0.6, 384: 1.0}
     assert rates == pytest.approx(expected)
     assert "384 channels at 14x14 and 192 channels at 28x28" in note
+    # Each size lies half its log-ratio to the other from the mean: ln(2.25)/2 at 2, 4 and 8, ln(0.8/0.45)/2 at 64,
+    # ln(1.6/1.2)/2 at 32 (before the hold at 1) and 0 at 16.
+    half = [math.log(2.25) / 2] * 3 + [math.log(0.8 / 0.45) / 2, math.log(1.6 / 1.2) / 2, 0.0]
+    assert float(metadata[calibrate.GROUP_RATE_SIGMA]) == pytest.approx(math.sqrt(sum(h * h for h in half) / 6), rel=1e-3)
+
+
+def test_a_grouped_conv_s_interval_carries_the_rate_s_spread_over_sizes():
+    """The rate was measured at two sizes, not the layer's: their spread (sigma of log rate) adds in quadrature to
+    the conv line's own, so the interval of a grouped conv is wider than a dense one's by that much."""
+    from roofline.hardware.profile import CalibrationSample
+
+    samples = [CalibrationSample(f"conv {i}", r, t, "DRAM") for i, (r, t) in enumerate(((1e-4, 1.3e-4), (1e-3, 1.2e-3)))]
+    profile = dataclasses.replace(_conv_profile({4: 0.25, 256: 1.0}), metadata={
+        "efficiency.conv": "; ".join(map(str, samples)), "conv_group_rate_sigma": "0.3"})
+    x = torch.randn(1, 128, 28, 28, device="meta")
+    rows = {groups: predict(roofline.analyze(nn.Conv2d(128, 128, 3, padding=1, groups=groups, bias=False).to("meta"),
+                                             inputs=[x], warn_unsupported=False), profile, calibrated=True).ops.iloc[0]
+            for groups in (1, 32)}
+    assert rows[1]["sigma"] > 0
+    assert rows[32]["sigma"] == pytest.approx(math.hypot(rows[1]["sigma"], 0.3))

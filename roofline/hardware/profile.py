@@ -311,6 +311,14 @@ class HardwareProfile:
                                           np.array(list(self.conv_group_rate.values()), dtype=float)))
         return np.where(counts >= 2, rates, 1.0)
 
+    def group_rate_sigma(self) -> float:
+        """How far a grouped convolution's rate may be off at a size calibration did not time (sigma of log rate,
+        metadata conv_group_rate_sigma); 0 where not recorded."""
+        try:
+            return float(self.metadata.get("conv_group_rate_sigma", 0.0))
+        except ValueError:
+            return 0.0
+
     def calibration_spread(self, op_class: str) -> float | None:
         """How much the class's calibration ops moved between timing rounds (relative half-range), if recorded."""
         text = self.metadata.get(f"efficiency_spread.{op_class}")
