@@ -223,11 +223,17 @@ def test_the_progress_bar_counts_every_step_to_the_end(tiny_bench: BenchConfig, 
     monkeypatch.setattr(microbench, "_Progress", _CountingBar)
     _CountingBar.bars = []
     measured = measure_profile("cpu", progress=True, config=tiny_bench)
-    calibrate.recalibrate(measured, "cpu", progress=True)
+    recalibrated = calibrate.recalibrate(measured, "cpu", progress=True)
     assert len(_CountingBar.bars) == 2
     for bar in _CountingBar.bars:
         assert len(bar.labels) == bar.total
         assert bar.labels[-2:] == ["pass model: a chain of small layers", "the reference network"]
+    # Both measure the grouped convolutions' rates (every count, the dense one at 1) and fit the 1x1 line.
+    for profile in (measured, recalibrated):
+        assert set(profile.conv_group_rate) == {*calibrate.GROUP_RATE_COUNTS, max(c for c, _ in calibrate.GROUP_RATE_SHAPES)}
+        assert all(0 < rate <= 1 for rate in profile.conv_group_rate.values())
+        assert float(profile.metadata[calibrate.GROUP_RATE_SIGMA]) >= 0
+        assert "pointwise_conv" in profile.efficiency
 
 
 def _sweep(curve: dict[int, float]) -> list[microbench.BandwidthPoint]:
