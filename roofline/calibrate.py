@@ -286,7 +286,7 @@ GROUP_RATE_SIGMA = "conv_group_rate_sigma"  # metadata key: the rates' spread ov
 
 def group_rate_steps(config: BenchConfig) -> int:
     """Progress steps of measure_conv_group_rate: each convolution (the dense ones too) per round."""
-    return config.rounds * len(GROUP_RATE_SHAPES) * (len(GROUP_RATE_COUNTS) + 1) if config.efficiency else 0
+    return config.rounds * len(GROUP_RATE_SHAPES) * (len(GROUP_RATE_COUNTS) + 1)
 
 
 def measure_conv_group_rate(device: str, config: BenchConfig,

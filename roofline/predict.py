@@ -336,7 +336,7 @@ class Prediction:
         if not self.calibrated:
             return {}
         sigmas: dict[str, float] = {}
-        for op_class in {key.partition("@")[0] for key in self.profile.efficiency}:
+        for op_class in self._line_classes():
             residuals = self.line_residuals(op_class)
             if not residuals:
                 continue
